@@ -1,0 +1,5 @@
+import sys
+
+from lmssl.cli import main
+
+sys.exit(main())

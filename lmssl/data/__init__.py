@@ -1,0 +1,44 @@
+"""Config -> tokenizer and packed datasets."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from lmssl.config import Config, ConfigError, cache_dir, resolve_data_path
+from lmssl.data.corpus import iter_documents
+from lmssl.data.packing import Example, PackedSequences, StreamingSequences, tokenize_corpus
+from lmssl.data.tokenizer import TextTokenizer, save_tokenizer, tokenizer_path, train_tokenizer
+
+__all__ = ["Example", "PackedSequences", "StreamingSequences", "TextTokenizer", "load_tokenizer", "sequences"]
+
+
+def load_tokenizer(cfg: Config) -> TextTokenizer:
+    """The config's tokenizer; a missing named one is trained once from data.train and saved for reuse."""
+    path = tokenizer_path(cfg.data.tokenizer)
+    if path.is_file():
+        return TextTokenizer.from_file(path)
+    if Path(cfg.data.tokenizer).suffix == ".json" or "/" in cfg.data.tokenizer:
+        raise ConfigError(f"key 'data.tokenizer': tokenizer file not found: {cfg.data.tokenizer}")
+    corpus = resolve_data_path(cfg, cfg.data.train, "data.train")
+    print(f"tokenizer '{cfg.data.tokenizer}' not found; training a {cfg.data.tokenizer_type} tokenizer "
+          f"(vocab {cfg.data.tokenizer_vocab_size}) on {corpus} -> {path.parent}", file=sys.stderr)
+    docs = iter_documents(corpus, cfg.data.format, cfg.data.doc_split, cfg.data.text_field)
+    tok = train_tokenizer(cfg.data.tokenizer_type, docs, cfg.data.tokenizer_vocab_size)
+    recipe = {"type": cfg.data.tokenizer_type, "vocab_size": cfg.data.tokenizer_vocab_size, "corpus": str(cfg.data.train)}
+    return TextTokenizer.from_file(save_tokenizer(tok, path.parent, recipe))
+
+
+def sequences(cfg: Config, split: str, tokenizer: TextTokenizer, sep_id: int, prefix_id: int | None,
+              streaming: bool = False) -> PackedSequences | StreamingSequences:
+    """Packed sequences of `data.train` or `data.valid`."""
+    key = f"data.{split}"
+    path = resolve_data_path(cfg, getattr(cfg.data, split), key)
+    options = dict(fmt=cfg.data.format, doc_split=cfg.data.doc_split, text_field=cfg.data.text_field)
+    if streaming:
+        return StreamingSequences(path, tokenizer, sep_id, cfg.data.seq_len, prefix_id,
+                                  shuffle_buffer=cfg.data.shuffle_buffer, **options)
+    tokens, doc_ends = tokenize_corpus(path, tokenizer, sep_id, cache_dir(cfg), **options)
+    try:
+        return PackedSequences(tokens, doc_ends, cfg.data.seq_len, prefix_id)
+    except ValueError as e:
+        raise ConfigError(f"key '{key}' ({path}): {e}") from None

@@ -1,0 +1,3 @@
+from lmssl.engine.torch_engine import TorchEngine
+
+__all__ = ["TorchEngine"]

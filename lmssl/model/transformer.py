@@ -1,0 +1,157 @@
+"""The trunk: token ids + AttnSpec -> hidden states. No heads, no labels, no losses.
+
+Post-LN (BERT) and pre-LN (GPT-2) are one `norm` flag. With the `bert` and `gpt2` presets the
+parameters are exactly those of Hugging Face's BertModel (without pooler) and GPT2Model, so an
+export is a rename (plus splitting our fused q/k/v projection).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lmssl.config import ModelConfig
+from lmssl.model.attention import AttnSpec, build_attention_backend
+
+
+def activation_fn(name: str):
+    return {"gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}[name]
+
+
+class Embeddings(nn.Module):
+    """Word + position + token-type embeddings at `embedding_size`; LayerNorm for post-LN models.
+    ELECTRA shares one of these between generator and discriminator."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        width = cfg.embedding_size or cfg.hidden_size
+        self.word = nn.Embedding(cfg.vocab_size, width)
+        self.position = nn.Embedding(cfg.max_positions, width) if cfg.position == "learned" else None
+        self.token_type = nn.Embedding(cfg.type_vocab_size, width) if cfg.type_vocab_size else None
+        self.norm = nn.LayerNorm(width, eps=cfg.norm_eps) if cfg.norm == "post" else None
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, input_ids, position_ids, token_type_ids=None):
+        x = self.word(input_ids)
+        if self.position is not None:
+            x = x + self.position(position_ids)
+        if self.token_type is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(input_ids)
+            x = x + self.token_type(token_type_ids)
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.dropout(x)
+
+
+def rope_tables(position_ids: torch.Tensor, head_dim: int, theta: float, dtype):
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim))
+    angles = position_ids[:, None, :, None].float() * inv_freq  # (B, 1, T, D/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (B, 1, T, D)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)  # rotate-half convention (GPT-NeoX)
+    return x * cos + rotated * sin
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig, backend):
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
+        self.out = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.attention_dropout = cfg.attention_dropout
+        self.backend = backend
+
+    def forward(self, x, spec: AttnSpec, prepared, rope):
+        B, T, H = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, H // self.num_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, h, T, d)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        dropout_p = self.attention_dropout if self.training else 0.0
+        y = self.backend(q, k, v, spec, prepared, dropout_p)  # (B, h, T, d)
+        return self.out(y.transpose(1, 2).reshape(B, T, H))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc_in = nn.Linear(cfg.hidden_size, cfg.ffn_size)
+        self.fc_out = nn.Linear(cfg.ffn_size, cfg.hidden_size)
+        self.act = activation_fn(cfg.activation)
+
+    def forward(self, x):
+        return self.fc_out(self.act(self.fc_in(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, backend):
+        super().__init__()
+        self.pre_norm = cfg.norm == "pre"
+        self.attn = SelfAttention(cfg, backend)
+        self.attn_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
+        self.ffn = FeedForward(cfg)
+        self.ffn_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, spec, prepared, rope):
+        if self.pre_norm:
+            x = x + self.dropout(self.attn(self.attn_norm(x), spec, prepared, rope))
+            return x + self.dropout(self.ffn(self.ffn_norm(x)))
+        x = self.attn_norm(x + self.dropout(self.attn(x, spec, prepared, rope)))
+        return self.ffn_norm(x + self.dropout(self.ffn(x)))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig, embeddings: Embeddings | None = None):
+        super().__init__()
+        if cfg.vocab_size <= 0:
+            raise ValueError("ModelConfig.vocab_size must be set (it is filled from the tokenizer)")
+        self.cfg = cfg
+        self.backend = build_attention_backend(cfg.attention_backend)
+        self.embeddings = embeddings if embeddings is not None else Embeddings(cfg)
+        width = self.embeddings.word.embedding_dim
+        self.embed_proj = nn.Linear(width, cfg.hidden_size) if width != cfg.hidden_size else None
+        self.layers = nn.ModuleList(Block(cfg, self.backend) for _ in range(cfg.num_layers))
+        self.final_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps) if cfg.norm == "pre" else None
+        self.apply(self._init)
+        if cfg.norm == "pre":
+            # GPT-2 §2.3: residual projections scaled by 1/sqrt(2 * layers) so pre-LN activations do not grow with depth
+            for layer in self.layers:
+                for proj in (layer.attn.out, layer.ffn.fc_out):
+                    nn.init.normal_(proj.weight, std=cfg.init_std / math.sqrt(2 * cfg.num_layers))
+
+    def _init(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=self.cfg.init_std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    @property
+    def word_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word
+
+    def forward(self, input_ids: torch.Tensor, spec: AttnSpec, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (B, T) -> hidden states (B, T, hidden_size)."""
+        B, T = input_ids.shape
+        position_ids = spec.position_ids(B, T, input_ids.device)
+        x = self.embeddings(input_ids, position_ids, token_type_ids)
+        if self.embed_proj is not None:
+            x = self.embed_proj(x)
+        rope = None
+        if self.cfg.position == "rope":
+            rope = rope_tables(position_ids, self.cfg.hidden_size // self.cfg.num_heads, self.cfg.rope_theta, x.dtype)
+        prepared = self.backend.prepare(spec, B, T, input_ids.device)
+        for layer in self.layers:
+            x = layer(x, spec, prepared, rope)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x

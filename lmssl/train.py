@@ -1,0 +1,107 @@
+"""The training loop: one readable function over the Objective and Engine seams."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from lmssl.checkpoint import latest_checkpoint, load_trainer_state, load_weights, save_checkpoint, set_rng_state
+from lmssl.config import Config, ConfigError
+from lmssl.data import load_tokenizer, sequences
+from lmssl.data.loader import SequenceLoader
+from lmssl.engine import TorchEngine
+from lmssl.evaluation.validation import evaluate
+from lmssl.metrics import MetricsLogger
+from lmssl.objectives import build_objective
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def masking_generator(seed: int, step: int, micro: int) -> torch.Generator:
+    """Data corruption draws depend only on (seed, step, micro-batch): a resumed run redraws them exactly."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step * 64 + micro)
+
+
+def with_vocab(cfg: Config, vocab_size: int) -> Config:
+    if cfg.model.vocab_size == 0:
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab_size))
+    if cfg.model.vocab_size < vocab_size:
+        raise ConfigError(f"key 'model.vocab_size': {cfg.model.vocab_size} is smaller than the tokenizer's {vocab_size}")
+    return cfg
+
+
+def train(cfg: Config) -> dict:
+    """Pretrain as configured; returns the final validation metrics and the last checkpoint path."""
+    out = Path(cfg.train.output_dir)
+    if latest_checkpoint(out) is not None and not cfg.train.resume:
+        raise ConfigError(f"key 'train.output_dir': {out} already holds checkpoints; set train.resume=true to continue "
+                          f"it or choose another train.output_dir")
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    seed_everything(cfg.train.seed)
+    tokenizer = load_tokenizer(cfg)
+    cfg = with_vocab(cfg, tokenizer.vocab_size)
+    objective = build_objective(cfg, tokenizer)
+    sep_id, prefix_id = objective.packing_ids(tokenizer)
+    train_data = sequences(cfg, "train", tokenizer, sep_id, prefix_id, streaming=cfg.data.streaming)
+    valid_data = sequences(cfg, "valid", tokenizer, sep_id, prefix_id) if cfg.data.valid else None
+    loader = SequenceLoader(train_data, cfg.train.batch_size, cfg.train.seed)
+    engine = TorchEngine(objective, cfg.train)
+
+    step = 0
+    resume_from = latest_checkpoint(out) if cfg.train.resume else None
+    if resume_from is not None:
+        state = load_trainer_state(resume_from)
+        load_weights(objective, resume_from)
+        engine.load_state_dict(state["engine"])
+        loader.load_state_dict(state["loader"])
+        set_rng_state(state["rng"])
+        step = state["step"]
+        print(f"resumed from {resume_from} at step {step}", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    logger = MetricsLogger(out, tensorboard=cfg.train.tensorboard, truncate_after=step)
+    params = sum(p.numel() for p in objective.parameters())
+    print(f"{cfg.objective.name}: {params / 1e6:.2f}M parameters, {getattr(train_data, '__len__', lambda: '?')()} "
+          f"training sequences of {cfg.data.seq_len} tokens, output in {out}", file=sys.stderr)
+
+    def checkpoint() -> Path:
+        state = {"engine": engine.state_dict(), "loader": loader.state_dict()}
+        return save_checkpoint(out, step, objective, cfg, tokenizer, state, keep=cfg.train.keep_checkpoints)
+
+    bar = tqdm(total=cfg.train.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    last_ckpt, window_tokens, window_start = None, 0, time.perf_counter()
+    while step < cfg.train.max_steps:
+        micro = [objective.collate(loader.next_batch(), masking_generator(cfg.train.seed, step, i))
+                 for i in range(cfg.train.grad_accum)]
+        stats = engine.train_step(micro)
+        step += 1
+        window_tokens += sum(b.num_tokens for b in micro)
+        bar.update()
+        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+            elapsed = time.perf_counter() - window_start
+            stats["tokens_per_s"] = window_tokens / elapsed
+            logger.log(step, stats)
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", tok_s=f"{stats['tokens_per_s']:.0f}")
+            window_tokens, window_start = 0, time.perf_counter()
+        if valid_data is not None and cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.train.max_steps:
+            logger.log(step, evaluate(engine, valid_data, cfg.eval.batch_size, cfg.eval.max_batches))
+        if (cfg.train.save_every and step % cfg.train.save_every == 0) or step == cfg.train.max_steps:
+            last_ckpt = checkpoint()
+    bar.close()
+    result = {"step": step, "checkpoint": str(last_ckpt or latest_checkpoint(out))}
+    if valid_data is not None:
+        result.update(evaluate(engine, valid_data, cfg.eval.batch_size, cfg.eval.max_batches))
+        logger.log(step, {k: v for k, v in result.items() if k.startswith("val_")})
+    logger.close()
+    return result
