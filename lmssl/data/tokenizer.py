@@ -129,7 +129,7 @@ def _unigram(texts: Iterable[str], vocab_size: int) -> Tokenizer:
             input=str(corpus), model_prefix=str(Path(tmp) / "spm"), model_type="unigram", vocab_size=vocab_size,
             pad_id=0, unk_id=1, bos_id=-1, eos_id=-1, user_defined_symbols=["[CLS]", "[SEP]", "[MASK]"],
             pad_piece="[PAD]", unk_piece="[UNK]", character_coverage=1.0, minloglevel=2,
-            train_extremely_large_corpus=False)
+            hard_vocab_limit=False)  # a small corpus may not support vocab_size pieces: take fewer, as BPE does
         sp = spm.SentencePieceProcessor(model_file=str(Path(tmp) / "spm.model"))
         pieces = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
     tok = Tokenizer(models.Unigram(pieces, unk_id=1, byte_fallback=False))

@@ -1,0 +1,476 @@
+"""The trunk's architecture: Hugging Face parity (parameter layout and logits), LN placement,
+factorised embeddings, token types and RoPE."""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import pytest
+import torch
+import torch.nn as nn
+
+from lmssl.config import MODEL_PRESETS, ModelConfig
+from lmssl.model.attention import AttnSpec
+from lmssl.model.heads import CausalLMHead, MaskedLMHead
+from lmssl.model.transformer import Transformer, apply_rope, rope_tables
+
+transformers = pytest.importorskip("transformers")
+from transformers.pytorch_utils import Conv1D  # noqa: E402
+
+VOCAB, HIDDEN, LAYERS, HEADS, FFN, MAXPOS = 100, 32, 2, 4, 64, 64
+
+
+def tiny_cfg(preset: str = "bert", **overrides) -> ModelConfig:
+    """A tiny model with the preset's defaults applied (ModelConfig alone does not apply presets)."""
+    fields = dict(MODEL_PRESETS[preset], preset=preset, vocab_size=VOCAB, hidden_size=HIDDEN, num_layers=LAYERS,
+                  num_heads=HEADS, ffn_size=FFN, max_positions=MAXPOS, dropout=0.0, attention_dropout=0.0)
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+class LM(nn.Module):
+    """Trunk + head, as the MLM / CLM objectives assemble them."""
+
+    def __init__(self, cfg: ModelConfig, head_cls):
+        super().__init__()
+        self.trunk = Transformer(cfg)
+        self.head = head_cls(cfg, self.trunk.word_embeddings)
+
+    def forward(self, ids, spec, token_type_ids=None):
+        return self.head(self.trunk(ids, spec, token_type_ids))
+
+
+def hf_bert(cfg: ModelConfig):
+    assert cfg.activation == "gelu" and cfg.norm == "post"
+    config = transformers.BertConfig(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads, intermediate_size=cfg.ffn_size, max_position_embeddings=cfg.max_positions,
+        type_vocab_size=cfg.type_vocab_size, hidden_act="gelu", layer_norm_eps=cfg.norm_eps,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, tie_word_embeddings=cfg.tie_embeddings,
+        attn_implementation="eager")
+    return transformers.BertForMaskedLM(config).eval()
+
+
+def hf_gpt2(cfg: ModelConfig):
+    assert cfg.activation == "gelu_tanh" and cfg.norm == "pre"
+    config = transformers.GPT2Config(
+        vocab_size=cfg.vocab_size, n_embd=cfg.hidden_size, n_layer=cfg.num_layers, n_head=cfg.num_heads,
+        n_inner=cfg.ffn_size, n_positions=cfg.max_positions, activation_function="gelu_new",
+        layer_norm_epsilon=cfg.norm_eps, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        tie_word_embeddings=cfg.tie_embeddings, bos_token_id=0, eos_token_id=0, attn_implementation="eager")
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())  # parameters() yields a tied tensor once
+
+
+def _shared_ids(model: nn.Module) -> int:
+    return len({id(p) for p in model.parameters()})
+
+
+# ---------------------------------------------------------------------------------------------
+# parameter layout == Hugging Face
+# ---------------------------------------------------------------------------------------------
+
+def hf_bert_shapes_with_fused_qkv(hf) -> Counter:
+    """HF BertForMaskedLM's parameter shapes, with each layer's query/key/value ((H,H) weight + (H,) bias,
+    three times) replaced by one fused (3H,H) weight + (3H,) bias, as our `qkv` Linear stores them."""
+    shapes = Counter()
+    fused = Counter()
+    for name, p in hf.named_parameters():  # tied decoder weight / bias are yielded once
+        if ".attention.self." in name:
+            assert name.rsplit(".", 2)[-2] in ("query", "key", "value"), name
+            fused[name.rsplit(".", 2)[0] + "." + name.rsplit(".", 1)[-1]] += 1  # ...attention.self.{weight,bias}
+            continue
+        shapes[tuple(p.shape)] += 1
+    assert len(fused) == 2 * hf.config.num_hidden_layers and set(fused.values()) == {3}
+    H = hf.config.hidden_size
+    shapes[(3 * H, H)] += hf.config.num_hidden_layers
+    shapes[(3 * H,)] += hf.config.num_hidden_layers
+    return shapes
+
+
+def hf_gpt2_shapes_in_torch_layout(hf) -> Counter:
+    """HF GPT2LMHeadModel's parameter shapes with Conv1D weights, stored (in, out), transposed to nn.Linear's
+    (out, in). c_attn is already fused [q|k|v] along `out`, so it maps to our (3H, H) qkv weight as is."""
+    conv_weights = {id(m.weight) for m in hf.modules() if isinstance(m, Conv1D)}
+    assert len(conv_weights) == 4 * hf.config.n_layer  # c_attn, attn.c_proj, c_fc, mlp.c_proj
+    return Counter(tuple(p.shape)[::-1] if id(p) in conv_weights else tuple(p.shape) for p in hf.parameters())
+
+
+def test_bert_parameter_layout_matches_hf_bert_for_masked_lm():
+    cfg = tiny_cfg("bert")
+    assert cfg.type_vocab_size == 2 and cfg.tie_embeddings
+    ours, hf = LM(cfg, MaskedLMHead), hf_bert(cfg)
+    # tied weights are counted once on both sides
+    assert ours.head.decoder.weight is ours.trunk.word_embeddings.weight
+    assert hf.cls.predictions.decoder.weight is hf.bert.embeddings.word_embeddings.weight
+    assert n_params(ours) == n_params(hf)
+    ours_shapes = Counter(tuple(p.shape) for p in ours.parameters())
+    assert ours_shapes == hf_bert_shapes_with_fused_qkv(hf)
+    # fusing only regroups tensors: HF has 4 more tensors per layer (q,k,v weight+bias = 6 vs our 2)
+    assert _shared_ids(hf) == _shared_ids(ours) + 4 * cfg.num_layers
+
+
+def test_gpt2_parameter_layout_matches_hf_gpt2_lm_head_model():
+    cfg = tiny_cfg("gpt2")
+    assert cfg.type_vocab_size == 0 and cfg.tie_embeddings
+    ours, hf = LM(cfg, CausalLMHead), hf_gpt2(cfg)
+    assert ours.head.proj.weight is ours.trunk.word_embeddings.weight
+    assert hf.lm_head.weight is hf.transformer.wte.weight
+    assert n_params(ours) == n_params(hf)
+    ours_shapes = Counter(tuple(p.shape) for p in ours.parameters())
+    assert ours_shapes == hf_gpt2_shapes_in_torch_layout(hf)
+    assert _shared_ids(hf) == _shared_ids(ours)  # one-to-one tensors
+
+
+def test_bert_layout_at_realistic_width():
+    """The same check with BERT-base-like ratios (no forward pass, so it stays cheap)."""
+    cfg = tiny_cfg("bert", hidden_size=96, num_heads=12, ffn_size=384, num_layers=3, max_positions=128, vocab_size=500)
+    ours, hf = LM(cfg, MaskedLMHead), hf_bert(cfg)
+    assert n_params(ours) == n_params(hf)
+    assert Counter(tuple(p.shape) for p in ours.parameters()) == hf_bert_shapes_with_fused_qkv(hf)
+
+
+# ---------------------------------------------------------------------------------------------
+# copying HF weights gives the same logits
+# ---------------------------------------------------------------------------------------------
+
+def _copy(dst: torch.Tensor, src: torch.Tensor) -> None:
+    assert dst.shape == src.shape, (dst.shape, src.shape)
+    dst.copy_(src)
+
+
+@torch.no_grad()
+def load_from_hf_bert(ours: LM, hf) -> None:
+    """Rename HF BertForMaskedLM's weights into our Transformer + MaskedLMHead (q,k,v concatenated into qkv)."""
+    t, e, b = ours.trunk, ours.trunk.embeddings, hf.bert
+    _copy(e.word.weight, b.embeddings.word_embeddings.weight)
+    _copy(e.position.weight, b.embeddings.position_embeddings.weight)
+    _copy(e.token_type.weight, b.embeddings.token_type_embeddings.weight)
+    _copy(e.norm.weight, b.embeddings.LayerNorm.weight)
+    _copy(e.norm.bias, b.embeddings.LayerNorm.bias)
+    for ours_layer, hf_layer in zip(t.layers, b.encoder.layer, strict=True):
+        s = hf_layer.attention.self
+        _copy(ours_layer.attn.qkv.weight, torch.cat([s.query.weight, s.key.weight, s.value.weight], 0))
+        _copy(ours_layer.attn.qkv.bias, torch.cat([s.query.bias, s.key.bias, s.value.bias], 0))
+        _copy(ours_layer.attn.out.weight, hf_layer.attention.output.dense.weight)
+        _copy(ours_layer.attn.out.bias, hf_layer.attention.output.dense.bias)
+        _copy(ours_layer.attn_norm.weight, hf_layer.attention.output.LayerNorm.weight)
+        _copy(ours_layer.attn_norm.bias, hf_layer.attention.output.LayerNorm.bias)
+        _copy(ours_layer.ffn.fc_in.weight, hf_layer.intermediate.dense.weight)
+        _copy(ours_layer.ffn.fc_in.bias, hf_layer.intermediate.dense.bias)
+        _copy(ours_layer.ffn.fc_out.weight, hf_layer.output.dense.weight)
+        _copy(ours_layer.ffn.fc_out.bias, hf_layer.output.dense.bias)
+        _copy(ours_layer.ffn_norm.weight, hf_layer.output.LayerNorm.weight)
+        _copy(ours_layer.ffn_norm.bias, hf_layer.output.LayerNorm.bias)
+    p = hf.cls.predictions
+    _copy(ours.head.dense.weight, p.transform.dense.weight)
+    _copy(ours.head.dense.bias, p.transform.dense.bias)
+    _copy(ours.head.norm.weight, p.transform.LayerNorm.weight)
+    _copy(ours.head.norm.bias, p.transform.LayerNorm.bias)
+    _copy(ours.head.decoder.bias, p.decoder.bias)
+    assert ours.head.decoder.weight is e.word.weight  # tied: already copied with the word embeddings
+
+
+@torch.no_grad()
+def load_from_hf_gpt2(ours: LM, hf) -> None:
+    """Rename HF GPT2LMHeadModel's weights into our Transformer + CausalLMHead (Conv1D weights transposed)."""
+    t, g = ours.trunk, hf.transformer
+    _copy(t.embeddings.word.weight, g.wte.weight)
+    _copy(t.embeddings.position.weight, g.wpe.weight)
+    for ours_layer, hf_layer in zip(t.layers, g.h, strict=True):
+        _copy(ours_layer.attn_norm.weight, hf_layer.ln_1.weight)
+        _copy(ours_layer.attn_norm.bias, hf_layer.ln_1.bias)
+        _copy(ours_layer.attn.qkv.weight, hf_layer.attn.c_attn.weight.T)  # (H, 3H) [q|k|v] -> (3H, H)
+        _copy(ours_layer.attn.qkv.bias, hf_layer.attn.c_attn.bias)
+        _copy(ours_layer.attn.out.weight, hf_layer.attn.c_proj.weight.T)
+        _copy(ours_layer.attn.out.bias, hf_layer.attn.c_proj.bias)
+        _copy(ours_layer.ffn_norm.weight, hf_layer.ln_2.weight)
+        _copy(ours_layer.ffn_norm.bias, hf_layer.ln_2.bias)
+        _copy(ours_layer.ffn.fc_in.weight, hf_layer.mlp.c_fc.weight.T)
+        _copy(ours_layer.ffn.fc_in.bias, hf_layer.mlp.c_fc.bias)
+        _copy(ours_layer.ffn.fc_out.weight, hf_layer.mlp.c_proj.weight.T)
+        _copy(ours_layer.ffn.fc_out.bias, hf_layer.mlp.c_proj.bias)
+    _copy(t.final_norm.weight, g.ln_f.weight)
+    _copy(t.final_norm.bias, g.ln_f.bias)
+    assert ours.head.proj.weight is t.embeddings.word.weight  # tied
+
+
+@torch.no_grad()
+def _randomise_hf(hf) -> None:
+    """HF's init (zero biases, unit LayerNorms, std 0.02) hides mistakes such as a swapped bias or norm;
+    give every tensor distinct random values so that every one of them must land in the right place."""
+    g = torch.Generator().manual_seed(0)
+    for name, p in hf.named_parameters():
+        if "LayerNorm" in name or ".ln_" in name:
+            p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g) if name.endswith("weight")
+                    else 0.1 * torch.randn(p.shape, generator=g))
+        else:
+            p.copy_((0.1 if p.dim() >= 2 else 0.05) * torch.randn(p.shape, generator=g))
+
+
+def test_bert_logits_match_hf_after_copying_weights():
+    torch.manual_seed(0)
+    cfg = tiny_cfg("bert")
+    hf = hf_bert(cfg)
+    _randomise_hf(hf)
+    ours = LM(cfg, MaskedLMHead).eval()
+    load_from_hf_bert(ours, hf)
+    ids = torch.randint(0, VOCAB, (3, 17))
+    with torch.no_grad():
+        expected = hf(input_ids=ids, token_type_ids=torch.zeros_like(ids)).logits
+        expected_no_mask = hf(input_ids=ids).logits
+        got = ours(ids, AttnSpec.dense(causal=False))
+        got_padded = ours(ids, AttnSpec.padded(False, torch.ones_like(ids)))  # a mask of ones changes nothing
+    torch.testing.assert_close(expected_no_mask, expected, atol=0, rtol=0)
+    assert expected.std() > 0.1  # non-trivial logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got_padded, expected, atol=1e-5, rtol=0)
+
+
+def test_bert_token_types_and_padding_match_hf():
+    torch.manual_seed(0)
+    cfg = tiny_cfg("bert")
+    hf = hf_bert(cfg)
+    _randomise_hf(hf)
+    ours = LM(cfg, MaskedLMHead).eval()
+    load_from_hf_bert(ours, hf)
+    ids = torch.randint(0, VOCAB, (2, 11))
+    types = (torch.arange(11) >= 6).long().expand(2, 11)
+    mask = torch.tensor([[1] * 11, [1] * 7 + [0] * 4])
+    with torch.no_grad():
+        expected = hf(input_ids=ids, token_type_ids=types, attention_mask=mask).logits
+        got = ours(ids, AttnSpec.padded(False, mask), token_type_ids=types)
+    real = mask.bool()
+    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=0)
+
+
+def test_gpt2_logits_match_hf_after_copying_weights():
+    torch.manual_seed(0)
+    cfg = tiny_cfg("gpt2")
+    hf = hf_gpt2(cfg)
+    _randomise_hf(hf)
+    ours = LM(cfg, CausalLMHead).eval()
+    load_from_hf_gpt2(ours, hf)
+    ids = torch.randint(0, VOCAB, (3, 17))
+    with torch.no_grad():
+        expected = hf(input_ids=ids).logits
+        got = ours(ids, AttnSpec.dense(causal=True))
+        got_packed = ours(ids, AttnSpec.packed(True, [[17]] * 3))  # the masked path agrees too
+    assert expected.std() > 0.1
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got_packed, expected, atol=1e-5, rtol=0)
+
+
+def test_hf_gelu_variants_are_ours():
+    """The activations the parity tests rely on: BERT 'gelu' is exact, GPT-2 'gelu_new' is the tanh form."""
+    from transformers.activations import ACT2FN
+
+    from lmssl.model.transformer import activation_fn
+
+    x = torch.linspace(-6, 6, 1001)
+    torch.testing.assert_close(activation_fn("gelu")(x), ACT2FN["gelu"](x), atol=0, rtol=0)
+    torch.testing.assert_close(activation_fn("gelu_tanh")(x), ACT2FN["gelu_new"](x), atol=1e-6, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# structure: LayerNorm placement, factorised embeddings, token types
+# ---------------------------------------------------------------------------------------------
+
+def _names(model: nn.Module) -> set[str]:
+    return {n for n, _ in model.named_parameters()}
+
+
+def test_pre_ln_gpt2_has_final_norm_and_no_embedding_norm():
+    t = Transformer(tiny_cfg("gpt2"))
+    assert isinstance(t.final_norm, nn.LayerNorm) and t.final_norm.eps == 1e-5
+    assert t.embeddings.norm is None and t.embeddings.token_type is None
+    assert all(layer.pre_norm for layer in t.layers)
+    assert not any(n.startswith("embeddings.norm") for n in _names(t))
+    assert {"final_norm.weight", "final_norm.bias"} <= _names(t)
+
+
+def test_post_ln_bert_has_embedding_norm_and_no_final_norm():
+    t = Transformer(tiny_cfg("bert"))
+    assert t.final_norm is None
+    assert isinstance(t.embeddings.norm, nn.LayerNorm) and t.embeddings.norm.eps == 1e-12
+    assert t.embeddings.token_type.weight.shape == (2, HIDDEN)
+    assert not any(layer.pre_norm for layer in t.layers)
+    assert not any(n.startswith("final_norm") for n in _names(t))
+
+
+def test_post_ln_output_is_normalised_and_pre_ln_residual_is_not():
+    """Behavioural check of the placement: post-LN ends in a LayerNorm with unit weight / zero bias at init,
+    so every output vector has mean 0 and variance ~1 (var / (var + eps)); pre-LN's last op is final_norm,
+    same property; but pre-LN blocks themselves return an un-normalised residual stream."""
+    torch.manual_seed(0)
+    ids = torch.randint(0, VOCAB, (2, 9))
+    for preset in ("bert", "gpt2"):
+        t = Transformer(tiny_cfg(preset)).eval()
+        with torch.no_grad():
+            h = t(ids, AttnSpec.dense(preset == "gpt2"))
+        torch.testing.assert_close(h.mean(-1), torch.zeros(2, 9), atol=1e-5, rtol=0)
+        torch.testing.assert_close(h.var(-1, unbiased=False), torch.ones(2, 9), atol=0.05, rtol=0)
+    t = Transformer(tiny_cfg("gpt2")).eval()
+    t.final_norm = None
+    with torch.no_grad():
+        h = t(ids, AttnSpec.dense(True))
+    assert (h.var(-1, unbiased=False) < 0.1).all()  # the raw residual stream (std ~0.02 embeddings)
+
+
+@pytest.mark.parametrize("preset", ["bert", "gpt2"])
+def test_factorised_embeddings_project_and_mlm_head_ties_at_embedding_width(preset):
+    E = 16
+    cfg = tiny_cfg(preset, embedding_size=E)
+    lm = LM(cfg, MaskedLMHead).eval()
+    t = lm.trunk
+    assert t.embeddings.word.weight.shape == (VOCAB, E)
+    assert t.embeddings.position.weight.shape == (MAXPOS, E)
+    if t.embeddings.norm is not None:
+        assert t.embeddings.norm.weight.shape == (E,)
+    assert isinstance(t.embed_proj, nn.Linear) and t.embed_proj.weight.shape == (HIDDEN, E)
+    assert lm.head.dense.weight.shape == (E, HIDDEN)
+    assert lm.head.norm.weight.shape == (E,)
+    assert lm.head.decoder.weight is t.embeddings.word.weight and lm.head.decoder.bias.shape == (VOCAB,)
+    ids = torch.randint(0, VOCAB, (2, 7))
+    with torch.no_grad():
+        hidden = t(ids, AttnSpec.dense(False))
+        logits = lm.head(hidden)
+    assert hidden.shape == (2, 7, HIDDEN) and logits.shape == (2, 7, VOCAB)
+    # without factorisation there is no projection
+    assert Transformer(tiny_cfg(preset)).embed_proj is None
+    # parameter count: the embedding tables shrink to width E, plus the (H,E)+(H,) projection; the
+    # head's dense/norm/decoder move to width E too
+    full = LM(tiny_cfg(preset), MaskedLMHead)
+    n_tables = VOCAB + MAXPOS + cfg.type_vocab_size
+    norm = 2 if cfg.norm == "post" else 0
+    expected_delta = (n_tables * (HIDDEN - E) + norm * (HIDDEN - E)  # embeddings (+ embedding LayerNorm)
+                      - (HIDDEN * E + HIDDEN)  # embed_proj
+                      + HIDDEN * (HIDDEN - E) + (HIDDEN - E) + 2 * (HIDDEN - E))  # head dense, dense bias, head norm
+    assert n_params(full) - n_params(lm) == expected_delta
+
+
+def test_type_vocab_size_zero_creates_no_token_type_table():
+    t = Transformer(tiny_cfg("bert", type_vocab_size=0))
+    assert t.embeddings.token_type is None
+    assert not any("token_type" in n for n in _names(t))
+    with_types = Transformer(tiny_cfg("bert", type_vocab_size=2))
+    assert n_params(with_types) - n_params(t) == 2 * HIDDEN
+    ids = torch.randint(0, VOCAB, (2, 5))
+    assert t.eval()(ids, AttnSpec.dense(False)).shape == (2, 5, HIDDEN)
+
+
+def test_token_type_ids_default_to_zero():
+    torch.manual_seed(0)
+    t = Transformer(tiny_cfg("bert")).eval()
+    ids = torch.randint(0, VOCAB, (2, 6))
+    with torch.no_grad():
+        default = t(ids, AttnSpec.dense(False))
+        zeros = t(ids, AttnSpec.dense(False), token_type_ids=torch.zeros_like(ids))
+        ones = t(ids, AttnSpec.dense(False), token_type_ids=torch.ones_like(ids))
+    torch.testing.assert_close(default, zeros, atol=0, rtol=0)
+    assert (ones - zeros).abs().max() > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# RoPE
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("preset", ["bert", "gpt2"])
+def test_rope_has_no_position_table(preset):
+    t = Transformer(tiny_cfg(preset, position="rope"))
+    assert t.embeddings.position is None
+    assert not any("position" in n for n in _names(t))
+    learned = Transformer(tiny_cfg(preset))
+    assert n_params(learned) - n_params(t) == MAXPOS * HIDDEN
+
+
+def _rope_at(x: torch.Tensor, pos: int, theta: float = 10000.0) -> torch.Tensor:
+    """Rotate (..., D) vectors as if they sat at position `pos`."""
+    cos, sin = rope_tables(torch.tensor([[pos]]), x.shape[-1], theta, x.dtype)  # (1, 1, 1, D)
+    return apply_rope(x, cos[0, 0, 0], sin[0, 0, 0])
+
+
+def test_apply_rope_dot_products_depend_only_on_relative_offset():
+    torch.manual_seed(0)
+    D = 16
+    q, k = torch.randn(5, D, dtype=torch.float64), torch.randn(5, D, dtype=torch.float64)
+    for m, n, s in [(0, 0, 7), (3, 1, 5), (1, 9, 20), (12, 4, 31), (0, 30, 100)]:
+        a = (_rope_at(q, m) * _rope_at(k, n)).sum(-1)
+        b = (_rope_at(q, m + s) * _rope_at(k, n + s)).sum(-1)
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    # ...while a different offset gives different scores (the rotation is not the identity)
+    a = (_rope_at(q, 3) * _rope_at(k, 1)).sum(-1)
+    c = (_rope_at(q, 3) * _rope_at(k, 2)).sum(-1)
+    assert (a - c).abs().max() > 1e-2
+    # a rotation preserves norms, and position 0 is the identity
+    torch.testing.assert_close(_rope_at(q, 13).norm(dim=-1), q.norm(dim=-1))
+    torch.testing.assert_close(_rope_at(q, 0), q)
+
+
+def test_rope_tables_match_the_batched_path():
+    """rope_tables over a (B, T) grid equals rotating each position on its own (as the trunk uses it)."""
+    torch.manual_seed(0)
+    B, h, T, D = 2, 3, 6, 8
+    x = torch.randn(B, h, T, D)
+    pos = torch.tensor([[0, 1, 2, 0, 1, 2], [5, 6, 7, 8, 9, 10]])
+    cos, sin = rope_tables(pos, D, 10000.0, x.dtype)
+    assert cos.shape == (B, 1, T, D)
+    y = apply_rope(x, cos, sin)
+    for b in range(B):
+        for t in range(T):
+            torch.testing.assert_close(y[b, :, t], _rope_at(x[b, :, t], int(pos[b, t])), atol=1e-6, rtol=0)
+
+
+class _ShiftedSpec(AttnSpec):
+    """A dense spec whose positions start at `shift` instead of 0."""
+
+    shift: int = 0
+
+    def position_ids(self, batch, length, device):
+        return super().position_ids(batch, length, device) + self.shift
+
+
+def _shifted(causal: bool, shift: int) -> AttnSpec:
+    spec = _ShiftedSpec(causal=causal)
+    object.__setattr__(spec, "shift", shift)
+    return spec
+
+
+@pytest.mark.parametrize("preset", ["bert", "gpt2"])
+def test_rope_trunk_is_translation_invariant_learned_is_not(preset):
+    """With RoPE attention scores depend only on relative offsets, so starting the positions at s instead of 0
+    changes nothing; with a learned absolute table it does."""
+    causal = preset == "gpt2"
+    torch.manual_seed(0)
+    ids = torch.randint(0, VOCAB, (2, 10))
+    rope = Transformer(tiny_cfg(preset, position="rope")).eval()
+    with torch.no_grad():
+        for p in rope.parameters():  # large random weights: make the attention pattern far from uniform
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.3)
+        base = rope(ids, AttnSpec.dense(causal))
+        for s in (1, 7, 40):
+            torch.testing.assert_close(rope(ids, _shifted(causal, s)), base, atol=1e-4, rtol=0)
+    learned = Transformer(tiny_cfg(preset)).eval()
+    with torch.no_grad():
+        diff = (learned(ids, _shifted(causal, 7)) - learned(ids, AttnSpec.dense(causal))).abs().max()
+    assert diff > 1e-3
+
+
+def test_rope_changes_outputs_versus_no_positions():
+    """RoPE is actually applied: with no position information a bidirectional trunk is permutation-equivariant;
+    with RoPE, permuting the input does not merely permute the output."""
+    torch.manual_seed(0)
+    t = Transformer(tiny_cfg("bert", position="rope")).eval()
+    ids = torch.randint(0, VOCAB, (1, 8))
+    perm = torch.randperm(8)
+    with torch.no_grad():
+        for p in t.parameters():  # large random weights: make the attention pattern far from uniform
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.3)
+        out = t(ids, AttnSpec.dense(False))
+        out_perm = t(ids[:, perm], AttnSpec.dense(False))
+    assert (out_perm - out[:, perm]).abs().max() > 1e-3
