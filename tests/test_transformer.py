@@ -2,7 +2,7 @@
 factorised embeddings, token types and RoPE."""
 from __future__ import annotations
 
-import logging
+import dataclasses
 from collections import Counter
 
 import pytest
@@ -473,4 +473,7 @@ def test_rope_changes_outputs_versus_no_positions():
                 p.normal_(0.0, 0.3)
         out = t(ids, AttnSpec.dense(False))
         out_perm = t(ids[:, perm], AttnSpec.dense(False))
+        t.cfg = dataclasses.replace(t.cfg, position="learned")  # same weights, rotary switched off: no positions
+        plain, plain_perm = t(ids, AttnSpec.dense(False)), t(ids[:, perm], AttnSpec.dense(False))
+    torch.testing.assert_close(plain_perm, plain[:, perm], atol=1e-5, rtol=0)
     assert (out_perm - out[:, perm]).abs().max() > 1e-3
