@@ -84,3 +84,21 @@ def load_trainer_state(checkpoint: Path) -> dict:
 
 def load_checkpoint_config(checkpoint: Path) -> Config:
     return load_config(Path(checkpoint) / "config.yaml")
+
+
+def load_pretrained(checkpoint: Path, device: str | torch.device = "cpu"):
+    """(config, tokenizer, objective with weights) of an lmssl checkpoint directory, in eval mode."""
+    from lmssl.config import ConfigError
+    from lmssl.objectives import build_objective
+
+    checkpoint = Path(checkpoint)
+    if not (checkpoint / "model.safetensors").is_file():
+        found = latest_checkpoint(checkpoint)  # a run's output_dir is accepted too
+        if found is None:
+            raise ConfigError(f"{checkpoint}: not an lmssl checkpoint (no model.safetensors) nor a run directory with checkpoints")
+        checkpoint = found
+    cfg = load_checkpoint_config(checkpoint)
+    tokenizer = TextTokenizer.from_file(checkpoint / "tokenizer.json")
+    objective = build_objective(cfg, tokenizer)
+    load_weights(objective, checkpoint)
+    return cfg, tokenizer, objective.to(device).eval()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import sys
 import time
@@ -13,7 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lmssl.checkpoint import latest_checkpoint, load_trainer_state, load_weights, save_checkpoint, set_rng_state
-from lmssl.config import Config, ConfigError
+from lmssl.config import Config, ConfigError, resolve_data_path
 from lmssl.data import load_tokenizer, sequences
 from lmssl.data.loader import SequenceLoader
 from lmssl.engine import TorchEngine
@@ -47,6 +46,9 @@ def train(cfg: Config) -> dict:
     if latest_checkpoint(out) is not None and not cfg.train.resume:
         raise ConfigError(f"key 'train.output_dir': {out} already holds checkpoints; set train.resume=true to continue "
                           f"it or choose another train.output_dir")
+    for split in ("train", "valid"):  # missing corpora stop the run before any work
+        if getattr(cfg.data, split):
+            resolve_data_path(cfg, getattr(cfg.data, split), f"data.{split}")
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     seed_everything(cfg.train.seed)
@@ -56,7 +58,10 @@ def train(cfg: Config) -> dict:
     sep_id, prefix_id = objective.packing_ids(tokenizer)
     train_data = sequences(cfg, "train", tokenizer, sep_id, prefix_id, streaming=cfg.data.streaming)
     valid_data = sequences(cfg, "valid", tokenizer, sep_id, prefix_id) if cfg.data.valid else None
-    loader = SequenceLoader(train_data, cfg.train.batch_size, cfg.train.seed)
+    try:
+        loader = SequenceLoader(train_data, cfg.train.batch_size, cfg.train.seed)
+    except ValueError as e:
+        raise ConfigError(f"key 'train.batch_size': {e} in data.train") from None
     engine = TorchEngine(objective, cfg.train)
 
     step = 0
@@ -72,8 +77,9 @@ def train(cfg: Config) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     logger = MetricsLogger(out, tensorboard=cfg.train.tensorboard, truncate_after=step)
     params = sum(p.numel() for p in objective.parameters())
-    print(f"{cfg.objective.name}: {params / 1e6:.2f}M parameters, {getattr(train_data, '__len__', lambda: '?')()} "
-          f"training sequences of {cfg.data.seq_len} tokens, output in {out}", file=sys.stderr)
+    count = "streamed" if cfg.data.streaming else f"{len(train_data)}"
+    print(f"{cfg.objective.name}: {params / 1e6:.2f}M parameters, {count} training sequences of {cfg.data.seq_len} "
+          f"tokens, output in {out}", file=sys.stderr)
 
     def checkpoint() -> Path:
         state = {"engine": engine.state_dict(), "loader": loader.state_dict()}

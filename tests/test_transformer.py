@@ -477,3 +477,22 @@ def test_rope_changes_outputs_versus_no_positions():
         plain, plain_perm = t(ids, AttnSpec.dense(False)), t(ids[:, perm], AttnSpec.dense(False))
     torch.testing.assert_close(plain_perm, plain[:, perm], atol=1e-5, rtol=0)
     assert (out_perm - out[:, perm]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("preset, position, packed", [("bert", "learned", False), ("gpt2", "rope", True)])
+def test_forward_at_equals_forward_gathered_with_the_same_dropout(preset, position, packed):
+    """MLM's sparse path computes the last block only at the masked rows: same values, same random draws."""
+    cfg = tiny_cfg(preset, position=position, dropout=0.2, attention_dropout=0.1)
+    model = Transformer(cfg).train()
+    ids = torch.randint(0, cfg.vocab_size, (3, 12))
+    spec = AttnSpec.packed(preset == "gpt2", [[5, 7], [12], [1, 11]]) if packed else AttnSpec.dense(False)
+    where = torch.rand(3, 12) < 0.3
+    torch.manual_seed(7)
+    full = model(ids, spec)[where]
+    after_full = torch.get_rng_state()
+    torch.manual_seed(7)
+    sparse = model.forward_at(ids, spec, where)
+    torch.testing.assert_close(sparse, full, rtol=1e-5, atol=1e-6)
+    assert torch.equal(torch.get_rng_state(), after_full)
+    model.eval()
+    torch.testing.assert_close(model.forward_at(ids, spec, where), model(ids, spec)[where], rtol=1e-5, atol=1e-6)

@@ -69,13 +69,17 @@ class SelfAttention(nn.Module):
         self.backend = backend
 
     def forward(self, x, spec: AttnSpec, prepared, rope):
+        return self.out(self.context(x, spec, prepared, rope))
+
+    def context(self, x, spec: AttnSpec, prepared, rope) -> torch.Tensor:
+        """The heads' concatenated outputs, before the output projection: (B, T, H)."""
         B, T, H = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, H // self.num_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, h, T, d)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         dropout_p = self.attention_dropout if self.training else 0.0
         y = self.backend(q, k, v, spec, prepared, dropout_p)  # (B, h, T, d)
-        return self.out(y.transpose(1, 2).reshape(B, T, H))
+        return y.transpose(1, 2).reshape(B, T, H)
 
 
 class FeedForward(nn.Module):
@@ -105,6 +109,40 @@ class Block(nn.Module):
             return x + self.dropout(self.ffn(self.ffn_norm(x)))
         x = self.attn_norm(x + self.dropout(self.attn(x, spec, prepared, rope)))
         return self.ffn_norm(x + self.dropout(self.ffn(x)))
+
+    def forward_at(self, x, spec, prepared, rope, index: torch.Tensor) -> torch.Tensor:
+        """`forward(...)` at the flat (B*T) row `index` only: (N, H) == forward(...).view(B*T, H)[index].
+
+        Attention still reads every position (keys and values; all queries, so its dropout draws are those
+        of `forward`), but the output projection, feed-forward and norms run on the N rows only. The
+        residual dropout masks are drawn at the full (B, T, H) shape and gathered, so the random stream and
+        the kept units are exactly those of `forward`."""
+        B, T, H = x.shape
+
+        def rows(t):
+            return t.reshape(B * T, H).index_select(0, index)
+
+        def dropout(t):
+            return dropout_rows(self.dropout, t, (B, T, H), index)
+
+        if self.pre_norm:
+            x = rows(x) + dropout(self.attn.out(rows(self.attn.context(self.attn_norm(x), spec, prepared, rope))))
+            return x + dropout(self.ffn(self.ffn_norm(x)))
+        x = self.attn_norm(rows(x) + dropout(self.attn.out(rows(self.attn.context(x, spec, prepared, rope)))))
+        return self.ffn_norm(x + dropout(self.ffn(x)))
+
+
+def dropout_rows(dropout: nn.Dropout, x: torch.Tensor, shape: tuple[int, ...], index: torch.Tensor) -> torch.Tensor:
+    """`dropout(full)` gathered at the flat rows `index` of `full` (of `shape`), given only those rows `x`:
+    the mask is drawn as F.dropout draws it for the full tensor (same shape and dtype, so the same random
+    numbers), then gathered."""
+    p = dropout.p
+    if not dropout.training or p == 0.0:
+        return x
+    if p == 1.0:
+        return x * 0.0
+    noise = x.new_empty(shape).bernoulli_(1.0 - p).div_(1.0 - p)
+    return x * noise.view(-1, shape[-1]).index_select(0, index)
 
 
 class Transformer(nn.Module):
@@ -141,6 +179,30 @@ class Transformer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, spec: AttnSpec, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids (B, T) -> hidden states (B, T, hidden_size)."""
+        x, prepared, rope = self._embed(input_ids, spec, token_type_ids)
+        for layer in self.layers:
+            x = layer(x, spec, prepared, rope)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x
+
+    def forward_at(self, input_ids: torch.Tensor, spec: AttnSpec, where: torch.Tensor,
+                   token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states at the positions `where` ((B, T) bool) only: (where.sum(), hidden_size), equal to
+        forward(...)[where] (same order, same dropout draws). The last block computes its output
+        projection, feed-forward and norms at those positions only: sparse prediction (MLM) reaches into
+        the trunk, since nothing else of the last block's output is ever read."""
+        x, prepared, rope = self._embed(input_ids, spec, token_type_ids)
+        for layer in self.layers[:-1]:
+            x = layer(x, spec, prepared, rope)
+        index = where.reshape(-1).nonzero().squeeze(1)
+        x = self.layers[-1].forward_at(x, spec, prepared, rope, index)
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x
+
+    def _embed(self, input_ids: torch.Tensor, spec: AttnSpec, token_type_ids: torch.Tensor | None):
+        """Embedded inputs plus what every block shares: the prepared attention mask and RoPE tables."""
         B, T = input_ids.shape
         position_ids = spec.position_ids(B, T, input_ids.device)
         x = self.embeddings(input_ids, position_ids, token_type_ids)
@@ -150,8 +212,4 @@ class Transformer(nn.Module):
         if self.cfg.position == "rope":
             rope = rope_tables(position_ids, self.cfg.hidden_size // self.cfg.num_heads, self.cfg.rope_theta, x.dtype)
         prepared = self.backend.prepare(spec, B, T, input_ids.device)
-        for layer in self.layers:
-            x = layer(x, spec, prepared, rope)
-        if self.final_norm is not None:
-            x = self.final_norm(x)
-        return x
+        return x, prepared, rope

@@ -67,9 +67,10 @@ class MaskedLM(Objective):
         return Batch(corrupted, spec, labels, int(selected.sum()))
 
     def forward(self, batch: Batch) -> Output:
-        hidden = self.trunk(batch.input_ids, batch.spec, batch.token_type_ids)
         where = batch.labels != IGNORE_INDEX
-        logits = self.head(hidden[where]).float()  # (num_masked, V): sparse prediction
+        # == trunk(...)[where]; the last block only computes the masked rows
+        hidden = self.trunk.forward_at(batch.input_ids, batch.spec, where, batch.token_type_ids)
+        logits = self.head(hidden).float()  # (num_masked, V): sparse prediction
         targets = batch.labels[where]
         loss = F.cross_entropy(logits, targets)
         acc = (logits.argmax(-1) == targets).float().mean()
