@@ -64,6 +64,8 @@ def build_ours(kind: str, args) -> tuple[torch.nn.Module, list, dict]:
                  f"model.max_positions={max(args.seq_len, 128)}"]
     if kind == "clm":
         overrides.append("data.document_mask=false")  # dense layout: the same attention work as HF's GPT-2
+    if kind == "mlm":
+        overrides.append("objective.sentence_task=none")  # packed MLM only, as HF's BertForMaskedLM
     cfg = load_config(REPO / "configs" / f"{kind}.yaml", overrides)
     tokenizer = load_tokenizer(cfg)
     cfg = with_vocab(cfg, tokenizer.vocab_size)

@@ -4,6 +4,9 @@ They are written under a temporary name and renamed, so a crash mid-save never l
 checkpoint, and `latest_checkpoint` only ever sees complete ones."""
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import random
 import re
 import shutil
@@ -14,7 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
-from lmssl.config import Config, load_config, save_config
+from lmssl.config import Config, ConfigError, ModelConfig, load_config, save_config
 from lmssl.data.tokenizer import TextTokenizer
 
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
@@ -52,16 +55,21 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def write_model_files(directory: Path, model: torch.nn.Module, cfg: Config, tokenizer: TextTokenizer) -> None:
+    """What `load_pretrained` reads: weights, the resolved config and the tokenizer."""
+    directory.chmod(0o755)  # mkdtemp makes it private
+    save_model(model, str(directory / "model.safetensors"))  # handles tied (shared) tensors
+    save_config(cfg, directory / "config.yaml")
+    tokenizer.save(directory)
+
+
 def save_checkpoint(output_dir: Path, step: int, model: torch.nn.Module, cfg: Config, tokenizer: TextTokenizer,
                     trainer_state: dict, keep: int = 0) -> Path:
     root = checkpoints_dir(output_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
-    tmp.chmod(0o755)  # mkdtemp makes it private
-    save_model(model, str(tmp / "model.safetensors"))  # handles tied (shared) tensors
-    save_config(cfg, tmp / "config.yaml")
-    tokenizer.save(tmp)
+    write_model_files(tmp, model, cfg, tokenizer)
     torch.save({**trainer_state, "step": step, "rng": rng_state()}, tmp / "trainer_state.pt")
     if final.exists():
         shutil.rmtree(final)
@@ -88,7 +96,6 @@ def load_checkpoint_config(checkpoint: Path) -> Config:
 
 def load_pretrained(checkpoint: Path, device: str | torch.device = "cpu"):
     """(config, tokenizer, objective with weights) of an lmssl checkpoint directory, in eval mode."""
-    from lmssl.config import ConfigError
     from lmssl.objectives import build_objective
 
     checkpoint = Path(checkpoint)
@@ -102,3 +109,86 @@ def load_pretrained(checkpoint: Path, device: str | torch.device = "cpu"):
     objective = build_objective(cfg, tokenizer)
     load_weights(objective, checkpoint)
     return cfg, tokenizer, objective.to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# model.init_from: start from a pretrained encoder
+# ---------------------------------------------------------------------------------------------
+
+# ModelConfig fields that may differ from the init_from checkpoint's: regularisation and execution
+# choices, and the output head's tying; every other field shapes or defines the trunk and must match.
+INIT_FREE_FIELDS = ("preset", "dropout", "attention_dropout", "init_std", "attention_backend", "tie_embeddings",
+                    "init_from")
+
+
+def _init_checkpoint(cfg: Config) -> Path | None:
+    if not cfg.model.init_from:
+        return None
+    path = Path(cfg.model.init_from).expanduser()
+    found = path if (path / "model.safetensors").is_file() else latest_checkpoint(path)
+    if found is None:
+        raise ConfigError(f"key 'model.init_from': {path} is neither an lmssl checkpoint (no model.safetensors) "
+                          f"nor a run directory with checkpoints")
+    return found
+
+
+def init_tokenizer(cfg: Config) -> TextTokenizer | None:
+    """The tokenizer of the `model.init_from` checkpoint, None when it is unset: a pretrained encoder
+    only means something with the token ids it was trained on, so it replaces data.tokenizer."""
+    found = _init_checkpoint(cfg)
+    return None if found is None else TextTokenizer.from_file(found / "tokenizer.json")
+
+
+def init_encoder(objective: torch.nn.Module, cfg: Config) -> Path | None:
+    """Copy the downstream encoder (`Objective.encoder()`) of the `model.init_from` checkpoint into
+    `objective.encoder()`, whatever the two objectives are (MLM trunk, ELECTRA discriminator, SimCSE
+    trunk...). Heads stay as initialised. Returns the checkpoint used, None when init_from is unset."""
+    found = _init_checkpoint(cfg)
+    if found is None:
+        return None
+    source_cfg = load_checkpoint_config(found)
+    for f in dataclasses.fields(ModelConfig):
+        ours, theirs = getattr(cfg.model, f.name), getattr(source_cfg.model, f.name)
+        if f.name not in INIT_FREE_FIELDS and ours != theirs:
+            raise ConfigError(f"key 'model.{f.name}': {ours!r} here but {theirs!r} in the model.init_from checkpoint "
+                              f"{found}; the trunk must match it (set model.{f.name}={theirs})")
+    _, _, source = load_pretrained(found)
+    objective.encoder().load_state_dict(source.encoder().state_dict())
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# the best weights on a selection metric
+# ---------------------------------------------------------------------------------------------
+
+class BestCheckpoint:
+    """output_dir/best: the weights that scored highest so far on the objective's `selection_metric`
+    (SimCSE: STS-B dev Spearman), with config.yaml, tokenizer.json and best.json (step and metrics).
+    A new best is written to a temporary directory and renamed into place, so `best` is never partial."""
+
+    def __init__(self, output_dir: Path, metric: str):
+        self.output_dir, self.metric = Path(output_dir), metric
+        self.dir = self.output_dir / "best"
+        info = self.dir / "best.json"
+        # a resumed run must beat the best its interrupted part recorded
+        self.score = json.loads(info.read_text()).get(metric, -math.inf) if metric and info.is_file() else -math.inf
+
+    def update(self, step: int, metrics: dict[str, float], model: torch.nn.Module, cfg: Config,
+               tokenizer: TextTokenizer) -> bool:
+        """Save `model` as the best if metrics[metric] beats the best so far (NaN never does)."""
+        score = metrics.get(self.metric) if self.metric else None
+        if score is None or not score > self.score:
+            return False
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-best-", dir=self.output_dir))
+        write_model_files(tmp, model, cfg, tokenizer)
+        (tmp / "best.json").write_text(json.dumps({"step": step, **metrics}) + "\n")
+        old = None
+        if self.dir.exists():
+            old = Path(tempfile.mkdtemp(prefix=".old-best-", dir=self.output_dir))
+            self.dir.rename(old / "best")
+        tmp.rename(self.dir)
+        if old is not None:
+            shutil.rmtree(old)
+        self.score = score
+        return True

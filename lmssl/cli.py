@@ -37,6 +37,139 @@ def _tokenizer_train(args) -> None:
     print(json.dumps({"tokenizer": str(path), "type": args.type, "vocab_size": tok.vocab_size}))
 
 
+def _eval_text(args, causal: bool):
+    """The checkpoint and the documents to score, after checking the checkpoint is of the right kind."""
+    from lmssl.evaluation.likelihood import likelihood_kind, load_checkpoint, read_documents, resolve_text_file
+
+    path, cfg, tokenizer, objective = load_checkpoint(args.checkpoint, args.device)
+    wanted, kind = ("ppl" if causal else "pppl"), likelihood_kind(objective)
+    if kind != wanted:
+        raise ConfigError(f"{path}: `lmssl eval {wanted}` needs a {'causal' if causal else 'masked'} language model; "
+                          f"this checkpoint's objective is '{cfg.objective.name}'"
+                          + (f": use `lmssl eval {kind}`" if kind else ", which has no language-model head"))
+    file = resolve_text_file(args.file, cfg)
+    documents = read_documents(file, args.max_words, text_field=args.text_field)
+    return {"checkpoint": str(path), "file": str(file), "max_words": args.max_words}, cfg, tokenizer, objective, documents
+
+
+def _eval_ppl(args) -> None:
+    from lmssl.evaluation.perplexity import default_window, perplexity
+
+    head, cfg, tokenizer, objective, documents = _eval_text(args, causal=True)
+    max_length, stride = default_window(cfg, args.max_length, args.stride)
+    result = perplexity(objective, tokenizer, documents, max_length=max_length, stride=stride,
+                        batch_size=args.batch_size, progress=True)
+    print(json.dumps({**head, "objective": cfg.objective.name, **result}))
+
+
+def _eval_pppl(args) -> None:
+    from lmssl.evaluation.pseudo_perplexity import default_window, pseudo_perplexity
+
+    head, cfg, tokenizer, objective, documents = _eval_text(args, causal=False)
+    max_length, stride = default_window(cfg, args.max_length, args.stride)
+    result, records = pseudo_perplexity(objective, tokenizer, documents, max_length=max_length, stride=stride,
+                                        batch_tokens=args.batch_tokens, word_l2r=args.word_l2r, progress=True)
+    if args.per_sentence:
+        out = Path(args.per_sentence)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("".join(json.dumps(r) + "\n" for r in records))
+        head["per_sentence"] = str(out)
+    print(json.dumps({**head, "objective": cfg.objective.name, **result}))
+
+
+def _eval_compare(args) -> None:
+    from lmssl.evaluation.report import compare
+
+    print(json.dumps(compare(args.checkpoints, args.data, Path(args.out), max_words=args.max_words,
+                             text_field=args.text_field, batch_size=args.batch_size, batch_tokens=args.batch_tokens,
+                             device=args.device, progress=True)))
+
+
+def _eval_sts(args) -> None:
+    from lmssl.config import data_root
+    from lmssl.evaluation.likelihood import load_checkpoint
+    from lmssl.evaluation.sts import AGGREGATION, STS_SETS, evaluate_sts
+
+    unknown = [name for name in args.sets if name not in STS_SETS]
+    if unknown:
+        raise ConfigError(f"--sets: unknown STS set {unknown[0]!r}; choose from {', '.join(STS_SETS)}")
+    path, cfg, tokenizer, objective = load_checkpoint(args.checkpoint, args.device)
+    root = Path(args.data_root) if args.data_root else data_root(cfg)
+    pooling = objective.sentence_pooling() if args.pooling == "auto" else args.pooling
+    scores = evaluate_sts(objective, tokenizer, root, tuple(args.sets), pooling=pooling, batch_size=args.batch_size,
+                          progress=True)
+    print(json.dumps({"checkpoint": str(path), "objective": cfg.objective.name, "pooling": pooling,
+                      "aggregation": AGGREGATION, **{k: round(v, 2) for k, v in scores.items()}}))
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _add_eval_parsers(sub) -> None:
+    ev = sub.add_parser("eval", help="evaluate checkpoints (likelihood, STS)").add_subparsers(dest="eval_command",
+                                                                                           required=True)
+    text_help = "text to score: a path, or relative to the data root ($LMSSL_DATA), e.g. wikitext-2/test.txt"
+
+    def common(p, windows: bool = True):
+        if windows:
+            p.add_argument("--max-length", type=_non_negative, default=0,
+                           help="tokens per window (default: the model's training sequence length)")
+            p.add_argument("--stride", type=_non_negative, default=0, help="tokens between window starts (default: half a window)")
+        p.add_argument("--max-words", type=_non_negative, default=0,
+                       help="score only the first N whitespace words of the text (0 = all)")
+        p.add_argument("--text-field", default="text", help="field holding the text in .jsonl/.parquet files")
+        p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: cuda when available)")
+
+    p = ev.add_parser("ppl", help="sliding-window perplexity of a causal checkpoint")
+    p.add_argument("checkpoint", help="checkpoint directory, or a run directory (its latest checkpoint)")
+    p.add_argument("file", help=text_help)
+    common(p)
+    p.add_argument("--batch-size", type=_positive, default=16, help="windows per forward pass")
+    p.set_defaults(func=_eval_ppl)
+
+    p = ev.add_parser("pppl", help="exact pseudo-perplexity of a masked checkpoint (Salazar et al. 2020)")
+    p.add_argument("checkpoint", help="checkpoint directory, or a run directory (its latest checkpoint)")
+    p.add_argument("file", help=text_help)
+    common(p)
+    p.add_argument("--word-l2r", action="store_true",
+                   help="also mask the rest of the token's word to its right (PLL-word-l2r, Kauf & Ivanova 2023)")
+    p.add_argument("--batch-tokens", type=_positive, default=8192, help="token budget of a batch of masked copies")
+    p.add_argument("--per-sentence", metavar="OUT.jsonl", help="also write one JSON line per scored document / sentence")
+    p.set_defaults(func=_eval_pppl)
+
+    p = ev.add_parser("compare", help="PPL / pseudo-PPL of several checkpoints on one text: Markdown table + PNG")
+    p.add_argument("checkpoints", nargs="+", help="checkpoint or run directories (causal and/or masked)")
+    p.add_argument("--data", required=True, help=text_help)
+    p.add_argument("--out", required=True, help="output directory for report.md, report.png, results.json")
+    common(p, windows=False)
+    p.add_argument("--batch-size", type=_positive, default=16, help="windows per forward pass (PPL)")
+    p.add_argument("--batch-tokens", type=_positive, default=8192, help="token budget per batch (pseudo-PPL)")
+    p.set_defaults(func=_eval_compare)
+
+    p = ev.add_parser("sts", help="STS: Spearman x 100 of embedding cosines vs gold (SentEval/SimCSE protocol)")
+    p.add_argument("checkpoint", help="checkpoint directory, or a run directory (its latest checkpoint)")
+    p.add_argument("--pooling", choices=["auto", "cls", "mean"], default="auto",
+                   help="sentence vector: the encoder's [CLS] state (SimCSE's cls_before_pooler) or the mean over "
+                        "tokens; auto = the checkpoint's own (SimCSE: its pooling; causal: mean; else cls)")
+    p.add_argument("--sets", nargs="+", default=["stsb_dev", "stsb_test", "sts12", "sts13", "sts14", "sts15", "sts16",
+                                                 "sickr"], help="STS sets to score (default: all; avg needs the 7 test sets)")
+    p.add_argument("--data-root", help="data root holding glue/STS-B and sts/ (default: $LMSSL_DATA)")
+    p.add_argument("--batch-size", type=_positive, default=64, help="sentences per forward pass")
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: cuda when available)")
+    p.set_defaults(func=_eval_sts)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmssl", description="Pretrain and evaluate transformer language models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--doc-split", choices=["auto", "blank_line", "line", "wikitext"], default="auto")
     p.add_argument("--text-field", default="text")
     p.set_defaults(func=_tokenizer_train)
+
+    _add_eval_parsers(sub)
     return parser
 
 
@@ -71,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; resume with train.resume=true (the latest checkpoint is intact)", file=sys.stderr)
+        if args.command == "train":
+            print("interrupted; resume with train.resume=true (the latest checkpoint is intact)", file=sys.stderr)
         return 130
     return 0

@@ -43,6 +43,7 @@ class ModelConfig:
     tie_embeddings: bool = True  # output projection shares the input embedding matrix
     init_std: float = 0.02  # std of the normal initialisation
     attention_backend: Literal["auto", "sdpa"] = "auto"  # attention kernel; auto = best available
+    init_from: str = ""  # checkpoint or run directory whose encoder initialises the trunk (its tokenizer replaces data.tokenizer); "" = random init
 
 
 # Architecture families. Values here are defaults: keys written in the config win.
@@ -106,6 +107,7 @@ class EvalConfig:
     every: int = 0  # evaluate on data.valid every N steps; 0 = only at the end
     max_batches: int = 0  # validation batches per evaluation; 0 = the whole split
     batch_size: int = 32  # sequences per validation batch
+    likelihood_max_words: int = 500  # PPL (causal) / pseudo-PPL (masked) on the first N words of data.valid; 0 = off
 
 
 @dataclass
@@ -270,6 +272,7 @@ def validate(cfg: Config, source: str) -> None:
     _check(bool(t.output_dir), source, "train.output_dir", "must not be empty")
     _check(e.every >= 0 and e.max_batches >= 0, source, "eval.every", "must be >= 0")
     _check(e.batch_size > 0, source, "eval.batch_size", "must be positive")
+    _check(e.likelihood_max_words >= 0, source, "eval.likelihood_max_words", "must be >= 0 (0 = off)")
     check = getattr(cfg.objective, "check", None)
     if check is not None:
         check(cfg, lambda cond, key, message: _check(cond, source, key, message))

@@ -11,11 +11,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lmssl.checkpoint import latest_checkpoint, load_trainer_state, load_weights, save_checkpoint, set_rng_state
+from lmssl.checkpoint import (BestCheckpoint, init_encoder, init_tokenizer, latest_checkpoint, load_trainer_state,
+                              load_weights, save_checkpoint, set_rng_state)
 from lmssl.config import Config, ConfigError, resolve_data_path
-from lmssl.data import load_tokenizer, sequences
+from lmssl.data import load_tokenizer
 from lmssl.data.loader import SequenceLoader
 from lmssl.engine import TorchEngine
+from lmssl.evaluation.likelihood import ValidationLikelihood
 from lmssl.evaluation.validation import evaluate
 from lmssl.metrics import MetricsLogger
 from lmssl.objectives import build_objective
@@ -52,12 +54,13 @@ def train(cfg: Config) -> dict:
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     seed_everything(cfg.train.seed)
-    tokenizer = load_tokenizer(cfg)
+    tokenizer = init_tokenizer(cfg) or load_tokenizer(cfg)  # model.init_from brings the tokenizer it was trained with
     cfg = with_vocab(cfg, tokenizer.vocab_size)
     objective = build_objective(cfg, tokenizer)
-    sep_id, prefix_id = objective.packing_ids(tokenizer)
-    train_data = sequences(cfg, "train", tokenizer, sep_id, prefix_id, streaming=cfg.data.streaming)
-    valid_data = sequences(cfg, "valid", tokenizer, sep_id, prefix_id) if cfg.data.valid else None
+    init_from = init_encoder(objective, cfg)  # model.init_from: a pretrained encoder (None = random init)
+    train_data = objective.dataset("train", tokenizer)  # packed sequences, or the objective's own examples
+    valid_data = objective.dataset("valid", tokenizer) if cfg.data.valid else None
+    likelihood = ValidationLikelihood.create(cfg, tokenizer, objective)  # PPL / pseudo-PPL on data.valid, or None
     try:
         loader = SequenceLoader(train_data, cfg.train.batch_size, cfg.train.seed)
     except ValueError as e:
@@ -80,10 +83,28 @@ def train(cfg: Config) -> dict:
     count = "streamed" if cfg.data.streaming else f"{len(train_data)}"
     print(f"{cfg.objective.name}: {params / 1e6:.2f}M parameters, {count} training sequences of {cfg.data.seq_len} "
           f"tokens, output in {out}", file=sys.stderr)
+    if init_from is not None:
+        print(f"encoder initialised from {init_from}", file=sys.stderr)
 
     def checkpoint() -> Path:
         state = {"engine": engine.state_dict(), "loader": loader.state_dict()}
         return save_checkpoint(out, step, objective, cfg, tokenizer, state, keep=cfg.train.keep_checkpoints)
+
+    def validate() -> dict:
+        """The objective's loss and metrics on data.valid, plus PPL / pseudo-PPL on its first words."""
+        metrics = evaluate(engine, valid_data, cfg.eval.batch_size, cfg.eval.max_batches)
+        return {**metrics, **(likelihood(objective) if likelihood else {})}
+
+    best = BestCheckpoint(out, objective.selection_metric)
+
+    def extra_eval() -> dict:
+        """The objective's own evaluations (SimCSE: STS-B dev); the best weights on its selection metric
+        are kept in output_dir/best."""
+        metrics = objective.extra_eval()
+        if metrics:
+            logger.log(step, metrics)
+            best.update(step, metrics, objective, cfg, tokenizer)
+        return metrics
 
     bar = tqdm(total=cfg.train.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
     last_ckpt, window_tokens, window_start = None, 0, time.perf_counter()
@@ -101,13 +122,18 @@ def train(cfg: Config) -> dict:
             bar.set_postfix(loss=f"{stats['loss']:.3f}", tok_s=f"{stats['tokens_per_s']:.0f}")
             window_tokens, window_start = 0, time.perf_counter()
         if valid_data is not None and cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.train.max_steps:
-            logger.log(step, evaluate(engine, valid_data, cfg.eval.batch_size, cfg.eval.max_batches))
+            logger.log(step, validate())
+        if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.train.max_steps:
+            extra_eval()
         if (cfg.train.save_every and step % cfg.train.save_every == 0) or step == cfg.train.max_steps:
             last_ckpt = checkpoint()
     bar.close()
     result = {"step": step, "checkpoint": str(last_ckpt or latest_checkpoint(out))}
     if valid_data is not None:
-        result.update(evaluate(engine, valid_data, cfg.eval.batch_size, cfg.eval.max_batches))
+        result.update(validate())
         logger.log(step, {k: v for k, v in result.items() if k.startswith("val_")})
+    result.update(extra_eval())
+    if best.dir.is_dir():
+        result["best"] = str(best.dir)
     logger.close()
     return result

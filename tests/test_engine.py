@@ -36,7 +36,8 @@ def test_gradient_accumulation_equals_one_large_batch(data_root, tmp_path):
     from lmssl.objectives import build_objective
     from lmssl.train import with_vocab
 
-    cfg = tiny_config("mlm", tmp_path, "model.dropout=0.0", "model.attention_dropout=0.0")
+    # packed MLM batches: the split below copies input_ids and labels only (no pair labels or padding mask)
+    cfg = tiny_config("mlm", tmp_path, "model.dropout=0.0", "model.attention_dropout=0.0", "objective.sentence_task=none")
     tok = load_tokenizer(cfg)
     cfg = with_vocab(cfg, tok.vocab_size)
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""Config -> tokenizer and packed datasets."""
+"""Config -> tokenizer and datasets (packed sequences; sentence pairs for NSP/SOP)."""
 from __future__ import annotations
 
 import sys
@@ -7,9 +7,11 @@ from pathlib import Path
 from lmssl.config import Config, ConfigError, cache_dir, resolve_data_path
 from lmssl.data.corpus import iter_documents
 from lmssl.data.packing import Example, PackedSequences, StreamingSequences, tokenize_corpus
+from lmssl.data.pairs import SentencePairs, tokenize_segments
 from lmssl.data.tokenizer import TextTokenizer, save_tokenizer, tokenizer_path, train_tokenizer
 
-__all__ = ["Example", "PackedSequences", "StreamingSequences", "TextTokenizer", "load_tokenizer", "sequences"]
+__all__ = ["Example", "PackedSequences", "SentencePairs", "StreamingSequences", "TextTokenizer", "load_tokenizer",
+           "sentence_pairs", "sequences"]
 
 
 def load_tokenizer(cfg: Config) -> TextTokenizer:
@@ -42,3 +44,23 @@ def sequences(cfg: Config, split: str, tokenizer: TextTokenizer, sep_id: int, pr
         return PackedSequences(tokens, doc_ends, cfg.data.seq_len, prefix_id)
     except ValueError as e:
         raise ConfigError(f"key '{key}' ({path}): {e}") from None
+
+
+VALID_PAIRS_SEED = 0  # validation pairs do not depend on train.seed, so runs with different seeds score the same pairs
+
+
+def sentence_pairs(cfg: Config, split: str, tokenizer: TextTokenizer, task: str, short_seq_prob: float) -> SentencePairs:
+    """`[CLS] A [SEP] B [SEP]` pairs of `data.train` or `data.valid` for NSP/SOP (see lmssl.data.pairs)."""
+    key = f"data.{split}"
+    path = resolve_data_path(cfg, getattr(cfg.data, split), key)
+    corpus = tokenize_segments(path, tokenizer, cache_dir(cfg), fmt=cfg.data.format, doc_split=cfg.data.doc_split,
+                               text_field=cfg.data.text_field)
+    seed = cfg.train.seed if split == "train" else VALID_PAIRS_SEED
+    try:
+        return SentencePairs(corpus, cfg.data.seq_len, tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id, task,
+                             short_seq_prob, seed)
+    except ValueError as e:
+        raise ConfigError(f"key '{key}' ({path}): objective.sentence_task={task} cannot build sentence pairs: {e}. "
+                          f"Use a corpus whose documents hold several sentences or paragraphs (data.doc_split="
+                          f"{cfg.data.doc_split}; blank_line or wikitext group lines into documents), or set "
+                          f"objective.sentence_task=none") from None

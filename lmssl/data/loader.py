@@ -1,12 +1,12 @@
 """A resumable sequence loader: its position is a small dict saved in every checkpoint.
 
-Map-style data: each epoch is a permutation seeded by (seed, epoch); the position is
-(epoch, sequences consumed). Streaming data: the position is the count consumed in the epoch,
+Map-style data (anything with __len__ and __getitem__: packed sequences, sentences): each epoch is
+a permutation seeded by (seed, epoch); the position is (epoch, examples consumed). Streaming data: the position is the count consumed in the epoch,
 and resuming fast-forwards the stream to it. Either way a resumed run sees the same sequences.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -14,12 +14,13 @@ from lmssl.data.packing import Example, PackedSequences, StreamingSequences
 
 
 class SequenceLoader:
-    def __init__(self, data: PackedSequences | StreamingSequences, batch_size: int, seed: int, shuffle: bool = True):
+    def __init__(self, data: PackedSequences | StreamingSequences | Sequence, batch_size: int, seed: int,
+                 shuffle: bool = True):
         self.data, self.batch_size, self.seed, self.shuffle = data, batch_size, seed, shuffle
         self.epoch, self.position = 0, 0
         self._order: np.ndarray | None = None
         self._stream: Iterator[Example] | None = None
-        if isinstance(data, PackedSequences) and len(data) < batch_size:
+        if not isinstance(data, StreamingSequences) and len(data) < batch_size:
             raise ValueError(f"only {len(data)} sequences, fewer than one batch of {batch_size}")
 
     def state_dict(self) -> dict:

@@ -107,16 +107,23 @@ def tokenize_corpus(path: Path, tokenizer: TextTokenizer, sep_id: int, cache_roo
         bar.close()
         if not chunks:
             raise ValueError(f"{path}: no documents found (is the file empty?)")
-        cache_root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=cache_root))
-        np.save(tmp / "tokens.npy", np.concatenate(chunks))
-        np.save(tmp / "doc_ends.npy", np.asarray(ends, dtype=np.int64))
-        (tmp / "meta.json").write_text(json.dumps({"source": str(path), "tokens": total, "documents": len(ends)}))
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process won the race; its copy is identical
-            shutil.rmtree(tmp, ignore_errors=True)
+        save_cache(target, {"tokens": np.concatenate(chunks), "doc_ends": np.asarray(ends, dtype=np.int64)},
+                   {"source": str(path), "tokens": total, "documents": len(ends)})
     return np.load(target / "tokens.npy", mmap_mode="r"), np.load(target / "doc_ends.npy")
+
+
+def save_cache(target: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    """Write `NAME.npy` for each array plus meta.json into a temporary directory renamed to `target`,
+    so a reader never sees a half-written cache entry (meta.json marks a complete one)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
+    for name, array in arrays.items():
+        np.save(tmp / f"{name}.npy", array)
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process won the race; its copy is identical
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class StreamingSequences:

@@ -45,3 +45,44 @@ class CausalLMHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.proj(hidden)
+
+
+class Pooler(nn.Module):
+    """BERT's pooler (Devlin et al. 2019, §3): dense + tanh on the [CLS] hidden state. Named as HF's
+    BertPooler (`bert.pooler.dense`), so an export is a rename."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        nn.init.normal_(self.dense.weight, std=cfg.init_std)
+        nn.init.zeros_(self.dense.bias)
+
+    def forward(self, cls_hidden: torch.Tensor) -> torch.Tensor:
+        """(B, H) [CLS] states -> (B, H) pooled."""
+        return torch.tanh(self.dense(cls_hidden))
+
+
+def classifier(cfg: ModelConfig, num_outputs: int) -> nn.Linear:
+    """A linear layer from the hidden size, initialised as BERT's (normal(init_std) weights, zero bias):
+    BERT's `cls.seq_relationship` (2 outputs for NSP/SOP)."""
+    layer = nn.Linear(cfg.hidden_size, num_outputs)
+    nn.init.normal_(layer.weight, std=cfg.init_std)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class ReplacedTokenHead(nn.Module):
+    """ELECTRA's discriminator head (Clark et al. 2020, §2): dense -> activation -> dense to one logit per
+    token, "was this token replaced?". Named as HF's ElectraDiscriminatorPredictions."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.act = activation_fn(cfg.activation)
+        self.dense_prediction = classifier(cfg, 1)
+        nn.init.normal_(self.dense.weight, std=cfg.init_std)
+        nn.init.zeros_(self.dense.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden (..., H) -> logits (...)."""
+        return self.dense_prediction(self.act(self.dense(hidden))).squeeze(-1)

@@ -5,11 +5,15 @@ from lmssl.config import Config
 from lmssl.data.tokenizer import TextTokenizer
 from lmssl.objectives.base import IGNORE_INDEX, Batch, Objective, Output
 from lmssl.objectives.clm import CausalLM, CLMConfig
+from lmssl.objectives.electra import Electra, ElectraConfig
 from lmssl.objectives.mlm import MaskedLM, MLMConfig
+from lmssl.objectives.simcse import SimCSE, SimCSEConfig
 
 OBJECTIVES: dict[str, tuple[type[Objective], type]] = {
     "mlm": (MaskedLM, MLMConfig),
     "clm": (CausalLM, CLMConfig),
+    "electra": (Electra, ElectraConfig),
+    "simcse": (SimCSE, SimCSEConfig),
 }
 
 __all__ = ["IGNORE_INDEX", "OBJECTIVES", "Batch", "Objective", "Output", "build_objective", "objective_config_class"]

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from lmssl.config import Config
+from lmssl.data import sequences
 from lmssl.data.packing import Example
 from lmssl.data.tokenizer import TextTokenizer
 from lmssl.model.attention import AttnSpec
@@ -54,10 +55,33 @@ def stack_examples(examples: list[Example], causal: bool, document_mask: bool) -
 
 class Objective(nn.Module):
     causal: bool = False
+    # a key of `extra_eval()` to maximise: the training loop keeps the best weights in output_dir/best ("" = none)
+    selection_metric: str = ""
 
     def __init__(self, cfg: Config, tokenizer: TextTokenizer):
         super().__init__()
         self.cfg = cfg
+
+    def encoder(self) -> nn.Module:
+        """The downstream encoder: the trunk that `model.init_from` copies from a checkpoint of this
+        objective (into the encoder of the objective being trained) and that evaluators (STS, fine-tuning)
+        read. ELECTRA's is its discriminator."""
+        return self.trunk
+
+    def sentence_pooling(self) -> str:
+        """How evaluators turn the encoder's hidden states into one sentence vector by default:
+        'cls' (the [CLS] position) or 'mean' (over real tokens). A causal model has no [CLS]."""
+        return "mean" if self.causal else "cls"
+
+    def dataset(self, split: str, tokenizer: TextTokenizer):
+        """The examples of `data.train` / `data.valid` that `collate` understands: packed sequences by default."""
+        sep_id, prefix_id = self.packing_ids(tokenizer)
+        return sequences(self.cfg, split, tokenizer, sep_id, prefix_id, streaming=self.cfg.data.streaming and split == "train")
+
+    def extra_eval(self) -> dict[str, float]:
+        """Evaluations beyond the loss on data.valid, run every eval.every steps and at the end
+        (SimCSE: STS-B dev Spearman). Must not draw from the global RNG, so training stays reproducible."""
+        return {}
 
     def packing_ids(self, tokenizer: TextTokenizer) -> tuple[int, int | None]:
         """(separator appended to each document, prefix of each sequence or None)."""

@@ -1,0 +1,179 @@
+"""`lmssl eval compare`: PPL of causal checkpoints and pseudo-PPL of masked ones on the same text, in a
+Markdown table and a PNG, with each run's training curves from its metrics.jsonl.
+
+PPL and pseudo-PPL are different quantities, so the report keeps them apart: the table says which
+quantity each row is and is never sorted by it, and the figure gives each quantity its own column.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lmssl.config import ConfigError
+from lmssl.evaluation.likelihood import (evaluate_text, likelihood_kind, load_checkpoint, read_documents,
+                                         resolve_text_file)
+
+CAVEAT = (
+    "**PPL and pseudo-PPL are different quantities; this report does not rank one against the other.** "
+    "Perplexity (causal models) is exp of the mean negative log-likelihood of each token given the tokens before "
+    "it: a proper probability of the text. Pseudo-perplexity (masked models, Salazar et al. 2020) is exp of the "
+    "mean negative log-probability of each token given all the other tokens, on both sides: it is not a "
+    "probability of the text. It may come out lower than a causal model's PPL (well-trained masked models see "
+    "context on both sides) or higher (briefly trained ones learn from only the masked 15% of tokens per step); "
+    "neither says which model is better. Compare PPL with "
+    "PPL and pseudo-PPL with pseudo-PPL, on the same text. Per-word values (total negative log-likelihood / "
+    "whitespace words) make models with different tokenizers comparable within one quantity.")
+LABELS = {"perplexity": "PPL", "pseudo-perplexity": "pseudo-PPL"}
+VALIDATION_CURVES = {"perplexity": "val_sliding_ppl", "pseudo-perplexity": "val_pppl"}
+
+
+def run_directory(checkpoint: Path) -> Path:
+    """The training run a checkpoint belongs to (runs/NAME/checkpoints/step-N -> runs/NAME)."""
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint
+
+
+def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) series of a run's metrics.jsonl: training loss, validation loss and likelihood metrics."""
+    path = run_dir / "metrics.jsonl"
+    curves: dict[str, list[tuple[int, float]]] = {}
+    if not path.is_file():
+        return curves
+    for line in path.read_text().splitlines():
+        row = json.loads(line) if line.strip() else {}
+        for key in ("loss", "val_loss", *VALIDATION_CURVES.values()):
+            if isinstance(row.get(key), (int, float)):
+                curves.setdefault(key, []).append((row["step"], row[key]))
+    return curves
+
+
+def compare(checkpoints: list[str], data: str, out: Path, *, max_words: int = 0, text_field: str = "text",
+            batch_size: int = 16, batch_tokens: int = 8192, device: str = "auto", progress: bool = False) -> dict:
+    """Score every checkpoint on the same documents; write results.json, report.md and report.png to `out`."""
+    rows, file, documents = [], None, None
+    for value in checkpoints:
+        path, cfg, tokenizer, objective = load_checkpoint(value, device)
+        if likelihood_kind(objective) is None:
+            raise ConfigError(f"{path}: objective '{cfg.objective.name}' has no language-model head; compare takes "
+                              f"causal (PPL) and masked (pseudo-PPL) checkpoints")
+        if documents is None:  # read once: the same text for every model, whatever its tokenizer
+            file = resolve_text_file(data, cfg)
+            documents = read_documents(file, max_words, text_field=text_field)
+        result = evaluate_text(objective, tokenizer, cfg, documents, batch_size=batch_size, batch_tokens=batch_tokens,
+                               progress=progress)
+        run = run_directory(path)
+        step = int(path.name.split("-")[-1]) if path.name.startswith("step-") else None
+        name = run.name + (f"@{step}" if step is not None else "")
+        if any(r["name"] == name for r in rows):
+            name += f" ({len(rows) + 1})"
+        rows.append({"name": name, "checkpoint": str(path), "objective": cfg.objective.name,
+                     "tokenizer": Path(cfg.data.tokenizer).name, "step": step,
+                     "parameters": sum(p.numel() for p in objective.parameters()), **result,
+                     "curves": read_curves(run)})
+    text = {"file": str(file), "max_words": max_words, "words": rows[0]["words"], "bytes": rows[0]["bytes"],
+            "documents": rows[0]["documents"]}
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"text": text, "models": rows, "caveat": CAVEAT}
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(rows, out / "report.png")
+    (out / "report.md").write_text(markdown(report, "report.png"))
+    return {"report": str(out / "report.md"), "figure": str(out / "report.png"), "results": str(out / "results.json"),
+            "models": [{k: r[k] for k in ("name", "quantity", "tokens", "words") if k in r}
+                       | {"per_token": per_token(r), "per_word": per_word(r)} for r in rows]}
+
+
+def per_token(row: dict) -> float:
+    return row["ppl"] if row["quantity"] == "perplexity" else row["pppl"]
+
+
+def per_word(row: dict) -> float:
+    return row["word_ppl"] if row["quantity"] == "perplexity" else row["word_pppl"]
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "—" if x is None else f"{x:,.{digits}f}"
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| model | objective | quantity | per token | per word | bits/byte | tokens scored | words | "
+             "window / stride | parameters |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|---:|"]
+    for r in rows:  # in the order given: no ranking
+        bpb = _fmt(r.get("bits_per_byte"), 3) if r["quantity"] == "perplexity" else "—"
+        window = f"{r['max_length']} / {r['stride']}"
+        lines.append(f"| {r['name']} | {r['objective']} | {LABELS[r['quantity']]} | {_fmt(per_token(r))} | "
+                     f"{_fmt(per_word(r))} | {bpb} | {r['tokens']:,} | {r['words']:,} | {window} | "
+                     f"{r['parameters'] / 1e6:.1f}M |")
+    return "\n".join(lines)
+
+
+def markdown(report: dict, figure: str) -> str:
+    text, rows = report["text"], report["models"]
+    scope = f"the first {text['max_words']:,} words" if text["max_words"] else "all"
+    methods = sorted({(LABELS[r["quantity"]], r["method"]) for r in rows})
+    return "\n".join([
+        "# PPL and pseudo-PPL report", "",
+        f"Text: {scope} of `{text['file']}`: {text['documents']} document(s), {text['words']:,} words, "
+        f"{text['bytes']:,} UTF-8 bytes, scored identically by every model.", "",
+        report["caveat"], "",
+        markdown_table(rows), "",
+        "Per token: exp(mean negative (pseudo-)log-likelihood per token of the model's own tokenizer). Per word: "
+        "the same total over whitespace words. Bits/byte (PPL only): total negative log-likelihood / ln 2 / bytes.", "",
+        *[f"- {label}: {method}." for label, method in methods], "",
+        f"![training curves and scores]({figure})", "",
+        "Training curves come from each run's `metrics.jsonl` (training loss per logged step; validation "
+        "PPL / pseudo-PPL where training logged them, on the first `eval.likelihood_max_words` words of data.valid).",
+        ""])
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """One column per quantity (never a shared axis): scores per token and per word, training loss, validation curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [k for k in LABELS if any(r["quantity"] == k for r in rows)]
+    fig, axes = plt.subplots(3, len(kinds), figsize=(6.5 * len(kinds), 12), squeeze=False)
+    for col, kind in enumerate(kinds):
+        group = [r for r in rows if r["quantity"] == kind]
+        label = LABELS[kind]
+        ax = axes[0][col]
+        x = range(len(group))
+        for offset, (name, fn) in zip((-0.2, 0.2), (("per token", per_token), ("per word", per_word))):
+            values = [fn(r) for r in group]
+            bars = ax.bar([i + offset for i in x], values, width=0.4, label=f"{label} {name}")
+            ax.bar_label(bars, labels=[_fmt(v, 1) for v in values], fontsize=8)
+        ax.set_xticks(list(x), [r["name"] for r in group])
+        ax.set_xlim(-0.75, len(group) - 0.25)
+        ax.set_yscale("log")
+        # log bars drawn from 1 (a perfect model), so heights compare honestly; headroom for the labels
+        ax.set_ylim(1, 4 * max(per_word(r) for r in group))
+        ax.set_ylabel(label)
+        ax.set_title(f"{'Causal' if kind == 'perplexity' else 'Masked'} models: {label}")
+        ax.legend(fontsize=8)
+        for row, key, ylabel in ((1, "loss", "loss"), (2, VALIDATION_CURVES[kind], f"validation {label}")):
+            ax = axes[row][col]
+            for r in group:
+                points = r["curves"].get(key, [])
+                if points:
+                    line, = ax.plot(*zip(*points), marker="o" if len(points) < 20 else None, label=r["name"])
+                    if row == 1 and r["curves"].get("val_loss"):
+                        ax.plot(*zip(*r["curves"]["val_loss"]), "s", color=line.get_color(),
+                                label=f"{r['name']} validation")
+            if row == 2 and not any(r["curves"].get(key) for r in group):
+                ax.text(0.5, 0.5, f"no {key} in metrics.jsonl", ha="center", va="center", transform=ax.transAxes)
+                ax.set_xticks([])
+                ax.set_yticks([])
+            ax.set_xlabel("step")
+            ax.set_ylabel(ylabel)
+            if any(r["curves"].get(key) for r in group):
+                ax.legend(fontsize=8)
+                if row == 2:
+                    ax.set_yscale("log")
+            title = "training loss (line), validation loss (squares)" if row == 1 else ylabel
+            ax.set_title(f"{title} ({'causal' if kind == 'perplexity' else 'masked'})", fontsize=10)
+    fig.suptitle("PPL (causal) and pseudo-PPL (masked) are different quantities: compare within a column, "
+                 "never across", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
