@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
@@ -88,16 +89,16 @@ def tokenize_sentences(path: Path, tokenizer: TextTokenizer, cache_root: Path, *
     target = cache_root / f"{path.stem}-sentences-{key}"
     if not (target / "meta.json").exists():
         chunks, offsets, total = [], [0], 0
+        dtype = _stream_dtype(tokenizer.vocab_size)
         bar = tqdm(desc=f"tokenizing sentences of {path.name}", unit=" sentences", leave=False)
-        batch: list[str] = []
-        for sentence in iter_sentences(path, split, fmt, text_field):
-            batch.append(sentence)
-            if len(batch) == ENCODE_CHUNK:
-                total = _append(tokenizer.encode_batch(batch), chunks, offsets, total, tokenizer.vocab_size)
-                bar.update(len(batch))
-                batch = []
-        if batch:
-            total = _append(tokenizer.encode_batch(batch), chunks, offsets, total, tokenizer.vocab_size)
+        sentences = iter_sentences(path, split, fmt, text_field)
+        while batch := list(islice(sentences, ENCODE_CHUNK)):
+            for ids in tokenizer.encode_batch(batch):
+                if ids:
+                    chunks.append(np.asarray(ids, dtype=dtype))
+                    total += len(ids)
+                    offsets.append(total)
+            bar.update(len(batch))
         bar.close()
         if len(offsets) == 1:
             raise ValueError(f"{path}: no sentences found (is the file empty?)")
@@ -111,15 +112,6 @@ def tokenize_sentences(path: Path, tokenizer: TextTokenizer, cache_root: Path, *
         except OSError:  # another process won the race; its copy is identical
             shutil.rmtree(tmp, ignore_errors=True)
     return np.load(target / "tokens.npy", mmap_mode="r"), np.load(target / "offsets.npy")
-
-
-def _append(encoded: list[list[int]], chunks: list, offsets: list[int], total: int, vocab_size: int) -> int:
-    for ids in encoded:
-        if ids:
-            chunks.append(np.asarray(ids, dtype=_stream_dtype(vocab_size)))
-            total += len(ids)
-            offsets.append(total)
-    return total
 
 
 def with_specials(ids, cls_id: int, sep_id: int, max_len: int) -> np.ndarray:

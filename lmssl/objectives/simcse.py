@@ -108,10 +108,10 @@ class SimCSE(Objective):
         return Batch(ids, AttnSpec.padded(False, mask), labels, len(examples))
 
     def forward(self, batch: Batch) -> Output:
-        mask = batch.spec.key_padding_mask
         # both views in one pass: rows i and B + i are the same sentence under independent dropout masks
-        hidden = self.trunk(batch.input_ids.repeat(2, 1), AttnSpec.padded(False, mask.repeat(2, 1)))  # (2B, T, H)
-        z = pool(hidden, mask.repeat(2, 1), "mean" if self.ocfg.pooling == "mean" else "cls")
+        mask = batch.spec.key_padding_mask.repeat(2, 1)  # (2B, T)
+        hidden = self.trunk(batch.input_ids.repeat(2, 1), AttnSpec.padded(False, mask))  # (2B, T, H)
+        z = pool(hidden, mask, self.sentence_pooling())  # (2B, H)
         if self.mlp is not None:
             z = self.mlp(z)
         z1, z2 = z.float().chunk(2)  # (B, H) each
