@@ -9,11 +9,7 @@ An example is `[CLS] sentence [SEP]` truncated to `max_len` (ids as a 1-D int64 
 """
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
-import tempfile
 from itertools import islice
 from pathlib import Path
 from typing import Iterator
@@ -23,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lmssl.data.corpus import WIKITEXT_TITLE, iter_documents
-from lmssl.data.packing import ENCODE_CHUNK, _stream_dtype, cache_key
+from lmssl.data.packing import ENCODE_CHUNK, _stream_dtype, cache_key, save_cache
 from lmssl.data.tokenizer import TextTokenizer
 
 TERMINALS = {".", "!", "?"}
@@ -102,15 +98,8 @@ def tokenize_sentences(path: Path, tokenizer: TextTokenizer, cache_root: Path, *
         bar.close()
         if len(offsets) == 1:
             raise ValueError(f"{path}: no sentences found (is the file empty?)")
-        cache_root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=cache_root))
-        np.save(tmp / "tokens.npy", np.concatenate(chunks))
-        np.save(tmp / "offsets.npy", np.asarray(offsets, dtype=np.int64))
-        (tmp / "meta.json").write_text(json.dumps({"source": str(path), "tokens": total, "sentences": len(offsets) - 1}))
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process won the race; its copy is identical
-            shutil.rmtree(tmp, ignore_errors=True)
+        save_cache(target, {"tokens": np.concatenate(chunks), "offsets": np.asarray(offsets, dtype=np.int64)},
+                   {"source": str(path), "tokens": total, "sentences": len(offsets) - 1})
     return np.load(target / "tokens.npy", mmap_mode="r"), np.load(target / "offsets.npy")
 
 
