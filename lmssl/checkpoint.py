@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
-from lmssl.config import Config, ConfigError, ModelConfig, load_config, save_config
+from lmssl.config import INIT_FREE_FIELDS, Config, ConfigError, ModelConfig, load_config, save_config
 from lmssl.data.tokenizer import TextTokenizer
 
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
@@ -95,10 +95,15 @@ def load_checkpoint_config(checkpoint: Path) -> Config:
 
 
 def load_pretrained(checkpoint: Path, device: str | torch.device = "cpu"):
-    """(config, tokenizer, objective with weights) of an lmssl checkpoint directory, in eval mode."""
+    """(config, tokenizer, objective with weights) of an lmssl checkpoint directory (or a run directory: its
+    latest checkpoint), or of a Hugging Face model directory (lmssl.interop.hf), in eval mode."""
+    from lmssl.interop.hf import import_pretrained, is_hf_dir
     from lmssl.objectives import build_objective
 
     checkpoint = Path(checkpoint)
+    if is_hf_dir(checkpoint):
+        cfg, tokenizer, objective = import_pretrained(checkpoint)
+        return cfg, tokenizer, objective.to(device).eval()
     if not (checkpoint / "model.safetensors").is_file():
         found = latest_checkpoint(checkpoint)  # a run's output_dir is accepted too
         if found is None:
@@ -115,45 +120,65 @@ def load_pretrained(checkpoint: Path, device: str | torch.device = "cpu"):
 # model.init_from: start from a pretrained encoder
 # ---------------------------------------------------------------------------------------------
 
-# ModelConfig fields that may differ from the init_from checkpoint's: regularisation and execution
-# choices, and the output head's tying; every other field shapes or defines the trunk and must match.
-INIT_FREE_FIELDS = ("preset", "dropout", "attention_dropout", "init_std", "attention_backend", "tie_embeddings",
-                    "init_from")
+def resolve_pretrained(value: str) -> Path:
+    """A pretrained model path: an lmssl checkpoint, a run directory (its latest checkpoint) or a Hugging Face
+    model directory; ConfigError naming `model.init_from` otherwise."""
+    from lmssl.interop.hf import is_hf_dir
 
-
-def _init_checkpoint(cfg: Config) -> Path | None:
-    if not cfg.model.init_from:
-        return None
-    path = Path(cfg.model.init_from).expanduser()
-    found = path if (path / "model.safetensors").is_file() else latest_checkpoint(path)
+    path = Path(value).expanduser()
+    found = path if (path / "model.safetensors").is_file() or is_hf_dir(path) else latest_checkpoint(path)
     if found is None:
-        raise ConfigError(f"key 'model.init_from': {path} is neither an lmssl checkpoint (no model.safetensors) "
-                          f"nor a run directory with checkpoints")
+        raise ConfigError(f"key 'model.init_from': {path} is neither an lmssl checkpoint (no model.safetensors), "
+                          f"a run directory with checkpoints, nor a Hugging Face model directory (config.json)")
     return found
+
+
+def pretrained_config(path: Path) -> Config:
+    """The config of what `resolve_pretrained` found (converted from config.json for a HF directory)."""
+    from lmssl.interop.hf import import_config, is_hf_dir
+
+    return import_config(path) if is_hf_dir(path) else load_checkpoint_config(path)
+
+
+def init_model_fields(init_from: str) -> dict:
+    """The model section of the `model.init_from` source: the defaults of a config that starts from it."""
+    return dataclasses.asdict(pretrained_config(resolve_pretrained(init_from)).model)
 
 
 def init_tokenizer(cfg: Config) -> TextTokenizer | None:
     """The tokenizer of the `model.init_from` checkpoint, None when it is unset: a pretrained encoder
     only means something with the token ids it was trained on, so it replaces data.tokenizer."""
-    found = _init_checkpoint(cfg)
-    return None if found is None else TextTokenizer.from_file(found / "tokenizer.json")
+    from lmssl.interop.hf import ELECTRA_PARTS, is_hf_dir, read_tokenizer
+
+    if not cfg.model.init_from:
+        return None
+    found = resolve_pretrained(cfg.model.init_from)
+    if not is_hf_dir(found):
+        return TextTokenizer.from_file(found / "tokenizer.json")
+    return read_tokenizer(found if (found / "config.json").is_file() else found / ELECTRA_PARTS[0])
 
 
 def init_encoder(objective: torch.nn.Module, cfg: Config) -> Path | None:
     """Copy the downstream encoder (`Objective.encoder()`) of the `model.init_from` checkpoint into
     `objective.encoder()`, whatever the two objectives are (MLM trunk, ELECTRA discriminator, SimCSE
-    trunk...). Heads stay as initialised. Returns the checkpoint used, None when init_from is unset."""
-    found = _init_checkpoint(cfg)
-    if found is None:
+    trunk...). When the source is of the same objective with the same parameters (continued pretraining),
+    its heads are copied too; otherwise they stay as initialised. Returns the source, None when unset."""
+    if not cfg.model.init_from:
         return None
-    source_cfg = load_checkpoint_config(found)
+    found = resolve_pretrained(cfg.model.init_from)
+    source_cfg = pretrained_config(found)
     for f in dataclasses.fields(ModelConfig):
         ours, theirs = getattr(cfg.model, f.name), getattr(source_cfg.model, f.name)
         if f.name not in INIT_FREE_FIELDS and ours != theirs:
             raise ConfigError(f"key 'model.{f.name}': {ours!r} here but {theirs!r} in the model.init_from checkpoint "
                               f"{found}; the trunk must match it (set model.{f.name}={theirs})")
     _, _, source = load_pretrained(found)
-    objective.encoder().load_state_dict(source.encoder().state_dict())
+    ours, theirs = objective.state_dict(), source.state_dict()
+    same = ours.keys() == theirs.keys() and all(ours[k].shape == theirs[k].shape for k in ours)
+    if same and type(objective) is type(source):
+        objective.load_state_dict(theirs)
+    else:
+        objective.encoder().load_state_dict(source.encoder().state_dict())
     return found
 
 

@@ -102,6 +102,21 @@ def _eval_sts(args) -> None:
                       "aggregation": AGGREGATION, **{k: round(v, 2) for k, v in scores.items()}}))
 
 
+def _export(args) -> None:
+    from lmssl.evaluation.likelihood import resolve_checkpoint
+    from lmssl.interop.hf import export
+
+    print(json.dumps(export(resolve_checkpoint(args.checkpoint), args.out_dir, overwrite=args.overwrite)))
+
+
+def _import(args) -> None:
+    from lmssl.interop.hf import import_model, is_hf_dir
+
+    if not is_hf_dir(Path(args.hf_dir)):
+        raise ConfigError(f"{args.hf_dir}: not a Hugging Face model directory (no config.json)")
+    print(json.dumps(import_model(args.hf_dir, args.out_dir, overwrite=args.overwrite)))
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -192,6 +207,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_tokenizer_train)
 
     _add_eval_parsers(sub)
+
+    p = sub.add_parser("export", help="write a Hugging Face transformers model directory from a checkpoint")
+    p.add_argument("checkpoint", help="checkpoint directory, or a run directory (its latest checkpoint)")
+    p.add_argument("out_dir", help="output directory (config.json, model.safetensors, tokenizer files; ELECTRA: "
+                                   "discriminator/ and generator/)")
+    p.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("import", help="convert a Hugging Face BERT / GPT-2 / ELECTRA directory into an lmssl checkpoint")
+    p.add_argument("hf_dir", help="transformers model directory (config.json, weights, tokenizer files)")
+    p.add_argument("out_dir", help="output checkpoint directory (model.safetensors, config.yaml, tokenizer.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
+    p.set_defaults(func=_import)
     return parser
 
 

@@ -43,8 +43,13 @@ class ModelConfig:
     tie_embeddings: bool = True  # output projection shares the input embedding matrix
     init_std: float = 0.02  # std of the normal initialisation
     attention_backend: Literal["auto", "sdpa"] = "auto"  # attention kernel; auto = best available
-    init_from: str = ""  # checkpoint or run directory whose encoder initialises the trunk (its tokenizer replaces data.tokenizer); "" = random init
+    init_from: str = ""  # lmssl checkpoint, run directory or Hugging Face model directory whose encoder initialises the trunk (its tokenizer replaces data.tokenizer; unset model keys default to its shape); "" = random init
 
+
+# ModelConfig fields that may differ from the model.init_from source: regularisation and execution choices,
+# and the output head's tying; every other field shapes or defines the trunk and must match the source.
+INIT_FREE_FIELDS = ("preset", "dropout", "attention_dropout", "init_std", "attention_backend", "tie_embeddings",
+                    "init_from")
 
 # Architecture families. Values here are defaults: keys written in the config win.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
@@ -222,6 +227,12 @@ def config_from_dict(raw: dict[str, dict[str, Any]], source: str = "config") -> 
     from lmssl.objectives import objective_config_class  # late: objectives import torch
 
     model_raw = dict(raw.get("model", {}))
+    shape = [f.name for f in dataclasses.fields(ModelConfig) if f.name not in INIT_FREE_FIELDS]
+    if model_raw.get("init_from") and not all(k in model_raw for k in shape):
+        from lmssl.checkpoint import init_model_fields  # late: checkpoint imports this module
+
+        source = init_model_fields(str(model_raw["init_from"]))
+        model_raw = {**{k: source[k] for k in ("preset", *shape)}, **model_raw}  # keys written in the config win
     preset = model_raw.get("preset", ModelConfig.preset)
     if preset not in MODEL_PRESETS:
         raise ConfigError(f"{source}: key 'model.preset': invalid value {preset!r}; choose one of {', '.join(map(repr, MODEL_PRESETS))}")

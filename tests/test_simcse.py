@@ -202,9 +202,8 @@ def test_init_from_copies_the_encoder_and_checks_the_shape(tiny_mlm, tmp_path):
     with pytest.raises(ConfigError, match=r"key 'model.hidden_size': 32 here but 64 in the model.init_from .*"
                                           r"set model.hidden_size=64"):
         init_encoder(build_objective(wide, tok), wide)
-    missing = tiny_config("simcse", tmp_path / "m", *SIMCSE_TINY, f"model.init_from={tmp_path / 'nowhere'}")
     with pytest.raises(ConfigError, match=r"key 'model.init_from': .*nowhere is neither an lmssl checkpoint"):
-        init_tokenizer(missing)
+        tiny_config("simcse", tmp_path / "m", *SIMCSE_TINY, f"model.init_from={tmp_path / 'nowhere'}")  # at load time
 
 
 def test_init_from_an_electra_checkpoint_takes_the_discriminator(tmp_path):

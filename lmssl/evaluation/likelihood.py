@@ -28,16 +28,25 @@ def resolve_text_file(value: str, cfg: Config) -> Path:
     return candidate
 
 
-def load_checkpoint(value: str, device: str = "auto"):
-    """(checkpoint directory, config, tokenizer, objective in eval mode) of a checkpoint or a run directory
-    (its latest checkpoint)."""
-    import torch
-
-    from lmssl.checkpoint import latest_checkpoint, load_pretrained
+def resolve_checkpoint(value: str) -> Path:
+    """A checkpoint directory, a run directory's latest checkpoint, or a Hugging Face model directory."""
+    from lmssl.checkpoint import latest_checkpoint
+    from lmssl.interop.hf import is_hf_dir
 
     path = Path(value).expanduser()
-    if not (path / "model.safetensors").is_file():
+    if not (path / "model.safetensors").is_file() and not is_hf_dir(path):
         path = latest_checkpoint(path) or path  # load_pretrained names the problem if there is none
+    return path
+
+
+def load_checkpoint(value: str, device: str = "auto"):
+    """(checkpoint directory, config, tokenizer, objective in eval mode) of a checkpoint, a run directory
+    (its latest checkpoint) or a Hugging Face model directory."""
+    import torch
+
+    from lmssl.checkpoint import load_pretrained
+
+    path = resolve_checkpoint(value)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg, tokenizer, objective = load_pretrained(path, device)
