@@ -80,6 +80,51 @@ def save_checkpoint(output_dir: Path, step: int, model: torch.nn.Module, cfg: Co
     return final
 
 
+def save_training_checkpoint(output_dir: Path, step: int, engine, cfg: Config, tokenizer: TextTokenizer,
+                             trainer_state: dict, keep: int, dist) -> Path:
+    """Collective (every process calls it): the engine's own state (DeepSpeed: its partitioned checkpoint in
+    deepspeed/), every process's RNG states, and on the main process the consolidated weights in lmssl's
+    format; written under a temporary name every process agrees on, then renamed."""
+    from lmssl.distributed import barrier, gather_objects
+    from lmssl.objectives import build_objective
+
+    root = checkpoints_dir(output_dir)
+    final = root / f"step-{step:07d}"
+    tmp = root / f".tmp-{final.name}"
+    if dist.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    barrier()
+    engine_state = engine.save_state(tmp)
+    rngs = gather_objects(rng_state())
+    barrier()  # every process's files are complete
+    if dist.is_main:
+        model = engine.model
+        if engine.loads_weights_itself():  # DeepSpeed: weights rebuilt from its partitions into a CPU copy
+            model = build_objective(cfg, tokenizer)
+            missing, unexpected = model.load_state_dict(engine.consolidated_state_dict(tmp), strict=False)
+            params = model.state_dict(keep_vars=True)
+            loaded = {id(params[k]) for k in params if k not in missing}
+            missing = [k for k in missing if id(params[k]) not in loaded]  # tied tensors are stored under one name
+            if missing or unexpected:
+                raise RuntimeError(f"consolidated weights do not match the model: missing {missing[:5]}, "
+                                   f"unexpected {unexpected[:5]}")
+        tmp.chmod(0o755)
+        write_model_files(tmp, model, cfg, tokenizer)
+        torch.save({**trainer_state, **engine_state, "step": step, "rng": rngs[0], "rng_ranks": rngs},
+                   tmp / "trainer_state.pt")
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        if keep:
+            for old in list_checkpoints(output_dir)[:-keep]:
+                shutil.rmtree(old)
+    barrier()
+    return final
+
+
 def load_weights(model: torch.nn.Module, checkpoint: Path) -> None:
     missing, unexpected = load_model(model, str(Path(checkpoint) / "model.safetensors"), strict=False)
     if missing or unexpected:

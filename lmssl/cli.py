@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,7 +15,9 @@ def _train(args) -> None:
     from lmssl.train import train
 
     cfg = load_config(args.config, args.overrides)
-    print(json.dumps(train(cfg)))
+    result = train(cfg)
+    if int(os.environ.get("RANK", 0)) == 0:  # under torchrun / deepspeed every process trains; one reports
+        print(json.dumps(result))
 
 
 def _tokenizer_train(args) -> None:

@@ -96,7 +96,7 @@ class TrainConfig:
     schedule: Literal["linear", "cosine", "constant"] = "linear"  # decay after warmup
     final_lr_ratio: float = 0.0  # learning rate at max_steps as a fraction of lr
     clip_grad: float = 1.0  # max global gradient norm; 0 = no clipping
-    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast (weights stay fp32)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # torch engine: bf16 autocast (fp32 weights); deepspeed: its bf16/fp16 mixed precision (fp16 = deepspeed only)
     seed: int = 0  # seeds python, numpy, torch and the data order
     log_every: int = 10  # steps between metrics.jsonl lines
     save_every: int = 100  # steps between checkpoints (0 = only at the end)
@@ -104,7 +104,11 @@ class TrainConfig:
     resume: bool = False  # continue from the latest checkpoint in output_dir
     tensorboard: bool = True  # also write TensorBoard event files
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
-    engine: Literal["torch"] = "torch"  # training engine
+    engine: Literal["torch", "deepspeed"] = "torch"  # training engine: plain PyTorch (DDP under torchrun) or DeepSpeed
+    zero_stage: int = 0  # deepspeed: ZeRO stage 0-3 (optimizer states / + gradients / + parameters partitioned)
+    offload_optimizer: bool = False  # deepspeed: keep optimizer states in CPU memory (ZeRO stage >= 1)
+    offload_params: bool = False  # deepspeed: keep parameters in CPU memory (ZeRO stage 3)
+    deepspeed: str = ""  # deepspeed: JSON file whose keys are added to the generated config (a contradiction is an error)
 
 
 @dataclass
@@ -281,6 +285,21 @@ def validate(cfg: Config, source: str) -> None:
     _check(0.0 <= t.final_lr_ratio <= 1.0, source, "train.final_lr_ratio", "must be in [0, 1]")
     _check(t.clip_grad >= 0, source, "train.clip_grad", "must be >= 0 (0 = no clipping)")
     _check(bool(t.output_dir), source, "train.output_dir", "must not be empty")
+    _check(0 <= t.zero_stage <= 3, source, "train.zero_stage", f"must be 0, 1, 2 or 3, got {t.zero_stage}")
+    if t.engine == "torch":
+        for key, value, default in (("zero_stage", t.zero_stage, 0), ("offload_optimizer", t.offload_optimizer, False),
+                                    ("offload_params", t.offload_params, False), ("deepspeed", t.deepspeed, "")):
+            _check(value == default, source, f"train.{key}", "is a DeepSpeed option; set train.engine=deepspeed")
+        _check(t.precision != "fp16", source, "train.precision",
+               "fp16 needs loss scaling, which the torch engine does not do: use bf16, or train.engine=deepspeed")
+    else:
+        _check(not t.offload_optimizer or t.zero_stage >= 1, source, "train.offload_optimizer",
+               f"needs train.zero_stage >= 1 (got {t.zero_stage})")
+        _check(not t.offload_params or t.zero_stage == 3, source, "train.offload_params",
+               f"needs train.zero_stage=3 (got {t.zero_stage})")
+        _check(t.precision == "fp32" or t.zero_stage >= 1, source, "train.zero_stage",
+               f"train.precision={t.precision} with deepspeed needs zero_stage >= 1 (its fp32 master weights are then "
+               f"what the consolidated checkpoint holds); zero_stage=1 costs nothing on one GPU")
     _check(e.every >= 0 and e.max_batches >= 0, source, "eval.every", "must be >= 0")
     _check(e.batch_size > 0, source, "eval.batch_size", "must be positive")
     _check(e.likelihood_max_words >= 0, source, "eval.likelihood_max_words", "must be >= 0 (0 = off)")

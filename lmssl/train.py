@@ -11,12 +11,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from lmssl import distributed
 from lmssl.checkpoint import (BestCheckpoint, init_encoder, init_tokenizer, latest_checkpoint, load_trainer_state,
-                              load_weights, save_checkpoint, set_rng_state)
+                              load_weights, save_training_checkpoint, set_rng_state)
 from lmssl.config import Config, ConfigError, resolve_data_path
 from lmssl.data import load_tokenizer
 from lmssl.data.loader import SequenceLoader
-from lmssl.engine import TorchEngine
+from lmssl.engine import build_engine
 from lmssl.evaluation.likelihood import ValidationLikelihood
 from lmssl.evaluation.validation import evaluate
 from lmssl.metrics import MetricsLogger
@@ -42,8 +43,23 @@ def with_vocab(cfg: Config, vocab_size: int) -> Config:
     return cfg
 
 
+class _NoLogger:
+    """What processes other than the main one log: nothing."""
+
+    def log(self, step, metrics) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def train(cfg: Config) -> dict:
-    """Pretrain as configured; returns the final validation metrics and the last checkpoint path."""
+    """Pretrain as configured; returns the final validation metrics and the last checkpoint path.
+
+    Under torchrun or the deepspeed launcher every process runs this function: each takes its slice of every
+    global micro-batch (the data order is that of one process with world_size x train.batch_size sequences),
+    only the main process logs and writes checkpoint files (DeepSpeed's partitions excepted)."""
+    dist = distributed.setup(require_group=cfg.train.engine == "deepspeed")
     out = Path(cfg.train.output_dir)
     if latest_checkpoint(out) is not None and not cfg.train.resume:
         raise ConfigError(f"key 'train.output_dir': {out} already holds checkpoints; set train.resume=true to continue "
@@ -61,34 +77,47 @@ def train(cfg: Config) -> dict:
     train_data = objective.dataset("train", tokenizer)  # packed sequences, or the objective's own examples
     valid_data = objective.dataset("valid", tokenizer) if cfg.data.valid else None
     likelihood = ValidationLikelihood.create(cfg, tokenizer, objective)  # PPL / pseudo-PPL on data.valid, or None
-    try:
-        loader = SequenceLoader(train_data, cfg.train.batch_size, cfg.train.seed)
+    per_rank = cfg.train.batch_size
+    try:  # one loader of global micro-batches, the same on every process: resuming restores all of them at once
+        loader = SequenceLoader(train_data, per_rank * dist.world_size, cfg.train.seed)
     except ValueError as e:
         raise ConfigError(f"key 'train.batch_size': {e} in data.train") from None
-    engine = TorchEngine(objective, cfg.train)
+    params = sum(p.numel() for p in objective.parameters())  # before ZeRO-3 partitions them
+    engine = build_engine(objective, cfg.train, dist)
+
+    def next_micro_batch() -> list:
+        examples = loader.next_batch()
+        return examples[dist.rank * per_rank:(dist.rank + 1) * per_rank]
 
     step = 0
     resume_from = latest_checkpoint(out) if cfg.train.resume else None
     if resume_from is not None:
         state = load_trainer_state(resume_from)
-        load_weights(objective, resume_from)
-        engine.load_state_dict(state["engine"])
+        if not engine.loads_weights_itself():
+            load_weights(objective, resume_from)
+        engine.load_state(resume_from, state)
         loader.load_state_dict(state["loader"])
-        set_rng_state(state["rng"])
+        rngs = state.get("rng_ranks") or [state["rng"]]
+        set_rng_state(rngs[dist.rank] if dist.rank < len(rngs) else rngs[0])
         step = state["step"]
-        print(f"resumed from {resume_from} at step {step}", file=sys.stderr)
-    out.mkdir(parents=True, exist_ok=True)
-    logger = MetricsLogger(out, tensorboard=cfg.train.tensorboard, truncate_after=step)
-    params = sum(p.numel() for p in objective.parameters())
-    count = "streamed" if cfg.data.streaming else f"{len(train_data)}"
-    print(f"{cfg.objective.name}: {params / 1e6:.2f}M parameters, {count} training sequences of {cfg.data.seq_len} "
-          f"tokens, output in {out}", file=sys.stderr)
-    if init_from is not None:
-        print(f"encoder initialised from {init_from}", file=sys.stderr)
+        if dist.is_main:
+            print(f"resumed from {resume_from} at step {step}", file=sys.stderr)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        logger = MetricsLogger(out, tensorboard=cfg.train.tensorboard, truncate_after=step)
+        count = "streamed" if cfg.data.streaming else f"{len(train_data)}"
+        print(f"{cfg.objective.name}: {params / 1e6:.2f}M parameters, {count} training sequences of {cfg.data.seq_len} "
+              f"tokens, {dist.world_size} process(es) x {per_rank} x {cfg.train.grad_accum} accumulated = "
+              f"{dist.world_size * per_rank * cfg.train.grad_accum} sequences per step, engine {cfg.train.engine}, "
+              f"output in {out}", file=sys.stderr)
+        if init_from is not None:
+            print(f"encoder initialised from {init_from}", file=sys.stderr)
+    else:
+        logger = _NoLogger()
 
     def checkpoint() -> Path:
-        state = {"engine": engine.state_dict(), "loader": loader.state_dict()}
-        return save_checkpoint(out, step, objective, cfg, tokenizer, state, keep=cfg.train.keep_checkpoints)
+        state = {"loader": loader.state_dict()}
+        return save_training_checkpoint(out, step, engine, cfg, tokenizer, state, cfg.train.keep_checkpoints, dist)
 
     def validate() -> dict:
         """The objective's loss and metrics on data.valid, plus PPL / pseudo-PPL on its first words."""
@@ -103,17 +132,20 @@ def train(cfg: Config) -> dict:
         metrics = objective.extra_eval()
         if metrics:
             logger.log(step, metrics)
-            best.update(step, metrics, objective, cfg, tokenizer)
+            with engine.gathered():  # collective under ZeRO-3
+                if dist.is_main:
+                    best.update(step, metrics, objective, cfg, tokenizer)
         return metrics
 
-    bar = tqdm(total=cfg.train.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=cfg.train.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
+               disable=not dist.is_main)
     last_ckpt, window_tokens, window_start = None, 0, time.perf_counter()
     while step < cfg.train.max_steps:
-        micro = [objective.collate(loader.next_batch(), masking_generator(cfg.train.seed, step, i))
+        micro = [objective.collate(next_micro_batch(), masking_generator(cfg.train.seed, step, i))
                  for i in range(cfg.train.grad_accum)]
         stats = engine.train_step(micro)
         step += 1
-        window_tokens += sum(b.num_tokens for b in micro)
+        window_tokens += sum(b.num_tokens for b in micro) * dist.world_size
         bar.update()
         if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
             elapsed = time.perf_counter() - window_start

@@ -1,6 +1,8 @@
-"""TorchEngine: AdamW + warmup/decay schedule, gradient accumulation, clipping, optional bf16 autocast.
+"""TorchEngine: AdamW + warmup/decay schedule, gradient accumulation, clipping, optional bf16 autocast, and
+DistributedDataParallel when launched with torchrun.
 
-The training loop only calls `train_step`, `eval_forward`, `state_dict` and `load_state_dict`."""
+The training loop calls `train_step`, `eval_forward`, `save_state`, `load_state` and `consolidated_state_dict`;
+`model` is the objective itself (unwrapped)."""
 from __future__ import annotations
 
 import contextlib
@@ -9,7 +11,9 @@ import math
 import torch
 import torch.nn as nn
 
-from lmssl.config import TrainConfig
+from lmssl.config import ConfigError, TrainConfig
+from lmssl.distributed import DistInfo
+from lmssl.engine.accumulation import MetricSums, loss_weights
 from lmssl.objectives.base import Batch, Objective, Output
 
 
@@ -37,14 +41,25 @@ def lr_multiplier(step: int, cfg: TrainConfig) -> float:
     return cfg.final_lr_ratio + (1.0 - cfg.final_lr_ratio) * shape
 
 
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over `parameter_groups` and the warmup/decay schedule: the same for both engines."""
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr,
+                                  betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, cfg))
+
+
 class TorchEngine:
-    def __init__(self, model: Objective, cfg: TrainConfig, device: torch.device | None = None):
-        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    def __init__(self, model: Objective, cfg: TrainConfig, dist: DistInfo | None = None):
+        self.dist = dist or DistInfo()
+        self.device = self.dist.device
         self.model = model.to(self.device)
         self.cfg = cfg
-        self.optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr,
-                                           betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_multiplier(s, cfg))
+        self.optimizer, self.scheduler = build_optimizer(model, cfg)
+        self.ddp = None
+        if self.dist.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def autocast(self):
         if self.cfg.precision == "bf16":
@@ -52,26 +67,27 @@ class TorchEngine:
         return contextlib.nullcontext()
 
     def train_step(self, micro_batches: list[Batch]) -> dict[str, float]:
-        """One optimizer step over the micro-batches. Each micro-batch loss is weighted by its
-        share of targets, so accumulation equals one large batch."""
+        """One optimizer step over this process's micro-batches (see lmssl.engine.accumulation)."""
         self.model.train()
-        total = sum(b.num_targets for b in micro_batches)
-        sums: dict[str, float] = {}
-        for batch in micro_batches:
+        weights = loss_weights(micro_batches, self.dist.world_size)
+        metrics = MetricSums(self.dist.world_size)
+        forward = self.ddp or self.model
+        for i, (batch, weight) in enumerate(zip(micro_batches, weights)):
             batch = batch.to(self.device)
-            with self.autocast():
-                out = self.model(batch)
-            weight = batch.num_targets / total
-            (out.loss * weight).backward()
-            for k, v in {"loss": out.loss, **out.metrics}.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * weight
+            last = i == len(micro_batches) - 1
+            sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
+            with sync:  # DDP all-reduces the gradients once, in the last micro-batch's backward
+                with self.autocast():
+                    out = forward(batch)
+                (out.loss * weight).backward()
+            metrics.add({"loss": out.loss, **out.metrics}, weight)
         lr = self.scheduler.get_last_lr()[0]
         max_norm = self.cfg.clip_grad if self.cfg.clip_grad > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {**sums, "lr": lr, "grad_norm": float(grad_norm)}
+        return {**metrics.means(), "lr": lr, "grad_norm": float(grad_norm)}
 
     @torch.no_grad()
     def eval_forward(self, batch: Batch) -> Output:
@@ -79,9 +95,25 @@ class TorchEngine:
         with self.autocast():
             return self.model(batch.to(self.device))
 
-    def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+    def save_state(self, directory) -> dict:
+        """Engine state for trainer_state.pt (every process holds the same replicated state)."""
+        return {"engine": {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}}
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state(self, directory, trainer_state: dict) -> None:
+        """Weights (model.safetensors) are loaded by the caller; the optimizer and schedule here."""
+        state = trainer_state["engine"]
+        if not isinstance(state, dict):
+            raise ConfigError(f"{directory}: this checkpoint was written by the {state} engine; resume it with "
+                              f"train.engine={state} (or start a new run from it with model.init_from)")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+
+    def loads_weights_itself(self) -> bool:
+        return False
+
+    def consolidated_state_dict(self, directory) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def gathered(self):
+        """A context in which `model` holds its full weights (always, here; ZeRO-3 gathers them)."""
+        return contextlib.nullcontext()

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from lmssl.config import Config, ConfigError, ModelConfig, config_from_dict
@@ -367,6 +368,17 @@ def model_fields(hf: dict, where: Path) -> dict[str, Any]:
     raise ConfigError(f"{where}: model_type {mt!r} is not supported; lmssl imports bert, electra and gpt2 models")
 
 
+def weight_names(directory: Path) -> set[str]:
+    """The tensor names of a weights directory, without reading the tensors when they are safetensors."""
+    index = directory / "model.safetensors.index.json"
+    if (directory / "model.safetensors").is_file():
+        with safe_open(str(directory / "model.safetensors"), "pt") as f:
+            return set(f.keys())
+    if index.is_file():
+        return set(_read_json(index)["weight_map"])
+    return set(read_weights(directory))
+
+
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     """model.safetensors (possibly sharded) or pytorch_model.bin, as float32 CPU tensors."""
     index = directory / "model.safetensors.index.json"
@@ -405,30 +417,37 @@ def read_tokenizer(directory: Path):
     return TextTokenizer(tok, directory / "tokenizer.json")
 
 
-def base_prefix(tensors: dict[str, torch.Tensor], model_type: str) -> str:
+def base_prefix(names, model_type: str) -> str:
     """The base model's key prefix in a weights file: `bert.` etc. in the *For* models, "" in a bare BertModel."""
     prefix = BASE_PREFIX[model_type]
-    return prefix if any(k.startswith(prefix) for k in tensors) else ""
+    return prefix if any(k.startswith(prefix) for k in names) else ""
 
 
 @dataclass
 class Source:
-    """A HF model directory read for import."""
+    """A HF model directory read for import; its tensors are read on first use."""
     directory: Path
     config: dict
     model: dict[str, Any]  # ModelConfig fields
-    tensors: dict[str, torch.Tensor]
-    prefix: str  # the base model's key prefix in `tensors` ("" for a bare BertModel / GPT2Model)
+    names: set[str]  # tensor names in the weights file(s)
+    prefix: str  # the base model's key prefix in `names` ("" for a bare BertModel / GPT2Model)
+    _tensors: dict[str, torch.Tensor] | None = None
 
     @classmethod
     def read(cls, directory: Path) -> "Source":
         config = _read_json(directory / "config.json")
         model = model_fields(config, directory / "config.json")
-        tensors = read_weights(directory)
-        return cls(directory, config, model, tensors, base_prefix(tensors, config["model_type"]))
+        names = weight_names(directory)
+        return cls(directory, config, model, names, base_prefix(names, config["model_type"]))
+
+    @property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        if self._tensors is None:
+            self._tensors = read_weights(self.directory)
+        return self._tensors
 
     def has(self, key: str) -> bool:
-        return key in self.tensors
+        return key in self.names
 
 
 def _objective_for(src: Source) -> dict[str, Any]:
@@ -471,7 +490,7 @@ def _load_rules(objective: torch.nn.Module, rules: list[Rule], src: Source, what
     """Set our parameters from `src` by `rules`; returns the HF keys used. Missing tensors or shapes that
     differ stop the import (a partly random model is never returned)."""
     state = objective.state_dict()
-    missing = sorted({k for r in rules for k in r.theirs if k not in src.tensors})
+    missing = sorted({k for r in rules for k in r.theirs if not src.has(k)})
     if missing:
         raise ConfigError(f"{src.directory}: {what} needs weights the file does not have: {', '.join(missing[:6])}"
                           + (f" (+{len(missing) - 6} more)" if len(missing) > 6 else ""))
@@ -485,7 +504,7 @@ def _load_rules(objective: torch.nn.Module, rules: list[Rule], src: Source, what
 
 
 def _warn_unused(src: Source, used: set[str]) -> None:
-    unused = sorted(k for k in src.tensors if k not in used and not k.endswith(IGNORED_HF_BUFFERS)
+    unused = sorted(k for k in src.names if k not in used and not k.endswith(IGNORED_HF_BUFFERS)
                     and not (src.config.get("tie_word_embeddings", True) and k in TIED_COPIES))
     if unused:
         print(f"note: {src.directory}: weights not used by the imported lmssl model: {', '.join(unused[:6])}"
@@ -496,14 +515,20 @@ def _warn_unused(src: Source, used: set[str]) -> None:
 TIED_COPIES = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias", "generator_lm_head.weight", "lm_head.weight")
 
 
-def import_config(path: str | Path) -> Config:
+def read_sources(path: Path) -> tuple[Source, Source | None]:
+    """(the model, None), or (discriminator, generator) for ELECTRA's exported pair of directories."""
+    if not (path / "config.json").is_file() and all((path / p / "config.json").is_file() for p in ELECTRA_PARTS):
+        return Source.read(path / "discriminator"), Source.read(path / "generator")
+    return Source.read(path), None
+
+
+def import_config(path: str | Path, sources: tuple[Source, Source | None] | None = None) -> Config:
     """The lmssl config of a HF model directory: trunk from config.json, objective from its heads."""
     path = Path(path)
-    if all((path / p / "config.json").is_file() for p in ELECTRA_PARTS) and not (path / "config.json").is_file():
-        disc, gen = (Source.read(path / p) for p in ELECTRA_PARTS)
-        return _config(disc.model, {"name": "electra", "generator_size": _generator_size(disc, gen)}, path)
-    src = Source.read(path)
-    return _config(src.model, _objective_for(src), path)
+    first, generator = sources or read_sources(path)
+    if generator is not None:
+        return _config(first.model, {"name": "electra", "generator_size": _generator_size(first, generator)}, path)
+    return _config(first.model, _objective_for(first), path)
 
 
 def _generator_size(disc: Source, gen: Source) -> float:
@@ -533,28 +558,23 @@ def import_pretrained(path: str | Path):
     from lmssl.objectives import build_objective
 
     path = Path(path)
-    cfg = import_config(path)
-    pair = not (path / "config.json").is_file()
-    first = Source.read(path / "discriminator" if pair else path)
+    first, generator = read_sources(path)
+    cfg = import_config(path, (first, generator))
     tokenizer = read_tokenizer(first.directory)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise ConfigError(f"{first.directory}: the tokenizer has {tokenizer.vocab_size} tokens but vocab_size is "
                           f"{cfg.model.vocab_size}")
     objective = build_objective(cfg, tokenizer)
     with torch.no_grad():
-        if pair:
-            gen = Source.read(path / "generator")
-            used = _load_rules(objective, _import_rules(cfg, objective, first), first, "ElectraForPreTraining")
-            _warn_unused(first, used)
-            gen_rules = _electra_generator_target(objective.generator.trunk.cfg, "generator.", "generator").rules
-            # the embeddings are shared: the generator's own copy is read last and must equal the discriminator's
-            _check_shared_embeddings(first, gen)
-            _warn_unused(gen, _load_rules(objective, gen_rules, gen, "ElectraForMaskedLM"))
-        else:
-            _warn_unused(first, _load_rules(objective, _import_rules(cfg, objective, first), first, cfg.objective.name))
-            if cfg.objective.name == "electra":
-                print(f"note: {path} holds the ELECTRA discriminator only; the generator is freshly initialised",
-                      file=sys.stderr)
+        _warn_unused(first, _load_rules(objective, _import_rules(cfg, objective, first), first, cfg.objective.name))
+        if generator is not None:
+            # the embeddings are shared: the generator's copy must equal the discriminator's
+            _check_shared_embeddings(first, generator)
+            rules = _electra_generator_target(objective.generator.trunk.cfg, "generator.", "generator").rules
+            _warn_unused(generator, _load_rules(objective, rules, generator, "ElectraForMaskedLM"))
+        elif cfg.objective.name == "electra":
+            print(f"note: {path} holds the ELECTRA discriminator only; the generator is freshly initialised",
+                  file=sys.stderr)
     return cfg, tokenizer, objective
 
 
