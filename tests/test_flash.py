@@ -210,6 +210,32 @@ def test_varlen_dropout_forward_at_draws_as_forward():
     assert not torch.allclose(model(ids, spec)[where], full)  # dropout is really on
 
 
+@pytest.mark.parametrize("preset,position", VARIANTS, ids=VARIANT_IDS)
+def test_varlen_path_under_bf16_autocast(preset, position):
+    """Under autocast the kernel gets q, k, v in one half-precision dtype, as flash-attn requires (RoPE's fp32
+    tables must not promote q and k; the reference kernel asserts it), and the result stays within bf16
+    tolerance of the SDPA path under the same autocast."""
+    sdpa, varlen = trunk_pair(preset, position)
+    seen = []
+
+    def recording_kernel(q, k, v, *args, **kwargs):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return varlen_reference(q, k, v, *args, **kwargs)
+
+    varlen = Transformer(sdpa.cfg, backend=VarlenAttention(recording_kernel))
+    varlen.load_state_dict(sdpa.state_dict())
+    torch.manual_seed(6)
+    ids = torch.randint(1, VOCAB, (B, T))
+    for layout, (spec, real) in layouts(preset == "gpt2").items():
+        seen.clear()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            out, expected = varlen(ids, spec), sdpa(ids, spec)
+        assert seen and set(seen) == {(torch.bfloat16,) * 3}, layout
+        # post-LN outputs are O(1), pre-LN residual streams larger: compare relative to their scale
+        scale = float(expected[real].abs().max())
+        torch.testing.assert_close(out[real].float(), expected[real].float(), atol=2e-2 * scale, rtol=0, msg=layout)
+
+
 # ---------------------------------------------------------------------------------------------
 # choosing the backend
 # ---------------------------------------------------------------------------------------------

@@ -141,6 +141,8 @@ def varlen_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     tokens of consecutive sequences delimited by cu_seqlens (0 ... N); each attends within itself only.
     Self-attention only (cu_seqlens_q == cu_seqlens_k). SDPA per sequence: slow; for tests, and the spec of
     what the kernel computes."""
+    assert q.dtype == k.dtype == v.dtype, f"q, k, v must share one dtype, as flash-attn requires: {q.dtype}, {k.dtype}, {v.dtype}"
+    assert cu_seqlens_q.dtype == torch.int32 and q.dim() == 3, "cu_seqlens int32, q/k/v (N, heads, head_dim)"
     cu = cu_seqlens_q.tolist()
     assert cu == cu_seqlens_k.tolist(), "varlen_reference does self-attention only"
     assert cu[0] == 0 and cu[-1] == q.shape[0], "cu_seqlens must cover the N tokens"

@@ -87,8 +87,8 @@ class SelfAttention(nn.Module):
     def _context_unpadded(self, x, spec: AttnSpec, prepared, rope) -> torch.Tensor:
         N, H = x.shape
         q, k, v = self.qkv(x).view(N, 3, self.num_heads, H // self.num_heads).unbind(1)  # 3 x (N, h, d)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)  # tables (N, 1, d)
+        if rope is not None:  # tables (N, 1, d); fp32 under autocast: back to the kernel's dtype (as v's)
+            q, k = apply_rope(q, *rope).to(v.dtype), apply_rope(k, *rope).to(v.dtype)
         dropout_p = self.attention_dropout if self.training else 0.0
         return self.backend(q, k, v, spec, prepared, dropout_p).reshape(N, H)  # (N, h, d) -> (N, H)
 
