@@ -42,7 +42,7 @@ class ModelConfig:
     attention_dropout: float = 0.1  # dropout on attention probabilities
     tie_embeddings: bool = True  # output projection shares the input embedding matrix
     init_std: float = 0.02  # std of the normal initialisation
-    attention_backend: Literal["auto", "sdpa"] = "auto"  # attention kernel; auto = best available
+    attention_backend: Literal["auto", "sdpa", "flash"] = "auto"  # attention kernel: sdpa (PyTorch, CPU/GPU), flash (flash-attn varlen: CUDA, fp16/bf16; pip install -e .[gpu]), auto = flash when CUDA and flash_attn are there, else sdpa
     init_from: str = ""  # lmssl checkpoint, run directory or Hugging Face model directory whose encoder initialises the trunk (its tokenizer replaces data.tokenizer; unset model keys default to its shape); "" = random init
 
 

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmssl.config import ModelConfig
-from lmssl.model.attention import AttnSpec, build_attention_backend
+from lmssl.model.attention import AttnSpec, Varlen, build_attention_backend, compute_dtype
 
 
 def activation_fn(name: str):
@@ -72,7 +72,10 @@ class SelfAttention(nn.Module):
         return self.out(self.context(x, spec, prepared, rope))
 
     def context(self, x, spec: AttnSpec, prepared, rope) -> torch.Tensor:
-        """The heads' concatenated outputs, before the output projection: (B, T, H)."""
+        """The heads' concatenated outputs, before the output projection: (B, T, H), or (N, H) for the unpadded
+        tokens of a varlen backend."""
+        if x.dim() == 2:
+            return self._context_unpadded(x, spec, prepared, rope)
         B, T, H = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, H // self.num_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, h, T, d)
         if rope is not None:
@@ -80,6 +83,14 @@ class SelfAttention(nn.Module):
         dropout_p = self.attention_dropout if self.training else 0.0
         y = self.backend(q, k, v, spec, prepared, dropout_p)  # (B, h, T, d)
         return y.transpose(1, 2).reshape(B, T, H)
+
+    def _context_unpadded(self, x, spec: AttnSpec, prepared, rope) -> torch.Tensor:
+        N, H = x.shape
+        q, k, v = self.qkv(x).view(N, 3, self.num_heads, H // self.num_heads).unbind(1)  # 3 x (N, h, d)
+        if rope is not None:  # tables (N, 1, d); fp32 under autocast: back to the kernel's dtype (as v's)
+            q, k = apply_rope(q, *rope).to(v.dtype), apply_rope(k, *rope).to(v.dtype)
+        dropout_p = self.attention_dropout if self.training else 0.0
+        return self.backend(q, k, v, spec, prepared, dropout_p).reshape(N, H)  # (N, h, d) -> (N, H)
 
 
 class FeedForward(nn.Module):
@@ -111,19 +122,20 @@ class Block(nn.Module):
         return self.ffn_norm(x + self.dropout(self.ffn(x)))
 
     def forward_at(self, x, spec, prepared, rope, index: torch.Tensor) -> torch.Tensor:
-        """`forward(...)` at the flat (B*T) row `index` only: (N, H) == forward(...).view(B*T, H)[index].
+        """`forward(...)` at the flat row `index` only: (n, H) == forward(...).reshape(-1, H)[index], x being
+        (B, T, H) (flat rows of B*T) or the (N, H) unpadded tokens of a varlen backend.
 
         Attention still reads every position (keys and values; all queries, so its dropout draws are those
-        of `forward`), but the output projection, feed-forward and norms run on the N rows only. The
-        residual dropout masks are drawn at the full (B, T, H) shape and gathered, so the random stream and
+        of `forward`), but the output projection, feed-forward and norms run on the n rows only. The
+        residual dropout masks are drawn at the full shape of x and gathered, so the random stream and
         the kept units are exactly those of `forward`."""
-        B, T, H = x.shape
+        H, shape = x.shape[-1], tuple(x.shape)
 
         def rows(t):
-            return t.reshape(B * T, H).index_select(0, index)
+            return t.reshape(-1, H).index_select(0, index)
 
         def dropout(t):
-            return dropout_rows(self.dropout, t, (B, T, H), index)
+            return dropout_rows(self.dropout, t, shape, index)
 
         if self.pre_norm:
             x = rows(x) + dropout(self.attn.out(rows(self.attn.context(self.attn_norm(x), spec, prepared, rope))))
@@ -146,12 +158,17 @@ def dropout_rows(dropout: nn.Dropout, x: torch.Tensor, shape: tuple[int, ...], i
 
 
 class Transformer(nn.Module):
-    def __init__(self, cfg: ModelConfig, embeddings: Embeddings | None = None):
+    """With a varlen backend (flash) the trunk unpads once at entry: the real tokens' ids and positions are
+    gathered, embeddings and every block run on (N, H) (all but attention are position-wise), and the output is
+    repadded at exit (zeros at padding). `backend` overrides model.attention_backend (tests, benchmarks)."""
+
+    def __init__(self, cfg: ModelConfig, embeddings: Embeddings | None = None, backend=None):
         super().__init__()
         if cfg.vocab_size <= 0:
             raise ValueError("ModelConfig.vocab_size must be set (it is filled from the tokenizer)")
         self.cfg = cfg
-        self.backend = build_attention_backend(cfg.attention_backend)
+        self.backend = backend if backend is not None else build_attention_backend(
+            cfg.attention_backend, head_dim=cfg.hidden_size // cfg.num_heads)
         self.embeddings = embeddings if embeddings is not None else Embeddings(cfg)
         width = self.embeddings.word.embedding_dim
         self.embed_proj = nn.Linear(width, cfg.hidden_size) if width != cfg.hidden_size else None
@@ -184,6 +201,8 @@ class Transformer(nn.Module):
             x = layer(x, spec, prepared, rope)
         if self.final_norm is not None:
             x = self.final_norm(x)
+        if isinstance(prepared, Varlen):
+            x = prepared.pad(x)  # repad once at exit: (N, H) -> (B, T, H)
         return x
 
     def forward_at(self, input_ids: torch.Tensor, spec: AttnSpec, where: torch.Tensor,
@@ -195,21 +214,48 @@ class Transformer(nn.Module):
         x, prepared, rope = self._embed(input_ids, spec, token_type_ids)
         for layer in self.layers[:-1]:
             x = layer(x, spec, prepared, rope)
-        index = where.reshape(-1).nonzero().squeeze(1)
+        selected = where.reshape(-1)
+        unpadded = isinstance(prepared, Varlen) and prepared.indices is not None
+        if unpadded:  # x holds the real tokens only: select among them (same row-major order)
+            selected = selected.index_select(0, prepared.indices)
+        index = selected.nonzero().squeeze(1)
         x = self.layers[-1].forward_at(x, spec, prepared, rope, index)
         if self.final_norm is not None:
             x = self.final_norm(x)
+        if unpadded:
+            x = _with_padding_rows(x, where.reshape(-1), prepared.indices)
         return x
 
     def _embed(self, input_ids: torch.Tensor, spec: AttnSpec, token_type_ids: torch.Tensor | None):
-        """Embedded inputs plus what every block shares: the prepared attention mask and RoPE tables."""
+        """Embedded inputs plus what every block shares: the prepared attention layout (SDPA: a mask; varlen:
+        the unpadded layout, in which case the inputs are unpadded here) and RoPE tables."""
         B, T = input_ids.shape
-        position_ids = spec.position_ids(B, T, input_ids.device)
+        device = input_ids.device
+        prepared = self.backend.prepare(spec, B, T, device, compute_dtype(device, self.embeddings.word.weight.dtype))
+        position_ids = spec.position_ids(B, T, device)
+        unpadded = isinstance(prepared, Varlen)
+        if unpadded:  # unpad once at entry: (B, T) -> (N,) real tokens, their own positions kept
+            input_ids, position_ids = prepared.unpad(input_ids), prepared.unpad(position_ids)
+            if token_type_ids is not None:
+                token_type_ids = prepared.unpad(token_type_ids)
         x = self.embeddings(input_ids, position_ids, token_type_ids)
         if self.embed_proj is not None:
             x = self.embed_proj(x)
         rope = None
         if self.cfg.position == "rope":
-            rope = rope_tables(position_ids, self.cfg.hidden_size // self.cfg.num_heads, self.cfg.rope_theta, x.dtype)
-        prepared = self.backend.prepare(spec, B, T, input_ids.device)
+            head_dim = self.cfg.hidden_size // self.cfg.num_heads
+            if unpadded:
+                cos, sin = rope_tables(position_ids[None], head_dim, self.cfg.rope_theta, x.dtype)  # (1, 1, N, d)
+                rope = cos.view(-1, 1, head_dim), sin.view(-1, 1, head_dim)  # (N, 1, d)
+            else:
+                rope = rope_tables(position_ids, head_dim, self.cfg.rope_theta, x.dtype)
         return x, prepared, rope
+
+
+def _with_padding_rows(x: torch.Tensor, selected: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Rows of the real tokens among `selected` ((B*T,) bool) -> rows of every selected position, in order,
+    zeros at selected padding (what the repadded forward holds there)."""
+    real = torch.zeros_like(selected).index_fill_(0, indices, True)[selected]  # (n_selected,) bool
+    if x.shape[0] == real.shape[0]:  # no padding selected (MLM never selects padding)
+        return x
+    return x.new_zeros(real.shape[0], x.shape[-1]).index_put((real,), x)
