@@ -155,6 +155,8 @@ def load_pretrained(checkpoint: Path, device: str | torch.device = "cpu"):
             raise ConfigError(f"{checkpoint}: not an lmssl checkpoint (no model.safetensors) nor a run directory with checkpoints")
         checkpoint = found
     cfg = load_checkpoint_config(checkpoint)
+    if cfg.model.attention_backend == "flash":  # trained with flash-attn; evaluated wherever this runs
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, attention_backend="auto"))
     tokenizer = TextTokenizer.from_file(checkpoint / "tokenizer.json")
     objective = build_objective(cfg, tokenizer)
     load_weights(objective, checkpoint)

@@ -110,6 +110,24 @@ def test_deepspeed_zero_matches_the_torch_engine(reference, tmp_path, stage, pro
 
 
 @deepspeed_available
+@pytest.mark.parametrize("options, loss_atol, weight_atol", [
+    (["train.zero_stage=2", "train.offload_optimizer=true"], ATOL, ATOL),
+    (["train.zero_stage=3", "train.offload_optimizer=true", "train.offload_params=true"], ATOL, ATOL),
+    # bf16 weights and activations over fp32 master weights: losses within 2e-3 of fp32; an Adam step moves a
+    # weight by at most ~lr (1e-3), so 4 steps of slightly different (bf16) gradients stay within 5e-3
+    (["train.zero_stage=1", "train.precision=bf16"], 2e-3, 5e-3),
+])
+def test_deepspeed_offload_and_bf16(reference, tmp_path, options, loss_atol, weight_atol):
+    ref_out, ref = reference
+    got = run(tmp_path / "run", 1, "train.engine=deepspeed", *options)
+    assert got == pytest.approx(ref, abs=loss_atol)
+    weights = final_weights(tmp_path / "run")
+    assert all(w.dtype == torch.float32 for w in weights.values())  # the fp32 master weights, consolidated
+    for k, w in final_weights(ref_out).items():
+        torch.testing.assert_close(weights[k], w, atol=weight_atol, rtol=0, msg=k)
+
+
+@deepspeed_available
 def test_deepspeed_refuses_a_torch_engine_checkpoint(reference, tmp_path):
     ref_out, _ = reference
     import shutil
