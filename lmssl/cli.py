@@ -102,6 +102,12 @@ def _eval_sts(args) -> None:
                       "aggregation": AGGREGATION, **{k: round(v, 2) for k, v in scores.items()}}))
 
 
+def _finetune(args) -> None:
+    from lmssl.evaluation.finetune import finetune
+
+    print(json.dumps(finetune(args.checkpoint, args.task, args.overrides)))
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -192,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_tokenizer_train)
 
     _add_eval_parsers(sub)
+
+    p = sub.add_parser("finetune", help="fine-tune (or linearly probe) a checkpoint on a GLUE task or a task card")
+    p.add_argument("checkpoint", help="checkpoint directory, or a run directory (its latest checkpoint)")
+    p.add_argument("task", help="a GLUE task (cola sst2 mrpc stsb qqp mnli qnli rte wnli), glue (every task under "
+                                "the data root: a GLUE table), or the path of a task card (.yaml)")
+    p.add_argument("overrides", nargs="*", help="finetune.key=value, e.g. finetune.epochs=3 finetune.seeds=3 "
+                                                "finetune.max_train_examples=8000 finetune.probe=true")
+    p.set_defaults(func=_finetune)
     return parser
 
 
