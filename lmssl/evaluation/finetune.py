@@ -243,6 +243,14 @@ def _check_output(out: Path, fcfg: FinetuneConfig) -> None:
                           f"or choose another finetune.output_dir")
 
 
+def subsample_rows(total: int, size: int, data_seed: int) -> np.ndarray:
+    """Indices of a uniform random subsample of `size` of `total` examples (all when size is 0 or >= total),
+    in file order; a pure function of data_seed."""
+    if not size or size >= total:
+        return np.arange(total)
+    return np.sort(np.random.default_rng(data_seed).choice(total, size, replace=False))
+
+
 def run_task(source: Pretrained, card: TaskCard, fcfg: FinetuneConfig, out: Path) -> dict:
     """Fine-tune (or probe) on one task over `fcfg.seeds` seeds; write results.json and best/; return the results."""
     from lmssl.train import seed_everything
@@ -252,9 +260,8 @@ def run_task(source: Pretrained, card: TaskCard, fcfg: FinetuneConfig, out: Path
     train = read_task_file(card, resolve_file(card, card.train, root))
     devs = {name: read_task_file(card, resolve_file(card, f, root)) for name, f in card.dev.items()}
     total, subsample = len(train), None
-    rows = np.arange(total)
-    if fcfg.max_train_examples and total > fcfg.max_train_examples:
-        rows = np.sort(np.random.default_rng(fcfg.data_seed).choice(total, fcfg.max_train_examples, replace=False))
+    rows = subsample_rows(total, fcfg.max_train_examples, fcfg.data_seed)
+    if len(rows) < total:
         subsample = {"max_train_examples": fcfg.max_train_examples, "data_seed": fcfg.data_seed,
                      "method": "uniform without replacement: numpy default_rng(data_seed).choice, file order kept"}
     max_length = fcfg.max_length if source.cfg.model.position == "rope" else min(fcfg.max_length,

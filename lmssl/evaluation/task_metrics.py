@@ -79,7 +79,7 @@ def glue_average(columns: dict[str, float]) -> dict[str, float | int]:
     no_wnli = [v for k, v in present.items() if k != "WNLI"]
     return {"glue_average": float(np.mean(list(present.values()))) if present else math.nan,
             "glue_average_no_wnli": float(np.mean(no_wnli)) if no_wnli else math.nan,
-            "columns": len(present), "of_columns": len(GLUE_COLUMNS)}
+            "columns_present": len(present), "of_columns": len(GLUE_COLUMNS)}
 
 
 def _cell(metrics: dict, stds: dict, names: list[str], prefix: str) -> str:
@@ -115,7 +115,7 @@ def glue_table(results: dict[str, dict], absent: dict[str, str], title: str) -> 
                              for column, task, _ in GLUE_COLUMNS if task in results)
     lines.append(f"Dev sets, metrics x 100 ({metric_names}); mean±std over seeds of the best epoch per seed. "
                  f"A task with two metrics scores their mean; MNLI-m and MNLI-mm are two columns (BERT's Table 1). "
-                 f"Averages over the {avg['columns']} of {avg['of_columns']} columns present.")
+                 f"Averages over the {avg['columns_present']} of {avg['of_columns']} columns present.")
     for task, result in results.items():
         sub = result.get("subsample")
         used = f"{result['train_examples']} of {result['train_examples_total']} training examples"
@@ -124,5 +124,5 @@ def glue_table(results: dict[str, dict], absent: dict[str, str], title: str) -> 
                        f"lr {result['finetune']['lr_used']:g}, mode {result['mode']}")
     for task, why in absent.items():
         lines.append(f"- {task}: absent ({why})")
-    summary = {"columns": scores, **avg, "absent": absent}
+    summary = {"scores": scores, **avg, "absent": absent}
     return "\n".join(lines) + "\n", summary
