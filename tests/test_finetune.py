@@ -15,7 +15,7 @@ from lmssl.config import ConfigError
 from lmssl.data import load_tokenizer
 from lmssl.evaluation.classifier import SequenceClassifier, collate, encode_texts, truncate_pair
 from lmssl.evaluation.finetune import (EncodedSet, build_classifier, evaluate, finetune_config, load_finetuned,
-                                       load_source, run_task, subsample_rows)
+                                       load_source, run_task, subsample_rows, _selectable)
 from lmssl.evaluation.task_metrics import compute_metric, compute_metrics, glue_average, glue_table, mean_std
 from lmssl.evaluation.tasks import GLUE_TASKS, card_from_dict, glue_card, load_task_card, read_task_file, resolve_file
 from lmssl.model.attention import AttnSpec
@@ -48,6 +48,7 @@ def test_metrics_against_hand_computed_values():
     # Spearman of ranks (1,2,3,4) and (1,3,2,4): 1 - 6 * sum d^2 / (n (n^2 - 1)) = 1 - 12 / 60
     assert compute_metric("spearman", np.array([.1, .2, .3, .4]), np.array([1., 3, 2, 4])) == pytest.approx(80.0)
     assert math.isnan(compute_metric("pearson", np.ones(4), np.array([1., 2, 3, 4])))  # constant predictions
+    assert _selectable(math.nan) == -math.inf < _selectable(-5.0)  # an undefined score never wins a selection
     assert compute_metrics(["accuracy", "f1"], pred, gold) == pytest.approx({"accuracy": 75.0, "f1": 80.0, "score": 77.5})
     assert mean_std([70.0, 74.0]) == pytest.approx((72.0, math.sqrt(8.0)))  # sample std (ddof 1)
     assert mean_std([70.0]) == (70.0, 0.0)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lmssl.checkpoint import load_checkpoint_config, load_pretrained, load_weights, write_model_files
+from lmssl.checkpoint import latest_checkpoint, load_checkpoint_config, load_pretrained, load_weights, write_model_files
 from lmssl.config import Config, ConfigError, DataConfig, TrainConfig, _suggest, build_section, data_root, parse_override
 from lmssl.data.tokenizer import TextTokenizer
 from lmssl.engine import TorchEngine
@@ -95,7 +95,8 @@ def finetune_config(overrides: list[str], source: str = "overrides") -> Finetune
 @dataclass
 class Pretrained:
     """What fine-tuning needs from a checkpoint: the architecture, tokenizer and encoder weights."""
-    path: str
+    path: str  # as given (a checkpoint, a run directory, ...)
+    checkpoint_dir: str  # the checkpoint directory read
     cfg: Config
     tokenizer: TextTokenizer
     causal: bool
@@ -106,7 +107,8 @@ class Pretrained:
 def load_source(path: str | Path) -> Pretrained:
     cfg, tokenizer, objective = load_pretrained(Path(path))
     pooler = getattr(objective, "pooler", None)  # MaskedLM with a sentence task: BERT's pretrained pooler
-    return Pretrained(str(path), cfg, tokenizer, objective.causal, copy.deepcopy(objective.encoder().state_dict()),
+    resolved = Path(path) if (Path(path) / "model.safetensors").is_file() else latest_checkpoint(Path(path)) or Path(path)
+    return Pretrained(str(path), str(resolved), cfg, tokenizer, objective.causal, copy.deepcopy(objective.encoder().state_dict()),
                       copy.deepcopy(pooler.state_dict()) if pooler is not None else None)
 
 
@@ -183,8 +185,8 @@ def train_seed(model, train_set, dev_sets: dict, card: TaskCard, fcfg: FinetuneC
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "train_loss_first_steps": float(np.mean(losses[:10])),
                   "train_loss_last_steps": float(np.mean(losses[-10:])), **_flat(dev)}
         records.append(record)
-        score = next(iter(dev.values()))["score"]
-        if best is None or score > best[0]["score_selection"]:  # NaN never wins, but the first epoch is kept
+        score = _selectable(next(iter(dev.values()))["score"])
+        if best is None or score > best[0]["score_selection"]:
             state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             best = ({**record, "score_selection": score}, state)
     bar.close()
@@ -216,6 +218,11 @@ def load_finetuned(directory: str | Path, device: str = "cpu") -> tuple[Sequence
                                info["use_pooler"])
     load_weights(model, directory)
     return model.to(device).eval(), TextTokenizer.from_file(directory / "tokenizer.json"), info
+
+
+def _selectable(score: float) -> float:
+    """A score to maximise: an undefined one (NaN: constant predictions) ranks below every defined one."""
+    return score if math.isfinite(score) else -math.inf
 
 
 def _finite(value):
@@ -292,7 +299,7 @@ def run_task(source: Pretrained, card: TaskCard, fcfg: FinetuneConfig, out: Path
         trained.load_state_dict(state)
         metrics = {k: v for k, v in best.items() if k not in ("epoch", "score_selection") and not k.startswith("train_")}
         seeds.append({"seed": seed, "best_epoch": best["epoch"], "metrics": metrics, "epochs": records})
-        if best_overall is None or best["score_selection"] > best_overall["score"]:
+        if best_overall is None or best["score_selection"] > _selectable(best_overall["score"]):
             best_overall = {"seed": seed, "epoch": best["epoch"], "score": best["score_selection"], "dir": str(out / "best")}
             save_finetuned(out / "best", model, source, {
                 "card": card.to_dict(), "causal": source.causal, "use_pooler": model.pooler is not None,
@@ -301,7 +308,8 @@ def run_task(source: Pretrained, card: TaskCard, fcfg: FinetuneConfig, out: Path
     keys = list(seeds[0]["metrics"])
     summary = {k: mean_std([s["metrics"][k] for s in seeds]) for k in keys}
     results = {
-        "task": card.name, "checkpoint": source.path, "objective": source.cfg.objective.name,
+        "task": card.name, "checkpoint": source.path, "checkpoint_dir": source.checkpoint_dir,
+        "objective": source.cfg.objective.name,
         "mode": "probe" if fcfg.probe else "finetune", "from_scratch": fcfg.from_scratch,
         "pooling": ("last token" if source.causal else "[CLS]") + (
             "" if source.causal or fcfg.probe else (" + pretrained pooler" if source.pooler_state is not None and
@@ -352,7 +360,7 @@ def finetune(checkpoint: str, task: str, overrides: list[str]) -> dict:
         for name in GLUE_TASKS:
             missing = missing_files(glue_card(name), root)
             if missing:
-                absent[name] = f"not under the data root {root}: {', '.join(missing)} missing"
+                absent[name] = f"{', '.join(missing)} not found"
             else:
                 present.append(name)
                 _check_output(out / name, fcfg)
@@ -361,7 +369,7 @@ def finetune(checkpoint: str, task: str, overrides: list[str]) -> dict:
                               f"set LMSSL_DATA or finetune.data_root")
         source = load_source(checkpoint)
         results = {name: run_task(source, glue_card(name), fcfg, out / name) for name in present}
-        title = f"GLUE dev: {checkpoint}" + (" (random init)" if fcfg.from_scratch else "") + (" (linear probe)" if fcfg.probe else "")
+        title = f"GLUE dev: {checkpoint} (data root {root})" + (" (random init)" if fcfg.from_scratch else "") + (" (linear probe)" if fcfg.probe else "")
         markdown, table = glue_table(results, absent, title)
         (out / "glue.md").write_text(markdown)
         (out / "glue.json").write_text(json.dumps(_finite({"checkpoint": checkpoint, **table, "tasks": {
