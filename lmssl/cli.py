@@ -120,6 +120,12 @@ def _import(args) -> None:
     print(json.dumps(import_model(args.hf_dir, args.out_dir, overwrite=args.overwrite)))
 
 
+def _finetune(args) -> None:
+    from lmssl.evaluation.finetune import finetune
+
+    print(json.dumps(finetune(args.checkpoint, args.task, args.overrides)))
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -223,6 +229,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", help="output checkpoint directory (model.safetensors, config.yaml, tokenizer.json)")
     p.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
     p.set_defaults(func=_import)
+
+    p = sub.add_parser("finetune", help="fine-tune (or linearly probe) a checkpoint on a GLUE task or a task card")
+    p.add_argument("checkpoint", help="checkpoint directory, or a run directory (its latest checkpoint)")
+    p.add_argument("task", help="a GLUE task (cola sst2 mrpc stsb qqp mnli qnli rte wnli), glue (every task under "
+                                "the data root: a GLUE table), or the path of a task card (.yaml)")
+    p.add_argument("overrides", nargs="*", help="finetune.key=value, e.g. finetune.epochs=3 finetune.seeds=3 "
+                                                "finetune.max_train_examples=8000 finetune.probe=true")
+    p.set_defaults(func=_finetune)
     return parser
 
 

@@ -49,9 +49,10 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Opt
 
 
 class TorchEngine:
-    def __init__(self, model: Objective, cfg: TrainConfig, dist: DistInfo | None = None):
+    def __init__(self, model: Objective, cfg: TrainConfig, dist: DistInfo | None = None,
+                 device: torch.device | None = None):
         self.dist = dist or DistInfo()
-        self.device = self.dist.device
+        self.device = device or self.dist.device
         self.model = model.to(self.device)
         self.cfg = cfg
         self.optimizer, self.scheduler = build_optimizer(model, cfg)

@@ -1,0 +1,258 @@
+"""Task cards: what a downstream task's files are and how to read them (GLUE and the user's own).
+
+A task card is YAML (configs/tasks/<task>.yaml for the nine GLUE tasks):
+
+    name: rte                          # used in results and output paths
+    train: glue/RTE/train.tsv          # relative paths: beside the card, else under the data root
+    dev: glue/RTE/dev.tsv              # or a mapping of named dev sets (MNLI: matched, mismatched)
+    format: auto                       # tsv | csv | jsonl; auto = from the file suffix
+    header: true                       # tsv/csv: the first row names the columns (false: columns are 0-based indices)
+    quoting: auto                      # csv quoting; auto = on for csv, off for tsv (GLUE's files hold bare '"')
+    text_columns: [sentence1, sentence2]   # one (single text) or two (a pair) columns
+    label_column: label
+    labels: [entailment, not_entailment]   # classification: the label values (compared as strings), or
+    regression: false                      # regression: true for a numeric score (no labels)
+    metrics: [accuracy]                # accuracy, f1 (2 labels: the second is positive), mcc; pearson, spearman
+
+Reading is strict: a missing file or column, a row with another number of fields than the header (or
+the first row), an empty text or a label outside the list stops with a ConfigError naming file and line.
+Blank lines are skipped. Files are UTF-8; a byte-order mark (GLUE's MRPC) is dropped.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from lmssl.config import REPO_ROOT, ConfigError, _suggest
+from lmssl.evaluation.task_metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
+
+TASKS_DIR = REPO_ROOT / "configs" / "tasks"
+GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
+FORMATS = ("auto", "tsv", "csv", "jsonl")
+
+
+@dataclass
+class TaskCard:
+    name: str  # task name in results and output paths
+    train: str  # training file
+    dev: dict[str, str]  # dev set name -> file; the first one selects the best epoch
+    text_columns: list  # one or two column names (or 0-based indices without a header)
+    label_column: str | int  # column holding the label or score
+    labels: list[str] | None = None  # classification label values; None = regression
+    metrics: list[str] = field(default_factory=list)  # metric names (see task_metrics)
+    format: str = "auto"  # tsv | csv | jsonl | auto (from the suffix)
+    header: bool = True  # tsv/csv files start with a header row
+    quoting: str | bool = "auto"  # csv quoting (auto: csv yes, tsv no)
+    source: str = ""  # the card's path, for messages; relative files are looked up beside it first
+
+    @property
+    def regression(self) -> bool:
+        return self.labels is None
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.regression else len(self.labels)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+CARD_KEYS = ("name", "train", "dev", "format", "header", "quoting", "text_columns", "label_column", "labels",
+             "regression", "metrics")
+
+
+def load_task_card(path: str | Path) -> TaskCard:
+    """Parse and check a task card (YAML). Raises ConfigError naming the card and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"task card not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a task card is a mapping with the keys {', '.join(CARD_KEYS)}")
+    return card_from_dict(raw, str(path))
+
+
+def card_from_dict(raw: dict, source: str) -> TaskCard:
+    def fail(key: str, message: str):
+        raise ConfigError(f"{source}: key '{key}': {message}")
+
+    for key in raw:
+        if key not in CARD_KEYS:
+            raise ConfigError(f"{source}: unknown key '{key}'" + _suggest(str(key), list(CARD_KEYS)))
+    for key in ("train", "dev", "text_columns", "label_column"):
+        if raw.get(key) in (None, "", [], {}):
+            fail(key, "required")
+    name = str(raw.get("name") or Path(source).stem)
+    dev = raw["dev"]
+    dev = {"dev": dev} if isinstance(dev, str) else dev
+    if not isinstance(dev, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in dev.items()):
+        fail("dev", "a file, or a mapping of dev set names to files")
+    columns = raw["text_columns"]
+    columns = [columns] if isinstance(columns, (str, int)) else columns
+    if not isinstance(columns, list) or not 1 <= len(columns) <= 2:
+        fail("text_columns", "one column (a single text) or two (a pair)")
+    fmt = raw.get("format", "auto")
+    if fmt not in FORMATS:
+        fail("format", f"invalid value {fmt!r}; choose one of {', '.join(FORMATS)}")
+    header = raw.get("header", True)
+    if not isinstance(header, bool):
+        fail("header", "expected true or false")
+    quoting = raw.get("quoting", "auto")
+    if quoting not in ("auto", True, False):
+        fail("quoting", "expected auto, true or false")
+    regression, labels = raw.get("regression", False), raw.get("labels")
+    if not isinstance(regression, bool):
+        fail("regression", "expected true or false")
+    if regression == (labels is not None):
+        fail("labels", "give either a label list (classification) or regression: true")
+    if labels is not None:
+        if not isinstance(labels, list) or len(labels) < 2 or any(isinstance(v, (list, dict)) for v in labels):
+            fail("labels", "a list of at least two label values")
+        labels = [str(v) for v in labels]
+        if len(set(labels)) != len(labels):
+            fail("labels", f"duplicate values in {labels}")
+    metrics = raw.get("metrics") or (["pearson", "spearman"] if regression else ["accuracy"])
+    metrics = [metrics] if isinstance(metrics, str) else metrics
+    valid = REGRESSION_METRICS if regression else CLASSIFICATION_METRICS
+    for m in metrics:
+        if m not in valid:
+            fail("metrics", f"unknown {'regression' if regression else 'classification'} metric {m!r}"
+                 + _suggest(str(m), list(valid)))
+    if "f1" in metrics and len(labels) != 2:
+        fail("metrics", f"f1 is binary (the second label is the positive class); this task has {len(labels)} labels")
+    return TaskCard(name=name, train=str(raw["train"]), dev=dev, text_columns=columns, label_column=raw["label_column"],
+                    labels=labels, metrics=list(metrics), format=fmt, header=header, quoting=quoting, source=source)
+
+
+def glue_card(task: str) -> TaskCard:
+    return load_task_card(TASKS_DIR / f"{task}.yaml")
+
+
+def resolve_file(card: TaskCard, value: str, root: Path) -> Path:
+    """A card's file: absolute, beside the card, or under the data root."""
+    p = Path(value).expanduser()
+    candidates = [p] if p.is_absolute() else [Path(card.source).parent / p, root / p]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise ConfigError(f"task '{card.name}': file not found: {value} (looked in "
+                      f"{' and '.join(str(c.parent) for c in candidates)}; the data root is set with LMSSL_DATA or "
+                      f"finetune.data_root)")
+
+
+def missing_files(card: TaskCard, root: Path) -> list[str]:
+    """The card's files that cannot be found (empty when the task is present)."""
+    missing = []
+    for value in (card.train, *card.dev.values()):
+        try:
+            resolve_file(card, value, root)
+        except ConfigError:
+            missing.append(value)
+    return missing
+
+
+@dataclass
+class TaskData:
+    texts: list[tuple[str, ...]]  # one or two texts per example
+    targets: np.ndarray  # (N,) int64 class indices or float32 scores
+    path: Path  # the file read
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+def _rows(path: Path, card: TaskCard, fmt: str):
+    """(line, row) of a tsv/csv file; rows are lists, or dicts with a header. Checks ragged rows."""
+    quoting = card.quoting if card.quoting != "auto" else fmt == "csv"
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter="\t" if fmt == "tsv" else ",",
+                            quoting=csv.QUOTE_MINIMAL if quoting else csv.QUOTE_NONE, strict=True)
+        names, width = None, None
+        try:
+            for row in reader:
+                line = reader.line_num
+                if not row or row == [""]:
+                    continue
+                if width is None:
+                    width = len(row)
+                    if card.header:
+                        names = row
+                        continue
+                if len(row) != width:
+                    raise ConfigError(f"{path}:{line}: {len(row)} fields, expected {width} "
+                                      f"(as the {'header' if card.header else 'first row'}; a ragged row)")
+                yield line, dict(zip(names, row)) if names else row
+        except csv.Error as e:
+            raise ConfigError(f"{path}:{reader.line_num}: {e}") from None
+
+
+def _jsonl_rows(path: Path):
+    with path.open(encoding="utf-8-sig") as f:
+        for line, text in enumerate(f, 1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{path}:{line}: not valid JSON: {e}") from None
+            if not isinstance(row, dict):
+                raise ConfigError(f"{path}:{line}: expected a JSON object per line")
+            yield line, row
+
+
+def _get(row, column, path: Path, line: int, fmt: str):
+    if isinstance(row, dict):
+        if column not in row:
+            what = "key" if fmt == "jsonl" else "column"
+            raise ConfigError(f"{path}:{line}: no {what} {column!r}; the row has {', '.join(map(repr, row))}")
+        return row[column]
+    if not isinstance(column, int) or not 0 <= column < len(row):
+        raise ConfigError(f"{path}:{line}: column {column!r} does not exist: without a header, columns are 0-based "
+                          f"indices below {len(row)}")
+    return row[column]
+
+
+def read_task_file(card: TaskCard, path: Path) -> TaskData:
+    """The examples of one file of the task (see the module docstring for the checks)."""
+    fmt = card.format if card.format != "auto" else {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl",
+                                                      ".json": "jsonl"}.get(path.suffix.lower())
+    if fmt is None:
+        raise ConfigError(f"{card.source}: key 'format': cannot tell the format of {path} from its suffix; "
+                          f"set format: tsv, csv or jsonl")
+    rows = _jsonl_rows(path) if fmt == "jsonl" else _rows(path, card, fmt)
+    index = {v: i for i, v in enumerate(card.labels or [])}
+    texts, targets = [], []
+    for line, row in rows:
+        example = []
+        for column in card.text_columns:
+            text = _get(row, column, path, line, fmt)
+            if text is not None and not isinstance(text, str):
+                raise ConfigError(f"{path}:{line}: column {column!r} holds {text!r}, not a text")
+            if not text or not text.strip():
+                raise ConfigError(f"{path}:{line}: empty text in column {column!r}")
+            example.append(text)
+        value = _get(row, card.label_column, path, line, fmt)
+        if card.regression:
+            try:
+                targets.append(float(value))
+            except (TypeError, ValueError):
+                raise ConfigError(f"{path}:{line}: label {value!r} in column {card.label_column!r} is not a number "
+                                  f"(the task is a regression)") from None
+        else:
+            label = str(value).strip() if value is not None else ""
+            if label not in index:
+                raise ConfigError(f"{path}:{line}: label {label!r} in column {card.label_column!r} is not one of "
+                                  f"{card.labels} (the task card's labels)")
+            targets.append(index[label])
+        texts.append(tuple(example))
+    if not texts:
+        raise ConfigError(f"{path}: no examples")
+    return TaskData(texts, np.asarray(targets, dtype=np.float32 if card.regression else np.int64), path)
