@@ -269,8 +269,10 @@ def test_every_objective_fine_tunes(checkpoints, toy_task, tmp_path, kind):
     model = build_classifier(source, c, fcfg)
     _, _, objective = load_pretrained(checkpoints[kind])
     assert all(torch.equal(v, objective.encoder().state_dict()[k]) for k, v in model.encoder.state_dict().items())
-    if kind == "mlm_nsp":  # the pretrained NSP pooler is reused
+    if kind == "mlm_nsp":  # the pretrained NSP pooler is reused, unless asked not to
         assert torch.equal(model.pooler.dense.weight, objective.pooler.dense.weight)
+        fresh = build_classifier(source, c, finetune_config(["finetune.reuse_pooler=false"]))
+        assert not torch.equal(fresh.pooler.dense.weight, objective.pooler.dense.weight)
     assert (model.pooler is None) == (kind == "clm")
     results = run_task(source, c, fcfg, tmp_path / kind)
     assert math.isfinite(results["metrics"]["accuracy"]) and results["train_examples"] == 64

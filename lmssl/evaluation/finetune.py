@@ -52,6 +52,7 @@ class FinetuneConfig:
     data_seed: int = 0  # seed of that subsample: every training seed sees the same examples
     probe: bool = False  # linear probing: freeze the encoder, train a linear head on its pooled hidden state
     from_scratch: bool = False  # the same architecture and tokenizer with random weights (the no-pretraining baseline)
+    reuse_pooler: bool = True  # encoders: start from the checkpoint's pretrained BERT pooler when it has one (MLM with NSP/SOP); false = a fresh one
     output_dir: str = ""  # results.json and best/ go here; "" = runs/finetune/<task> (glue: runs/finetune/glue)
     overwrite: bool = False  # allow an output_dir that already holds results
     data_root: str = ""  # GLUE folders and relative task files; "" = $LMSSL_DATA, else ../shared/data
@@ -118,7 +119,7 @@ def build_classifier(source: Pretrained, card: TaskCard, fcfg: FinetuneConfig) -
     model = SequenceClassifier(source.cfg.model, source.causal, card.num_outputs, card.regression, use_pooler)
     if not fcfg.from_scratch:
         model.encoder.load_state_dict(source.encoder_state)
-        if use_pooler and source.pooler_state is not None:
+        if use_pooler and source.pooler_state is not None and fcfg.reuse_pooler:
             model.pooler.load_state_dict(source.pooler_state)
     return model
 
@@ -313,7 +314,7 @@ def run_task(source: Pretrained, card: TaskCard, fcfg: FinetuneConfig, out: Path
         "mode": "probe" if fcfg.probe else "finetune", "from_scratch": fcfg.from_scratch,
         "pooling": ("last token" if source.causal else "[CLS]") + (
             "" if source.causal or fcfg.probe else (" + pretrained pooler" if source.pooler_state is not None and
-                                                    not fcfg.from_scratch else " + fresh pooler")),
+                                                    fcfg.reuse_pooler and not fcfg.from_scratch else " + fresh pooler")),
         "metrics": {k: m for k, (m, _) in summary.items()}, "std": {k: s for k, (_, s) in summary.items()},
         "train_examples": len(train_set), "train_examples_total": total, "subsample": subsample,
         "dev_examples": {name: len(d) for name, d in dev_sets.items()}, "max_length": max_length,
