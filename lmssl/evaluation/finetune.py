@@ -32,7 +32,7 @@ from lmssl.config import Config, ConfigError, DataConfig, TrainConfig, _suggest,
 from lmssl.data.tokenizer import TextTokenizer
 from lmssl.engine import TorchEngine
 from lmssl.evaluation.classifier import SequenceClassifier, collate, encode_texts, predictions
-from lmssl.evaluation.probe import LinearProbe, compute_features, freeze
+from lmssl.evaluation.probe import LinearProbe, compute_features, fold_standardization, freeze, standardize
 from lmssl.evaluation.task_metrics import compute_metrics, glue_table, mean_std
 from lmssl.evaluation.tasks import GLUE_TASKS, TaskCard, glue_card, missing_files, read_task_file, resolve_file
 
@@ -292,12 +292,16 @@ def run_task(source: Pretrained, card: TaskCard, fcfg: FinetuneConfig, out: Path
         if fcfg.probe:
             freeze(model.encoder)
             if cached is None or fcfg.from_scratch:  # a pretrained frozen encoder gives every seed the same features
-                cached = (compute_features(model, train_set, fcfg.eval_batch_size, device),
-                          {n: compute_features(model, d, fcfg.eval_batch_size, device) for n, d in dev_sets.items()})
-            train_data, dev_data = cached
+                features = compute_features(model, train_set, fcfg.eval_batch_size, device)
+                dev_features = {n: compute_features(model, d, fcfg.eval_batch_size, device) for n, d in dev_sets.items()}
+                scale = standardize(features, list(dev_features.values()))
+                cached = (features, dev_features, scale)
+            train_data, dev_data, scale = cached
             trained = LinearProbe(model.head, card.regression)
         records, (best, state) = train_seed(trained, train_data, dev_data, card, fcfg, seed, device)
         trained.load_state_dict(state)
+        if fcfg.probe:
+            fold_standardization(model.head, *scale)  # the saved head reads raw features
         metrics = {k: v for k, v in best.items() if k not in ("epoch", "score_selection") and not k.startswith("train_")}
         seeds.append({"seed": seed, "best_epoch": best["epoch"], "metrics": metrics, "epochs": records})
         if best_overall is None or best["score_selection"] > _selectable(best_overall["score"]):
