@@ -16,6 +16,7 @@ from lmssl.data import load_tokenizer
 from lmssl.evaluation.classifier import SequenceClassifier, encode_texts, truncate_pair
 from lmssl.evaluation.finetune import (EncodedSet, build_classifier, evaluate, finetune_config, load_finetuned,
                                        load_source, run_task, subsample_rows, _selectable)
+from lmssl.evaluation.probe import fold_standardization
 from lmssl.evaluation.task_metrics import compute_metric, compute_metrics, glue_average, glue_table, mean_std
 from lmssl.evaluation.tasks import GLUE_TASKS, card_from_dict, glue_card, load_task_card, read_task_file, resolve_file
 from lmssl.model.attention import AttnSpec
@@ -269,8 +270,10 @@ def test_every_objective_fine_tunes(checkpoints, toy_task, tmp_path, kind):
     model = build_classifier(source, c, fcfg)
     _, _, objective = load_pretrained(checkpoints[kind])
     assert all(torch.equal(v, objective.encoder().state_dict()[k]) for k, v in model.encoder.state_dict().items())
-    if kind == "mlm_nsp":  # the pretrained NSP pooler is reused
+    if kind == "mlm_nsp":  # the pretrained NSP pooler is reused, unless asked not to
         assert torch.equal(model.pooler.dense.weight, objective.pooler.dense.weight)
+        fresh = build_classifier(source, c, finetune_config(["finetune.reuse_pooler=false"]))
+        assert not torch.equal(fresh.pooler.dense.weight, objective.pooler.dense.weight)
     assert (model.pooler is None) == (kind == "clm")
     results = run_task(source, c, fcfg, tmp_path / kind)
     assert math.isfinite(results["metrics"]["accuracy"]) and results["train_examples"] == 64
@@ -292,6 +295,19 @@ def test_probe_leaves_the_encoder_bit_identical_and_trains_the_head(checkpoints,
     seed_everything(0)
     initial = build_classifier(source, c, fcfg)
     assert not torch.equal(model.head.weight, initial.head.weight)
+    # the standardisation is folded into the saved head: it reproduces the best epoch on raw features
+    dev = read_task_file(c, resolve_file(c, c.dev["dev"], toy_task.parent))
+    ids, types = encode_texts(source.tokenizer, dev.texts, False, info["max_length"])
+    metrics = evaluate(model, EncodedSet(ids, types, dev.targets, 0, False, True), c, 64, torch.device("cpu"))
+    assert metrics["accuracy"] == pytest.approx(results["metrics"]["accuracy"], abs=1e-6)
+
+
+def test_folding_the_standardization_into_the_head():
+    head, x = torch.nn.Linear(3, 2), torch.randn(5, 3) * 4 + 1
+    mean, std = x.mean(0), x.std(0)
+    expected = head((x - mean) / std)
+    fold_standardization(head, mean, std)
+    assert torch.allclose(head(x), expected, atol=1e-5)
 
 
 def test_sst2_subsample_loss_falls_and_seeds_give_mean_and_std(checkpoints, data_root, tmp_path):

@@ -33,7 +33,7 @@ from lmssl.data.tokenizer import TextTokenizer
 from lmssl.engine import TorchEngine
 from lmssl.evaluation.classifier import SequenceClassifier, collate, encode_texts, predictions
 from lmssl.evaluation.likelihood import resolve_checkpoint
-from lmssl.evaluation.probe import LinearProbe, compute_features, freeze
+from lmssl.evaluation.probe import LinearProbe, compute_features, fold_standardization, freeze, standardize
 from lmssl.evaluation.task_metrics import compute_metrics, glue_table, mean_std
 from lmssl.evaluation.tasks import GLUE_TASKS, TaskCard, glue_card, missing_files, read_task_file, resolve_file
 
@@ -53,6 +53,7 @@ class FinetuneConfig:
     data_seed: int = 0  # seed of that subsample: every training seed sees the same examples
     probe: bool = False  # linear probing: freeze the encoder, train a linear head on its pooled hidden state
     from_scratch: bool = False  # the same architecture and tokenizer with random weights (the no-pretraining baseline)
+    reuse_pooler: bool = True  # encoders: start from the checkpoint's pretrained BERT pooler when it has one (MLM with NSP/SOP); false = a fresh one
     output_dir: str = ""  # results.json and best/ go here; "" = runs/finetune/<task> (glue: runs/finetune/glue)
     overwrite: bool = False  # allow an output_dir that already holds results
     data_root: str = ""  # GLUE folders and relative task files; "" = $LMSSL_DATA, else ../shared/data
@@ -119,7 +120,7 @@ def build_classifier(source: Pretrained, card: TaskCard, fcfg: FinetuneConfig) -
     model = SequenceClassifier(source.cfg.model, source.causal, card.num_outputs, card.regression, use_pooler)
     if not fcfg.from_scratch:
         model.encoder.load_state_dict(source.encoder_state)
-        if use_pooler and source.pooler_state is not None:
+        if use_pooler and source.pooler_state is not None and fcfg.reuse_pooler:
             model.pooler.load_state_dict(source.pooler_state)
     return model
 
@@ -292,12 +293,16 @@ def run_task(source: Pretrained, card: TaskCard, fcfg: FinetuneConfig, out: Path
         if fcfg.probe:
             freeze(model.encoder)
             if cached is None or fcfg.from_scratch:  # a pretrained frozen encoder gives every seed the same features
-                cached = (compute_features(model, train_set, fcfg.eval_batch_size, device),
-                          {n: compute_features(model, d, fcfg.eval_batch_size, device) for n, d in dev_sets.items()})
-            train_data, dev_data = cached
+                features = compute_features(model, train_set, fcfg.eval_batch_size, device)
+                dev_features = {n: compute_features(model, d, fcfg.eval_batch_size, device) for n, d in dev_sets.items()}
+                scale = standardize(features, list(dev_features.values()))
+                cached = (features, dev_features, scale)
+            train_data, dev_data, scale = cached
             trained = LinearProbe(model.head, card.regression)
         records, (best, state) = train_seed(trained, train_data, dev_data, card, fcfg, seed, device)
         trained.load_state_dict(state)
+        if fcfg.probe:
+            fold_standardization(model.head, *scale)  # the saved head reads raw features
         metrics = {k: v for k, v in best.items() if k not in ("epoch", "score_selection") and not k.startswith("train_")}
         seeds.append({"seed": seed, "best_epoch": best["epoch"], "metrics": metrics, "epochs": records})
         if best_overall is None or best["score_selection"] > _selectable(best_overall["score"]):
@@ -314,7 +319,7 @@ def run_task(source: Pretrained, card: TaskCard, fcfg: FinetuneConfig, out: Path
         "mode": "probe" if fcfg.probe else "finetune", "from_scratch": fcfg.from_scratch,
         "pooling": ("last token" if source.causal else "[CLS]") + (
             "" if source.causal or fcfg.probe else (" + pretrained pooler" if source.pooler_state is not None and
-                                                    not fcfg.from_scratch else " + fresh pooler")),
+                                                    fcfg.reuse_pooler and not fcfg.from_scratch else " + fresh pooler")),
         "metrics": {k: m for k, (m, _) in summary.items()}, "std": {k: s for k, (_, s) in summary.items()},
         "train_examples": len(train_set), "train_examples_total": total, "subsample": subsample,
         "dev_examples": {name: len(d) for name, d in dev_sets.items()}, "max_length": max_length,

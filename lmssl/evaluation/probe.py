@@ -6,6 +6,12 @@ itself, comparable across objectives (a pretrained NSP pooler is a trained non-l
 a random projection). The encoder runs once, in eval mode (no dropout), to compute them; the head then
 trains on the cached features with the fine-tuning loop, so its epochs cost almost nothing and the
 encoder's weights are never touched (no gradient, no optimizer state).
+
+The features are standardised with the training set's per-dimension mean and std before the head sees
+them (as a StandardScaler before a logistic regression): [CLS] states of small models are nearly
+parallel (cosine ~0.9-0.999 between different sentences), so the signal lies in small deviations that
+an unscaled probe learns very slowly. The scaling is folded into the head afterwards (W/std, b - W mean/std),
+so the saved classifier applies to raw features and is still one linear layer.
 """
 from __future__ import annotations
 
@@ -64,6 +70,22 @@ class LinearProbe(nn.Module):
 def freeze(module: nn.Module) -> None:
     for p in module.parameters():
         p.requires_grad_(False)
+
+
+def standardize(train: FeatureSet, others: list[FeatureSet]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale every set's features in place with the training set's mean and std; returns (mean, std)."""
+    mean, std = train.features.mean(0), train.features.std(0).clamp(min=1e-6)
+    for s in (train, *others):
+        s.features = (s.features - mean) / std
+    return mean, std
+
+
+@torch.no_grad()
+def fold_standardization(head: nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """head((x - mean) / std) == head'(x): W' = W / std, b' = b - W' mean."""
+    weight = head.weight / std.to(head.weight.device)
+    head.bias -= weight @ mean.to(head.weight.device)
+    head.weight.copy_(weight)
 
 
 @torch.no_grad()
