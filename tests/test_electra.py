@@ -15,7 +15,7 @@ from lmssl.data import load_tokenizer
 from lmssl.data.packing import Example
 from lmssl.objectives import build_objective
 from lmssl.objectives.base import IGNORE_INDEX as I
-from lmssl.objectives.electra import generator_config, replaced_token_inputs
+from lmssl.objectives.electra import binary_auc, generator_config, replaced_token_inputs
 from lmssl.train import train, with_vocab
 
 M = 4  # [MASK]
@@ -31,6 +31,22 @@ def test_replaced_token_labels_hand_computed():
     # ELECTRA §2: a sample equal to the original counts as original (row 0 pos 1, row 1 pos 2);
     # a kept position whose sample differs is replaced (row 0 pos 4)
     assert replaced.tolist() == [[False, False, False, True, True, False], [False, False, False, False, True, False]]
+
+
+def test_disc_auc_is_the_mann_whitney_statistic():
+    scores = torch.tensor([0.9, 0.1, 0.4, 0.4, 0.8, 0.3])
+    positive = torch.tensor([True, False, True, False, False, True])
+    # positive/negative pairs won: 0.9 beats all 3; 0.4 beats 0.1, ties 0.4 (1/2), loses to 0.8; 0.3 beats 0.1 only
+    assert float(binary_auc(scores, positive)) == pytest.approx((3 + 1.5 + 1) / 9)
+    assert float(binary_auc(scores, torch.zeros(6, dtype=torch.bool))) == 0.5  # one class only
+    assert float(binary_auc(-scores, positive)) == pytest.approx(1 - (3 + 1.5 + 1) / 9)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.rand(2000, generator=g) < 0.15
+    noisy = labels.float() + torch.randn(2000, generator=g)
+    coarse = (noisy * 4).round() / 4  # many ties, as bf16 logits have
+    sklearn = pytest.importorskip("sklearn.metrics")
+    for s in (noisy, coarse):
+        assert float(binary_auc(s, labels)) == pytest.approx(sklearn.roc_auc_score(labels.numpy(), s.numpy()), abs=1e-6)
 
 
 def test_generator_config_is_electras():
@@ -114,7 +130,7 @@ def test_loss_metrics_and_sampling(data_root, tmp_path):
     assert not torch.equal(m["disc_loss"], other.metrics["disc_loss"])  # ... and a different seed samples differently
     assert m["gen_acc"] < 0.05 and m["gen_sampled_acc"] < 0.05  # an untrained generator: nearly every sample replaces
     # untrained discriminator: its logits hover around 0; accuracy counts all 4 x 64 tokens, ~14% replaced
-    for k in ("disc_acc", "disc_precision", "disc_recall"):
+    for k in ("disc_acc", "disc_precision", "disc_recall", "disc_auc"):
         assert 0.0 <= float(m[k]) <= 1.0
 
 
@@ -164,11 +180,11 @@ def test_electra_trains_on_wikitext(data_root, tmp_path):
     assert len(steps) == 12
     for r in steps:
         assert r["loss"] == pytest.approx(r["gen_loss"] + 50 * r["disc_loss"], rel=1e-5)
-        assert all(0 <= r[k] <= 1 for k in ("gen_acc", "disc_acc", "disc_precision", "disc_recall"))
+        assert all(0 <= r[k] <= 1 for k in ("gen_acc", "disc_acc", "disc_precision", "disc_recall", "disc_auc"))
     first = sum(r["loss"] for r in steps[:4]) / 4
     last = sum(r["loss"] for r in steps[-4:]) / 4
     # from ln(8192) + 50 ln 2 = 43.7: the discriminator first learns that ~15% of tokens are replaced
     assert steps[0]["loss"] == pytest.approx(9.01 + 50 * math.log(2), abs=1.0)
     assert last < first - 5.0, (first, last)
-    assert {"val_loss", "val_gen_acc", "val_disc_acc", "val_disc_precision", "val_disc_recall"} <= set(result)
+    assert {"val_loss", "val_gen_acc", "val_disc_acc", "val_disc_precision", "val_disc_recall", "val_disc_auc"} <= set(result)
     assert result["val_disc_acc"] > 0.8  # at least the majority class (original)

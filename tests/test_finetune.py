@@ -302,6 +302,26 @@ def test_probe_leaves_the_encoder_bit_identical_and_trains_the_head(checkpoints,
     assert metrics["accuracy"] == pytest.approx(results["metrics"]["accuracy"], abs=1e-6)
 
 
+def test_bf16_fine_tuning_learns_and_evaluates_like_fp32(checkpoints, toy_task, tmp_path):
+    source = load_source(checkpoints["mlm"])
+    c = load_task_card(toy_task)
+    fcfg = finetune_config([*TINY, "finetune.precision=bf16", "finetune.epochs=20", "finetune.batch_size=8",
+                            "finetune.lr=2e-3"])
+    results = run_task(source, c, fcfg, tmp_path / "bf16")
+    losses = [e["train_loss"] for e in results["seeds"][0]["epochs"]]
+    assert losses[-1] < losses[0] - 0.1, losses
+    model, tok, info = load_finetuned(tmp_path / "bf16" / "best")
+    dev = read_task_file(c, resolve_file(c, c.dev["dev"], toy_task.parent))
+    ids, types = encode_texts(tok, dev.texts, False, info["max_length"])
+    data = EncodedSet(ids, types, dev.targets, tok.pad_id, False, True)
+    batch = data.batch(np.arange(len(data)))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model.logits(batch).float()
+    assert torch.allclose(low, model.logits(batch), atol=0.1) and low.dtype == torch.float32
+    bf16 = evaluate(model, data, c, 64, torch.device("cpu"), "bf16")
+    assert bf16["accuracy"] == pytest.approx(results["metrics"]["accuracy"], abs=1e-6)  # selection ran in bf16
+
+
 def test_folding_the_standardization_into_the_head():
     head, x = torch.nn.Linear(3, 2), torch.randn(5, 3) * 4 + 1
     mean, std = x.mean(0), x.std(0)
@@ -371,6 +391,7 @@ def test_cli_prints_json_last_and_writes_results(checkpoints, toy_task, tmp_path
 @pytest.mark.parametrize("args, message", [
     (["rte", "finetune.epoch=3"], "unknown key 'finetune.epoch'; did you mean 'finetune.epochs'?"),
     (["rte", "finetune.lr=fast"], "key 'finetune.lr': expected a number"),
+    (["rte", "finetune.precision=fp16"], "key 'finetune.precision': invalid value 'fp16'; choose one of 'fp32', 'bf16'"),
     (["rte", "train.lr=1e-4"], "takes finetune.* keys, not 'train.*'; did you mean 'finetune.lr'?"),
     (["rte", "epochs=3"], "keys have the form finetune.field"),
     (["qqp"], "GLUE task 'qqp' is not present under the data root"),
@@ -402,3 +423,12 @@ def test_cli_glue_runs_the_tasks_present_and_writes_the_table(checkpoints, tmp_p
     assert "| CoLA | SST-2 | MRPC |" in table and "mnli: absent" in table
     assert json.loads((out / "glue.json").read_text())["scores"]["RTE"] == pytest.approx(
         json.loads((out / "rte" / "results.json").read_text())["metrics"]["score"])
+    # a rerun with the same settings reuses the finished tasks (an interrupted run resumes); other settings refuse
+    (out / "rte" / "results.json").write_text((out / "rte" / "results.json").read_text().replace('"task": "rte"', '"task": "RTE*"'))
+    code, stdout, err = cli(capsys, "finetune", str(checkpoints["electra"]), "glue", *TINY, "finetune.epochs=1",
+                            f"finetune.output_dir={out}", "finetune.eval_batch_size=16")
+    assert code == 0 and "rte: reusing" in err and "sst2: reusing" in err, err
+    assert '"task": "RTE*"' in (out / "rte" / "results.json").read_text()
+    code, _, err = cli(capsys, "finetune", str(checkpoints["electra"]), "glue", *TINY, "finetune.epochs=2",
+                       f"finetune.output_dir={out}")
+    assert code == 2 and "already holds results.json" in err and "finetune.overwrite=true" in err

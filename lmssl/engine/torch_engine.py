@@ -41,6 +41,13 @@ def lr_multiplier(step: int, cfg: TrainConfig) -> float:
     return cfg.final_lr_ratio + (1.0 - cfg.final_lr_ratio) * shape
 
 
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast (weights stay fp32) on `device`, or nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over `parameter_groups` and the warmup/decay schedule: the same for both engines."""
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr,
@@ -63,9 +70,7 @@ class TorchEngine:
             self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def autocast(self):
-        if self.cfg.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device, self.cfg.precision)
 
     def train_step(self, micro_batches: list[Batch]) -> dict[str, float]:
         """One optimizer step over this process's micro-batches (see lmssl.engine.accumulation)."""

@@ -22,6 +22,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from lmssl.checkpoint import load_checkpoint_config, load_pretrained, load_weigh
 from lmssl.config import Config, ConfigError, DataConfig, TrainConfig, _suggest, build_section, data_root, parse_override
 from lmssl.data.tokenizer import TextTokenizer
 from lmssl.engine import TorchEngine
+from lmssl.engine.torch_engine import autocast
 from lmssl.evaluation.classifier import SequenceClassifier, collate, encode_texts, predictions
 from lmssl.evaluation.likelihood import resolve_checkpoint
 from lmssl.evaluation.probe import LinearProbe, compute_features, fold_standardization, freeze, standardize
@@ -60,6 +62,7 @@ class FinetuneConfig:
     eval_batch_size: int = 64  # examples per forward pass in evaluation
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
     device: str = "auto"  # cpu, cuda, ...; auto = cuda when available
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast in training and evaluation, weights fp32 (~2x faster on GPUs and CPUs with AVX-512 BF16)
 
 
 FINETUNE_ADAM = dict(adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-6, clip_grad=1.0)  # BERT's fine-tuning optimizer
@@ -145,14 +148,17 @@ class EncodedSet:
 
 
 @torch.no_grad()
-def evaluate(model, dataset, card: TaskCard, batch_size: int, device: torch.device) -> dict[str, float]:
+def evaluate(model, dataset, card: TaskCard, batch_size: int, device: torch.device,
+             precision: str = "fp32") -> dict[str, float]:
     """The card's metrics (x 100) and their mean `score` on one dataset, without dropout."""
     model.eval()
     order = dataset.eval_order()
     out = torch.empty(len(dataset), dtype=torch.float32 if card.regression else torch.long)
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        out[torch.from_numpy(rows)] = predictions(model.logits(dataset.batch(rows).to(device)), card.regression).cpu()
+        with autocast(device, precision):
+            logits = model.logits(dataset.batch(rows).to(device))
+        out[torch.from_numpy(rows)] = predictions(logits, card.regression).cpu()
     return compute_metrics(card.metrics, out.numpy(), dataset.targets.numpy())
 
 
@@ -171,7 +177,7 @@ def train_seed(model, train_set, dev_sets: dict, card: TaskCard, fcfg: FinetuneC
     total = steps * fcfg.epochs
     tcfg = TrainConfig(max_steps=total, batch_size=fcfg.batch_size, lr=fcfg.probe_lr if fcfg.probe else fcfg.lr,
                        weight_decay=fcfg.weight_decay, warmup_steps=round(fcfg.warmup_ratio * total),
-                       schedule="linear", final_lr_ratio=0.0, seed=seed, **FINETUNE_ADAM)
+                       schedule="linear", final_lr_ratio=0.0, seed=seed, precision=fcfg.precision, **FINETUNE_ADAM)
     engine = TorchEngine(model, tcfg, device=device)
     order_rng = np.random.default_rng(seed)
     records, best = [], None
@@ -183,7 +189,8 @@ def train_seed(model, train_set, dev_sets: dict, card: TaskCard, fcfg: FinetuneC
             losses.append(stats["loss"])
             bar.update()
             bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-20:]):.3f}")
-        dev = {name: evaluate(model, data, card, fcfg.eval_batch_size, engine.device) for name, data in dev_sets.items()}
+        dev = {name: evaluate(model, data, card, fcfg.eval_batch_size, engine.device, fcfg.precision)
+               for name, data in dev_sets.items()}
         record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "train_loss_first_steps": float(np.mean(losses[:10])),
                   "train_loss_last_steps": float(np.mean(losses[-10:])), **_flat(dev)}
         records.append(record)
@@ -246,6 +253,24 @@ def task_root(fcfg: FinetuneConfig) -> Path:
     return data_root(Config(data=DataConfig(root=fcfg.data_root)))
 
 
+RUN_ONLY_KEYS = ("output_dir", "overwrite", "num_threads", "device", "eval_batch_size")  # change speed, not results
+
+
+def finished_result(out: Path, fcfg: FinetuneConfig, checkpoint_dir: str) -> dict | None:
+    """The results.json in `out` when it came from the same checkpoint and settings (an interrupted `glue`
+    run picks up where it stopped); None when there is none or overwrite is set."""
+    path = out / "results.json"
+    if fcfg.overwrite or not path.exists():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    same = {k: v for k, v in asdict(fcfg).items() if k not in RUN_ONLY_KEYS}
+    stored = {k: v for k, v in old.get("finetune", {}).items() if k in same}
+    return old if old.get("checkpoint_dir") == checkpoint_dir and stored == same else None
+
+
 def _check_output(out: Path, fcfg: FinetuneConfig) -> None:
     if (out / "results.json").exists() and not fcfg.overwrite:
         raise ConfigError(f"key 'finetune.output_dir': {out} already holds results.json; set finetune.overwrite=true "
@@ -293,8 +318,9 @@ def run_task(source: Pretrained, card: TaskCard, fcfg: FinetuneConfig, out: Path
         if fcfg.probe:
             freeze(model.encoder)
             if cached is None or fcfg.from_scratch:  # a pretrained frozen encoder gives every seed the same features
-                features = compute_features(model, train_set, fcfg.eval_batch_size, device)
-                dev_features = {n: compute_features(model, d, fcfg.eval_batch_size, device) for n, d in dev_sets.items()}
+                features = compute_features(model, train_set, fcfg.eval_batch_size, device, fcfg.precision)
+                dev_features = {n: compute_features(model, d, fcfg.eval_batch_size, device, fcfg.precision)
+                                for n, d in dev_sets.items()}
                 scale = standardize(features, list(dev_features.values()))
                 cached = (features, dev_features, scale)
             train_data, dev_data, scale = cached
@@ -369,12 +395,17 @@ def finetune(checkpoint: str, task: str, overrides: list[str]) -> dict:
                 absent[name] = f"{', '.join(missing)} not found"
             else:
                 present.append(name)
-                _check_output(out / name, fcfg)
         if not present:
             raise ConfigError(f"no GLUE task under the data root {root} (expected glue/<TASK>/train.tsv and dev.tsv); "
                               f"set LMSSL_DATA or finetune.data_root")
         source = load_source(checkpoint)
-        results = {name: run_task(source, glue_card(name), fcfg, out / name) for name in present}
+        done = {name: finished_result(out / name, fcfg, source.checkpoint_dir) for name in present}
+        for name in present:
+            if done[name] is None:
+                _check_output(out / name, fcfg)
+            else:
+                sys.stderr.write(f"{name}: reusing {out / name / 'results.json'} (same checkpoint and settings)\n")
+        results = {name: done[name] or run_task(source, glue_card(name), fcfg, out / name) for name in present}
         title = f"GLUE dev: {checkpoint} (data root {root})" + (" (random init)" if fcfg.from_scratch else "") + (" (linear probe)" if fcfg.probe else "")
         markdown, table = glue_table(results, absent, title)
         (out / "glue.md").write_text(markdown)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from lmssl.engine.torch_engine import autocast
 from lmssl.evaluation.classifier import SequenceClassifier, task_loss
 from lmssl.objectives.base import Output
 
@@ -89,14 +90,16 @@ def fold_standardization(head: nn.Linear, mean: torch.Tensor, std: torch.Tensor)
 
 
 @torch.no_grad()
-def compute_features(model: SequenceClassifier, dataset, batch_size: int, device: torch.device) -> FeatureSet:
-    """The frozen encoder's features of every example of an EncodedSet, in its order."""
+def compute_features(model: SequenceClassifier, dataset, batch_size: int, device: torch.device,
+                     precision: str = "fp32") -> FeatureSet:
+    """The frozen encoder's features of every example of an EncodedSet, in its order (fp32 either way)."""
     model.eval()
     order = dataset.eval_order()
     features = None
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        out = model.features(dataset.batch(rows).to(device)).float().cpu()
+        with autocast(device, precision):
+            out = model.features(dataset.batch(rows).to(device)).float().cpu()
         if features is None:
             features = torch.empty(len(dataset), out.shape[-1])
         features[torch.from_numpy(rows)] = out
