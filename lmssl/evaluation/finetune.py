@@ -258,17 +258,20 @@ RUN_ONLY_KEYS = ("output_dir", "overwrite", "num_threads", "device", "eval_batch
 
 def finished_result(out: Path, fcfg: FinetuneConfig, checkpoint_dir: str) -> dict | None:
     """The results.json in `out` when it came from the same checkpoint and settings (an interrupted `glue`
-    run picks up where it stopped); None when there is none or overwrite is set."""
+    run picks up where it stopped); None when `out` holds none (or overwrite is set); else refuse as
+    `_check_output` does."""
     path = out / "results.json"
-    if fcfg.overwrite or not path.exists():
-        return None
-    try:
-        old = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    same = {k: v for k, v in asdict(fcfg).items() if k not in RUN_ONLY_KEYS}
-    stored = {k: v for k, v in old.get("finetune", {}).items() if k in same}
-    return old if old.get("checkpoint_dir") == checkpoint_dir and stored == same else None
+    if path.exists() and not fcfg.overwrite:
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        same = {k: v for k, v in asdict(fcfg).items() if k not in RUN_ONLY_KEYS}
+        stored = {k: v for k, v in old.get("finetune", {}).items() if k in same}
+        if old.get("checkpoint_dir") == checkpoint_dir and stored == same:
+            return old
+    _check_output(out, fcfg)
+    return None
 
 
 def _check_output(out: Path, fcfg: FinetuneConfig) -> None:
@@ -398,13 +401,12 @@ def finetune(checkpoint: str, task: str, overrides: list[str]) -> dict:
         if not present:
             raise ConfigError(f"no GLUE task under the data root {root} (expected glue/<TASK>/train.tsv and dev.tsv); "
                               f"set LMSSL_DATA or finetune.data_root")
-        source = load_source(checkpoint)
-        done = {name: finished_result(out / name, fcfg, source.checkpoint_dir) for name in present}
+        checkpoint_dir = str(resolve_checkpoint(checkpoint))  # outputs are checked before the weights load
+        done = {name: finished_result(out / name, fcfg, checkpoint_dir) for name in present}
         for name in present:
-            if done[name] is None:
-                _check_output(out / name, fcfg)
-            else:
+            if done[name] is not None:
                 sys.stderr.write(f"{name}: reusing {out / name / 'results.json'} (same checkpoint and settings)\n")
+        source = load_source(checkpoint) if None in done.values() else None
         results = {name: done[name] or run_task(source, glue_card(name), fcfg, out / name) for name in present}
         title = f"GLUE dev: {checkpoint} (data root {root})" + (" (random init)" if fcfg.from_scratch else "") + (" (linear probe)" if fcfg.probe else "")
         markdown, table = glue_table(results, absent, title)
