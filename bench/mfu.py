@@ -111,7 +111,8 @@ def make_batches(kind: str, cfg, objective, batch_size: int, seq_len: int, count
             chosen = torch.rand(batch_size, seq_len, generator=g).argsort(1)[:, :k]
             selected = torch.zeros(batch_size, seq_len, dtype=torch.bool).scatter_(1, chosen, True)
             labels = torch.where(selected, ids, IGNORE_INDEX)
-            batch = Batch(ids.masked_fill(selected, objective.mask_id), AttnSpec.dense(False), labels, int(selected.sum()))
+            batch = Batch(ids.masked_fill(selected, objective.corruption.mask_id), AttnSpec.dense(False), labels,
+                          int(selected.sum()))
         batches.append(batch.to(device))
     return batches
 
@@ -127,7 +128,8 @@ def flops_per_token(kind: str, cfg, objective) -> dict:
     fraction = 1.0 if kind == "gpt2" else round(cfg.objective.mask_rate * cfg.data.seq_len) / cfg.data.seq_len
     n = trunk_matmul + fraction * head_params
     attention = 12 * m.num_layers * m.hidden_size * cfg.data.seq_len
-    return {"flops_per_token": 6 * n + attention, "n_matmul_params": round(n), "trunk_non_embedding_params": trunk_matmul,
+    return {"flops_per_token": 6 * n + attention, "n_matmul_params": round(n),
+            "trunk_non_embedding_params": trunk_matmul,
             "head_params": head_params, "head_fraction": fraction, "attention_flops_per_token": attention}
 
 
@@ -136,7 +138,8 @@ class Runner:
         self.name, self.model, self.loss_fn, self.batches, self.device = name, model, loss_fn, batches, device
         fused = device.type == "cuda"
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=fused)
-        self.autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if dtype == "bf16" else contextlib.nullcontext
+        self.autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if dtype == "bf16"
+                         else contextlib.nullcontext)
         self.tokens_per_step = batches[0].input_ids.numel()
         self.rates: list[float] = []
         self.i = 0
@@ -208,11 +211,13 @@ def bench(kind: str, args, device) -> dict:
         r.sync()
         if device.type == "cuda":  # both models' weights and optimizer states, this one's activations
             r.peak_memory = torch.cuda.max_memory_allocated(device)
-        log(f"[{kind}] warmup {r.name}: {args.warmup} steps in {time.perf_counter() - t:.1f}s, loss {float(r.loss):.3f}")
+        log(f"[{kind}] warmup {r.name}: {args.warmup} steps in {time.perf_counter() - t:.1f}s, "
+            f"loss {float(r.loss):.3f}")
     for rnd in range(args.rounds):
         for r in (runners if rnd % 2 == 0 else runners[::-1]):
             r.run(args.steps)
-        log(f"[{kind}] round {rnd + 1}/{args.rounds}: " + ", ".join(f"{r.name} {r.rates[-1]:,.0f} tok/s" for r in runners))
+        log(f"[{kind}] round {rnd + 1}/{args.rounds}: "
+            + ", ".join(f"{r.name} {r.rates[-1]:,.0f} tok/s" for r in runners))
     peak = args.peak_tflops * 1e12
     result = {"batch_size": batch_size, "seq_len": seq_len, "tokens_per_step": batch_size * seq_len,
               "shape": {k: getattr(cfg.model, k) for k in ("preset", "vocab_size", "hidden_size", "num_layers",
@@ -278,7 +283,8 @@ def main(argv=None) -> int:
     kinds = ["gpt2", "bert"] if args.which == "both" else [args.which]
     result = {
         "benchmark": "mfu (training step: forward + backward + AdamW step)",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
+        "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"cpu ({platform.machine()}, {os.cpu_count()} cores)"),
         "dtype": args.dtype, "peak_tflops": args.peak_tflops, "small": args.small, "compile": args.compile,
         "steps": args.steps, "rounds": args.rounds, "warmup": args.warmup, **versions,
         "flops_convention": "PaLM appendix B: 6N + 12*L*H*T per token; N = trunk non-embedding parameters + output "

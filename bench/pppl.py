@@ -47,13 +47,19 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lmssl.checkpoint import load_pretrained  # noqa: E402
 from lmssl.config import load_config  # noqa: E402
 from lmssl.data.tokenizer import TextTokenizer, tokenizer_path  # noqa: E402
-from lmssl.evaluation.likelihood import read_documents, resolve_text_file  # noqa: E402
-from lmssl.evaluation.pseudo_perplexity import (MaskingTokens, copy_batches, masked_log_likelihood,  # noqa: E402
-                                                masked_lm_modules, plan_windows, sparse_predictor)
+from lmssl.evaluation.pseudo_perplexity import (  # noqa: E402
+    MaskingTokens,
+    copy_batches,
+    masked_lm_modules,
+    masked_log_likelihood,
+    plan_windows,
+    sparse_predictor,
+)
+from lmssl.evaluation.text import read_documents, resolve_text_file  # noqa: E402
 from lmssl.objectives import build_objective  # noqa: E402
+from lmssl.pretrained import load_pretrained  # noqa: E402
 
 
 def full_vocabulary_predictor(trunk, head):

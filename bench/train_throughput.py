@@ -49,7 +49,8 @@ from lmssl.data.loader import SequenceLoader
 from lmssl.engine.torch_engine import parameter_groups
 from lmssl.objectives import build_objective
 from lmssl.objectives.base import IGNORE_INDEX
-from lmssl.train import masking_generator, with_vocab
+from lmssl.resolve import with_vocab
+from lmssl.train import masking_generator
 
 TARGETS = {"mlm": 1.5, "clm": 1.0}  # ours/HF tokens-per-second ratio the issue asks for
 
@@ -74,7 +75,8 @@ def build_ours(kind: str, args) -> tuple[torch.nn.Module, list, dict]:
     sep_id, prefix_id = objective.packing_ids(tokenizer)
     data = sequences(cfg, "train", tokenizer, sep_id, prefix_id)
     loader = SequenceLoader(data, cfg.train.batch_size, cfg.train.seed)
-    pool = [objective.collate(loader.next_batch(), masking_generator(cfg.train.seed, step, 0)) for step in range(args.pool)]
+    pool = [objective.collate(loader.next_batch(), masking_generator(cfg.train.seed, step, 0))
+            for step in range(args.pool)]
     m = cfg.model
     shape = {"preset": m.preset, "vocab_size": m.vocab_size, "hidden_size": m.hidden_size, "num_layers": m.num_layers,
              "num_heads": m.num_heads, "ffn_size": m.ffn_size, "max_positions": m.max_positions, "dropout": m.dropout,
@@ -159,7 +161,8 @@ def bench(kind: str, args) -> dict:
     ours.train()
     hf.train()
     if args.dtype == "bf16":
-        autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+        def autocast():
+            return torch.autocast("cpu", dtype=torch.bfloat16)
     else:
         autocast = contextlib.nullcontext
     r_ours = Runner("ours", ours, lambda b: ours(b).loss, make_optimizer(ours, cfg), pool, autocast)
@@ -174,7 +177,8 @@ def bench(kind: str, args) -> dict:
         t = time.perf_counter()
         for _ in range(args.warmup):
             r.step()
-        log(f"[{kind}] warmup {r.name}: {args.warmup} steps in {time.perf_counter() - t:.1f}s, loss {float(r.last_loss):.3f}")
+        log(f"[{kind}] warmup {r.name}: {args.warmup} steps in {time.perf_counter() - t:.1f}s, "
+            f"loss {float(r.last_loss):.3f}")
     ratios = []
     for rnd in range(args.rounds):
         a, b = (r_ours, r_hf) if rnd % 2 == 0 else (r_hf, r_ours)  # alternate who goes first, too
@@ -182,8 +186,8 @@ def bench(kind: str, args) -> dict:
         a.rates.append(ra)
         b.rates.append(rb)
         ratios.append(r_ours.rates[-1] / r_hf.rates[-1])
-        log(f"[{kind}] round {rnd + 1}/{args.rounds}: ours {r_ours.rates[-1]:,.0f} tok/s, HF {r_hf.rates[-1]:,.0f} tok/s, "
-            f"ratio {ratios[-1]:.3f}")
+        log(f"[{kind}] round {rnd + 1}/{args.rounds}: ours {r_ours.rates[-1]:,.0f} tok/s, "
+            f"HF {r_hf.rates[-1]:,.0f} tok/s, ratio {ratios[-1]:.3f}")
 
     def summary(r: Runner, n_params: int) -> dict:
         return {"tokens_per_s": round(statistics.median(r.rates), 1),

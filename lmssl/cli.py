@@ -7,14 +7,14 @@ import os
 import sys
 from pathlib import Path
 
-from lmssl.config import ConfigError
+from lmssl.errors import ConfigError
 
 
 def _train(args) -> None:
-    from lmssl.config import load_config
+    from lmssl.resolve import load_run_config
     from lmssl.train import train
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_run_config(args.config, args.overrides)
     result = train(cfg)
     if int(os.environ.get("RANK", 0)) == 0:  # under torchrun / deepspeed every process trains; one reports
         print(json.dumps(result))
@@ -40,19 +40,30 @@ def _tokenizer_train(args) -> None:
     print(json.dumps({"tokenizer": str(path), "type": args.type, "vocab_size": tok.vocab_size}))
 
 
+def _load(value: str, device: str):
+    """(model directory, config, tokenizer, objective in eval mode) of any path lmssl.pretrained reads."""
+    from lmssl.pretrained import load_pretrained, locate, resolve_device
+
+    path = locate(value)
+    return (path, *load_pretrained(path, resolve_device(device)))
+
+
 def _eval_text(args, causal: bool):
     """The checkpoint and the documents to score, after checking the checkpoint is of the right kind."""
-    from lmssl.evaluation.likelihood import likelihood_kind, load_checkpoint, read_documents, resolve_text_file
+    from lmssl.evaluation.likelihood import likelihood_kind
+    from lmssl.evaluation.text import read_documents, resolve_text_file
 
-    path, cfg, tokenizer, objective = load_checkpoint(args.checkpoint, args.device)
+    path, cfg, tokenizer, objective = _load(args.checkpoint, args.device)
     wanted, kind = ("ppl" if causal else "pppl"), likelihood_kind(objective)
     if kind != wanted:
         raise ConfigError(f"{path}: `lmssl eval {wanted}` needs a {'causal' if causal else 'masked'} language model; "
                           f"this checkpoint's objective is '{cfg.objective.name}'"
-                          + (f": use `lmssl eval {kind}`" if kind else ", which has no language-model head"))
+                          + (f": use `lmssl eval {kind}`" if kind else
+                             ", which declares none (Objective.language_model() is None)"))
     file = resolve_text_file(args.file, cfg)
     documents = read_documents(file, args.max_words, text_field=args.text_field)
-    return {"checkpoint": str(path), "file": str(file), "max_words": args.max_words}, cfg, tokenizer, objective, documents
+    head = {"checkpoint": str(path), "file": str(file), "max_words": args.max_words}
+    return head, cfg, tokenizer, objective, documents
 
 
 def _eval_ppl(args) -> None:
@@ -73,9 +84,9 @@ def _eval_pppl(args) -> None:
     result, records = pseudo_perplexity(objective, tokenizer, documents, max_length=max_length, stride=stride,
                                         batch_tokens=args.batch_tokens, word_l2r=args.word_l2r, progress=True)
     if args.per_sentence:
-        out = Path(args.per_sentence)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text("".join(json.dumps(r) + "\n" for r in records))
+        from lmssl.atomic import write_text
+
+        out = write_text(args.per_sentence, "".join(json.dumps(r) + "\n" for r in records))
         head["per_sentence"] = str(out)
     print(json.dumps({**head, "objective": cfg.objective.name, **result}))
 
@@ -89,14 +100,13 @@ def _eval_compare(args) -> None:
 
 
 def _eval_sts(args) -> None:
-    from lmssl.config import data_root
-    from lmssl.evaluation.likelihood import load_checkpoint
-    from lmssl.evaluation.sts import AGGREGATION, STS_SETS, evaluate_sts
+    from lmssl.data.paths import data_root
+    from lmssl.downstream.sts import AGGREGATION, STS_SETS, evaluate_sts
 
     unknown = [name for name in args.sets if name not in STS_SETS]
     if unknown:
         raise ConfigError(f"--sets: unknown STS set {unknown[0]!r}; choose from {', '.join(STS_SETS)}")
-    path, cfg, tokenizer, objective = load_checkpoint(args.checkpoint, args.device)
+    path, cfg, tokenizer, objective = _load(args.checkpoint, args.device)
     root = Path(args.data_root) if args.data_root else data_root(cfg)
     pooling = objective.sentence_pooling() if args.pooling == "auto" else args.pooling
     scores = evaluate_sts(objective, tokenizer, root, tuple(args.sets), pooling=pooling, batch_size=args.batch_size,
@@ -106,14 +116,14 @@ def _eval_sts(args) -> None:
 
 
 def _export(args) -> None:
-    from lmssl.evaluation.likelihood import resolve_checkpoint
-    from lmssl.interop.hf import export
+    from lmssl.interop.hf.export import export
 
-    print(json.dumps(export(resolve_checkpoint(args.checkpoint), args.out_dir, overwrite=args.overwrite)))
+    print(json.dumps(export(args.checkpoint, args.out_dir, overwrite=args.overwrite)))
 
 
 def _import(args) -> None:
-    from lmssl.interop.hf import import_model, is_hf_dir
+    from lmssl.interop.hf.importer import import_model
+    from lmssl.interop.hf.source import is_hf_dir
 
     if not is_hf_dir(Path(args.hf_dir)):
         raise ConfigError(f"{args.hf_dir}: not a Hugging Face model directory (no config.json)")
@@ -121,7 +131,7 @@ def _import(args) -> None:
 
 
 def _finetune(args) -> None:
-    from lmssl.evaluation.finetune import finetune
+    from lmssl.downstream.glue import finetune
 
     print(json.dumps(finetune(args.checkpoint, args.task, args.overrides)))
 
@@ -149,7 +159,8 @@ def _add_eval_parsers(sub) -> None:
         if windows:
             p.add_argument("--max-length", type=_non_negative, default=0,
                            help="tokens per window (default: the model's training sequence length)")
-            p.add_argument("--stride", type=_non_negative, default=0, help="tokens between window starts (default: half a window)")
+            p.add_argument("--stride", type=_non_negative, default=0,
+                           help="tokens between window starts (default: half a window)")
         p.add_argument("--max-words", type=_non_negative, default=0,
                        help="score only the first N whitespace words of the text (0 = all)")
         p.add_argument("--text-field", default="text", help="field holding the text in .jsonl/.parquet files")
@@ -169,7 +180,8 @@ def _add_eval_parsers(sub) -> None:
     p.add_argument("--word-l2r", action="store_true",
                    help="also mask the rest of the token's word to its right (PLL-word-l2r, Kauf & Ivanova 2023)")
     p.add_argument("--batch-tokens", type=_positive, default=8192, help="token budget of a batch of masked copies")
-    p.add_argument("--per-sentence", metavar="OUT.jsonl", help="also write one JSON line per scored document / sentence")
+    p.add_argument("--per-sentence", metavar="OUT.jsonl",
+                   help="also write one JSON line per scored document / sentence")
     p.set_defaults(func=_eval_pppl)
 
     p = ev.add_parser("compare", help="PPL / pseudo-PPL of several checkpoints on one text: Markdown table + PNG")
@@ -187,7 +199,8 @@ def _add_eval_parsers(sub) -> None:
                    help="sentence vector: the encoder's [CLS] state (SimCSE's cls_before_pooler) or the mean over "
                         "tokens; auto = the checkpoint's own (SimCSE: its pooling; causal: mean; else cls)")
     p.add_argument("--sets", nargs="+", default=["stsb_dev", "stsb_test", "sts12", "sts13", "sts14", "sts15", "sts16",
-                                                 "sickr"], help="STS sets to score (default: all; avg needs the 7 test sets)")
+                                                 "sickr"],
+                   help="STS sets to score (default: all; avg needs the 7 test sets)")
     p.add_argument("--data-root", help="data root holding glue/STS-B and sts/ (default: $LMSSL_DATA)")
     p.add_argument("--batch-size", type=_positive, default=64, help="sentences per forward pass")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: cuda when available)")
@@ -224,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
     p.set_defaults(func=_export)
 
-    p = sub.add_parser("import", help="convert a Hugging Face BERT / GPT-2 / ELECTRA directory into an lmssl checkpoint")
+    p = sub.add_parser("import",
+                       help="convert a Hugging Face BERT / GPT-2 / ELECTRA directory into an lmssl checkpoint")
     p.add_argument("hf_dir", help="transformers model directory (config.json, weights, tokenizer files)")
     p.add_argument("out_dir", help="output checkpoint directory (model.safetensors, config.yaml, tokenizer.json)")
     p.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lmssl.atomic import write_text
+
 
 class MetricsLogger:
     def __init__(self, output_dir: Path, tensorboard: bool = True, truncate_after: int = 0):
@@ -12,7 +14,7 @@ class MetricsLogger:
             # a resumed run drops what the interrupted run logged after its last checkpoint
             kept = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] <= truncate_after]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            write_text(self.path, "".join(line + "\n" for line in kept))
         self.file = self.path.open("a")
         self.writer = None
         if tensorboard:

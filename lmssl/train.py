@@ -1,46 +1,33 @@
 """The training loop: one readable function over the Objective and Engine seams."""
 from __future__ import annotations
 
-import dataclasses
-import random
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from lmssl import distributed
-from lmssl.checkpoint import (BestCheckpoint, init_encoder, init_tokenizer, latest_checkpoint, load_trainer_state,
-                              load_weights, save_training_checkpoint, set_rng_state)
-from lmssl.config import Config, ConfigError, resolve_data_path
-from lmssl.data import load_tokenizer
+from lmssl.checkpoint import BestCheckpoint, latest_checkpoint, load_trainer_state, save_training_checkpoint
+from lmssl.config import Config
 from lmssl.data.loader import SequenceLoader
+from lmssl.data.paths import data_root, resolve_data_path
+from lmssl.downstream.sts import evaluate_sts
 from lmssl.engine import build_engine
+from lmssl.errors import ConfigError
 from lmssl.evaluation.likelihood import ValidationLikelihood
 from lmssl.evaluation.validation import evaluate
 from lmssl.metrics import MetricsLogger
 from lmssl.objectives import build_objective
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+from lmssl.pretrained import init_encoder
+from lmssl.resolve import run_tokenizer, with_vocab
+from lmssl.rng import seed_everything, set_rng_state
 
 
 def masking_generator(seed: int, step: int, micro: int) -> torch.Generator:
     """Data corruption draws depend only on (seed, step, micro-batch): a resumed run redraws them exactly."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step * 64 + micro)
-
-
-def with_vocab(cfg: Config, vocab_size: int) -> Config:
-    if cfg.model.vocab_size == 0:
-        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab_size))
-    if cfg.model.vocab_size < vocab_size:
-        raise ConfigError(f"key 'model.vocab_size': {cfg.model.vocab_size} is smaller than the tokenizer's {vocab_size}")
-    return cfg
 
 
 class _NoLogger:
@@ -70,7 +57,7 @@ def train(cfg: Config) -> dict:
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     seed_everything(cfg.train.seed)
-    tokenizer = init_tokenizer(cfg) or load_tokenizer(cfg)  # model.init_from brings the tokenizer it was trained with
+    tokenizer = run_tokenizer(cfg)  # model.init_from brings the tokenizer it was trained with
     cfg = with_vocab(cfg, tokenizer.vocab_size)
     objective = build_objective(cfg, tokenizer)
     init_from = init_encoder(objective, cfg)  # model.init_from: a pretrained encoder (None = random init)
@@ -93,9 +80,7 @@ def train(cfg: Config) -> dict:
     resume_from = latest_checkpoint(out) if cfg.train.resume else None
     if resume_from is not None:
         state = load_trainer_state(resume_from)
-        if not engine.loads_weights_itself():
-            load_weights(objective, resume_from)
-        engine.load_state(resume_from, state)
+        engine.load_state(resume_from, state)  # weights, optimizer and schedule
         loader.load_state_dict(state["loader"])
         rngs = state.get("rng_ranks") or [state["rng"]]
         set_rng_state(rngs[dist.rank] if dist.rank < len(rngs) else rngs[0])
@@ -126,15 +111,18 @@ def train(cfg: Config) -> dict:
 
     best = BestCheckpoint(out, objective.selection_metric)
 
-    def extra_eval() -> dict:
-        """The objective's own evaluations (SimCSE: STS-B dev); the best weights on its selection metric
-        are kept in output_dir/best."""
-        metrics = objective.extra_eval()
-        if metrics:
-            logger.log(step, metrics)
-            with engine.gathered():  # collective under ZeRO-3
-                if dist.is_main:
-                    best.update(step, metrics, objective, cfg, tokenizer)
+    def sts_eval() -> dict:
+        """The STS sets the objective asks for (SimCSE: STS-B dev); the best weights on its selection metric
+        are kept in output_dir/best. Draws nothing from the global RNG, so training stays reproducible."""
+        sets = objective.sts_sets()
+        if not sets:
+            return {}
+        scores = evaluate_sts(objective, tokenizer, data_root(cfg), sets, batch_size=cfg.eval.batch_size)
+        metrics = {f"{name}_spearman": value for name, value in scores.items()}
+        logger.log(step, metrics)
+        with engine.gathered():  # collective under ZeRO-3
+            if dist.is_main:
+                best.update(step, metrics, objective, cfg, tokenizer)
         return metrics
 
     bar = tqdm(total=cfg.train.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
@@ -156,7 +144,7 @@ def train(cfg: Config) -> dict:
         if valid_data is not None and cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.train.max_steps:
             logger.log(step, validate())
         if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.train.max_steps:
-            extra_eval()
+            sts_eval()
         if (cfg.train.save_every and step % cfg.train.save_every == 0) or step == cfg.train.max_steps:
             last_ckpt = checkpoint()
     bar.close()
@@ -164,7 +152,7 @@ def train(cfg: Config) -> dict:
     if valid_data is not None:
         result.update(validate())
         logger.log(step, {k: v for k, v in result.items() if k.startswith("val_")})
-    result.update(extra_eval())
+    result.update(sts_eval())
     if best.dir.is_dir():
         result["best"] = str(best.dir)
     logger.close()

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lmssl.config import REPO_ROOT, load_config
+from lmssl.config import REPO_ROOT
+from lmssl.resolve import load_run_config
 
 DATA_ROOT = Path(os.environ.get("LMSSL_DATA", REPO_ROOT.parent / "shared" / "data"))
 
@@ -37,7 +38,7 @@ def _session_env(tmp_path_factory):
 def tiny_config(objective: str, output_dir: Path, *extra: str):
     """A tiny model on the WikiText-2 validation split (fast to tokenize and train on CPU)."""
     path = REPO_ROOT / "configs" / f"{objective}.yaml"
-    return load_config(path, [
+    return load_run_config(path, [
         "model.hidden_size=64", "model.num_layers=2", "model.num_heads=4", "model.ffn_size=128",
         "data.seq_len=64", "data.train=wikitext-2/valid.txt", "data.valid=wikitext-2/test.txt",
         f"train.output_dir={output_dir}", "train.batch_size=8", "train.log_every=1", "train.tensorboard=false",

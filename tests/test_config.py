@@ -21,7 +21,8 @@ def test_overrides_are_typed_and_presets_fill_defaults():
     assert cfg.train.max_steps == 7 and cfg.train.lr == pytest.approx(3e-4) and cfg.train.resume is True
     assert cfg.model.norm == "post" and cfg.model.norm_eps == 1e-12
     gpt = load_config(None, ["model.preset=gpt2", "objective.name=clm"])
-    assert (gpt.model.norm, gpt.model.activation, gpt.model.type_vocab_size, gpt.model.norm_eps) == ("pre", "gelu_tanh", 0, 1e-5)
+    assert (gpt.model.norm, gpt.model.activation, gpt.model.type_vocab_size, gpt.model.norm_eps) == (
+        "pre", "gelu_tanh", 0, 1e-5)
     explicit = load_config(None, ["model.preset=gpt2", "model.norm=post"])
     assert explicit.model.norm == "post"  # written keys win over the preset
 

@@ -114,7 +114,7 @@ def test_sequences_from_config_and_missing_tokenizer_is_trained_once(data_root, 
                       "data.train=wikitext-2-raw/valid.txt")
     tok = load_tokenizer(cfg)
     assert (tmp_path / "toks" / "fresh-bpe" / "tokenizer.json").is_file() and tok.vocab_size == 500
-    import lmssl.data as data_mod
+    import lmssl.data.build as data_mod
     monkeypatch.setattr(data_mod, "train_tokenizer", lambda *a, **k: pytest.fail("trained twice"))
     assert load_tokenizer(cfg).vocab_size == 500
     seqs = sequences(cfg, "train", tok, tok.eos_id, None)

@@ -68,6 +68,7 @@ def assert_same_weights(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[k], b[k], atol=ATOL, rtol=0, msg=k)
 
 
+@pytest.mark.slow
 def test_ddp_under_torchrun_matches_one_process(reference, tmp_path):
     ref_out, ref = reference
     got = run(tmp_path / "ddp", 2)
@@ -81,6 +82,7 @@ deepspeed_available = pytest.mark.skipif(
 
 
 @deepspeed_available
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", [1, 2, 3])
 @pytest.mark.parametrize("processes", [1, 2])
 def test_deepspeed_zero_matches_the_torch_engine(reference, tmp_path, stage, processes):
@@ -92,8 +94,8 @@ def test_deepspeed_zero_matches_the_torch_engine(reference, tmp_path, stage, pro
     assert (ckpt / "deepspeed" / "state").is_dir()  # DeepSpeed's own checkpoint, for resume
     # the consolidated fp32 weights are the TorchEngine's, and load as any lmssl checkpoint
     assert_same_weights(final_weights(out), final_weights(ref_out))
-    from lmssl.checkpoint import load_pretrained
     from lmssl.engine import TorchEngine
+    from lmssl.pretrained import load_pretrained
 
     cfg, _, objective = load_pretrained(ckpt)
     assert cfg.train.engine == "deepspeed" and cfg.train.zero_stage == stage
@@ -117,6 +119,7 @@ def test_deepspeed_zero_matches_the_torch_engine(reference, tmp_path, stage, pro
     # weight by at most ~lr (1e-3), so 4 steps of slightly different (bf16) gradients stay within 5e-3
     (["train.zero_stage=1", "train.precision=bf16"], 2e-3, 5e-3),
 ])
+@pytest.mark.slow
 def test_deepspeed_offload_and_bf16(reference, tmp_path, options, loss_atol, weight_atol):
     ref_out, ref = reference
     got = run(tmp_path / "run", 1, "train.engine=deepspeed", *options)
@@ -128,6 +131,7 @@ def test_deepspeed_offload_and_bf16(reference, tmp_path, options, loss_atol, wei
 
 
 @deepspeed_available
+@pytest.mark.slow
 def test_deepspeed_refuses_a_torch_engine_checkpoint(reference, tmp_path):
     ref_out, _ = reference
     import shutil
@@ -199,5 +203,6 @@ def test_train_py_drops_the_deepspeed_launchers_local_rank():
     sys.path.insert(0, str(REPO_ROOT))
     from train import launcher_free
 
-    assert launcher_free(["--local_rank=1", "configs/clm.yaml", "train.max_steps=3"]) == ["configs/clm.yaml", "train.max_steps=3"]
+    assert launcher_free(["--local_rank=1", "configs/clm.yaml", "train.max_steps=3"]) == [
+        "configs/clm.yaml", "train.max_steps=3"]
     assert launcher_free(["configs/clm.yaml", "--local_rank", "0"]) == ["configs/clm.yaml"]

@@ -8,15 +8,16 @@ from collections import Counter
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import tiny_config
+
 from lmssl.config import REPO_ROOT, ConfigError, ModelConfig, load_config
 from lmssl.data import load_tokenizer
 from lmssl.data.packing import Example
 from lmssl.objectives import build_objective
 from lmssl.objectives.base import IGNORE_INDEX as I
 from lmssl.objectives.electra import binary_auc, generator_config, replaced_token_inputs
-from lmssl.train import train, with_vocab
+from lmssl.resolve import with_vocab
+from lmssl.train import train
 
 M = 4  # [MASK]
 
@@ -57,7 +58,8 @@ def test_generator_config_is_electras():
     g = generator_config(base, 1 / 3)  # ELECTRA-Base's generator: 256 hidden, 4 heads, FFN 1024
     assert (g.hidden_size, g.num_heads, g.ffn_size, g.embedding_size) == (256, 4, 1024, 768)
     shipped = load_config(REPO_ROOT / "configs" / "electra.yaml")  # the mini config: mlm.yaml's sizes, generator 1/4
-    assert (shipped.model.hidden_size, shipped.model.num_layers, shipped.model.num_heads, shipped.data.seq_len) == (256, 4, 4, 128)
+    assert (shipped.model.hidden_size, shipped.model.num_layers, shipped.model.num_heads, shipped.data.seq_len) == (
+        256, 4, 4, 128)
     g = generator_config(shipped.model, shipped.objective.generator_size)
     assert (g.hidden_size, g.num_heads, g.ffn_size, shipped.objective.disc_weight) == (64, 1, 256, 50.0)
     with pytest.raises(ConfigError, match="key 'objective.generator_size': gives a generator of hidden size 179"):
@@ -97,7 +99,8 @@ def test_generator_shares_the_embeddings_and_the_layout_is_hf_electras(data_root
 
     model, _ = build(tmp_path)
     gen = model.generator
-    assert gen.trunk.embeddings is model.trunk.embeddings and gen.head.decoder.weight is model.trunk.word_embeddings.weight
+    assert (gen.trunk.embeddings is model.trunk.embeddings
+            and gen.head.decoder.weight is model.trunk.word_embeddings.weight)
     assert (gen.trunk.cfg.hidden_size, gen.trunk.cfg.num_heads, len(gen.trunk.layers)) == (16, 1, 2)
     assert gen.trunk.embed_proj.in_features == 64 and model.trunk.embed_proj is None  # shared width 64 -> 16
     disc_params = list(model.trunk.parameters()) + list(model.head.parameters())
@@ -106,7 +109,8 @@ def test_generator_shares_the_embeddings_and_the_layout_is_hf_electras(data_root
     hf_gen = hf_electra(gen.trunk.cfg, "gen")
     shared = {id(p) for p in model.trunk.embeddings.parameters()}
     ours_gen = Counter(tuple(p.shape) for p in gen.parameters() if id(p) not in shared)
-    hf_gen_own = hf_bert_shapes_with_fused_qkv(hf_gen) - Counter(tuple(p.shape) for p in hf_gen.electra.embeddings.parameters())
+    hf_gen_own = hf_bert_shapes_with_fused_qkv(hf_gen) - Counter(
+        tuple(p.shape) for p in hf_gen.electra.embeddings.parameters())
     assert ours_gen == hf_gen_own  # embeddings_project, encoder, generator_predictions, generator_lm_head bias
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in disc_params) + sum(
         math.prod(s) * n for s, n in ours_gen.items())
@@ -119,7 +123,8 @@ def test_loss_metrics_and_sampling(data_root, tmp_path):
     where = batch.labels != I
     assert batch.num_targets == int(where.sum()) == 4 * 9  # round(15% of 62)
     shown = batch.input_ids[where]
-    assert (shown == tok.mask_id).float().mean() > 0.6 and not torch.isin(batch.input_ids[~where], torch.tensor([M])).any()
+    assert ((shown == tok.mask_id).float().mean() > 0.6
+            and not torch.isin(batch.input_ids[~where], torch.tensor([M])).any())
     with torch.no_grad():
         out = model(batch)
         again = model(batch)
@@ -155,8 +160,8 @@ def test_discriminator_gradient_never_reaches_the_generator(data_root, tmp_path)
 def test_checkpoint_round_trip_and_generator_pseudo_perplexity(data_root, tmp_path):
     from safetensors.torch import save_model
 
-    from lmssl.checkpoint import load_weights
     from lmssl.evaluation.pseudo_perplexity import pseudo_perplexity
+    from lmssl.model.weights import load_weights
 
     model, tok = build(tmp_path)
     (tmp_path / "ckpt").mkdir()
@@ -172,6 +177,7 @@ def test_checkpoint_round_trip_and_generator_pseudo_perplexity(data_root, tmp_pa
     assert result["quantity"] == "pseudo-perplexity" and 1 < result["pppl"] < 10 * tok.vocab_size
 
 
+@pytest.mark.slow
 def test_electra_trains_on_wikitext(data_root, tmp_path):
     out = tmp_path / "electra"
     result = train(tiny_config("electra", out, "train.max_steps=12", "train.lr=3e-3",
@@ -186,5 +192,6 @@ def test_electra_trains_on_wikitext(data_root, tmp_path):
     # from ln(8192) + 50 ln 2 = 43.7: the discriminator first learns that ~15% of tokens are replaced
     assert steps[0]["loss"] == pytest.approx(9.01 + 50 * math.log(2), abs=1.0)
     assert last < first - 5.0, (first, last)
-    assert {"val_loss", "val_gen_acc", "val_disc_acc", "val_disc_precision", "val_disc_recall", "val_disc_auc"} <= set(result)
+    assert {"val_loss", "val_gen_acc", "val_disc_acc", "val_disc_precision", "val_disc_recall",
+            "val_disc_auc"} <= set(result)
     assert result["val_disc_acc"] > 0.8  # at least the majority class (original)

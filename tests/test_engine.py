@@ -11,7 +11,8 @@ from lmssl.engine.torch_engine import TorchEngine, lr_multiplier, parameter_grou
 def test_lr_schedule_hand_computed():
     cfg = TrainConfig(max_steps=10, warmup_steps=4, schedule="linear", final_lr_ratio=0.0)
     assert [lr_multiplier(s, cfg) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
-    assert lr_multiplier(4, cfg) == 1.0 and lr_multiplier(7, cfg) == pytest.approx(0.5) and lr_multiplier(10, cfg) == 0.0
+    assert (lr_multiplier(4, cfg) == 1.0 and lr_multiplier(7, cfg) == pytest.approx(0.5)
+            and lr_multiplier(10, cfg) == 0.0)
     cos = TrainConfig(max_steps=10, warmup_steps=0, schedule="cosine", final_lr_ratio=0.1)
     assert lr_multiplier(0, cos) == pytest.approx(1.0)
     assert lr_multiplier(5, cos) == pytest.approx(0.1 + 0.9 * 0.5)
@@ -32,12 +33,14 @@ def test_no_weight_decay_on_norms_biases_embeddings():
 
 def test_gradient_accumulation_equals_one_large_batch(data_root, tmp_path):
     from conftest import tiny_config
+
     from lmssl.data import load_tokenizer, sequences
     from lmssl.objectives import build_objective
-    from lmssl.train import with_vocab
+    from lmssl.resolve import with_vocab
 
     # packed MLM batches: the split below copies input_ids and labels only (no pair labels or padding mask)
-    cfg = tiny_config("mlm", tmp_path, "model.dropout=0.0", "model.attention_dropout=0.0", "objective.sentence_task=none")
+    cfg = tiny_config("mlm", tmp_path, "model.dropout=0.0", "model.attention_dropout=0.0",
+                      "objective.sentence_task=none")
     tok = load_tokenizer(cfg)
     cfg = with_vocab(cfg, tok.vocab_size)
     torch.manual_seed(0)

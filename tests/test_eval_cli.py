@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from lmssl.cli import main
 from lmssl.train import train
 

@@ -7,21 +7,23 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_config
-from lmssl.checkpoint import load_pretrained, write_model_files
+
+from lmssl.checkpoint import write_model_files
 from lmssl.cli import main
-from lmssl.config import ConfigError
+from lmssl.config import ConfigError, finetune_config
 from lmssl.data import load_tokenizer
-from lmssl.evaluation.classifier import SequenceClassifier, encode_texts, truncate_pair
-from lmssl.evaluation.finetune import (EncodedSet, build_classifier, evaluate, finetune_config, load_finetuned,
-                                       load_source, run_task, subsample_rows, _selectable)
-from lmssl.evaluation.probe import fold_standardization
-from lmssl.evaluation.task_metrics import compute_metric, compute_metrics, glue_average, glue_table, mean_std
-from lmssl.evaluation.tasks import GLUE_TASKS, card_from_dict, glue_card, load_task_card, read_task_file, resolve_file
+from lmssl.downstream.encoding import EncodedSet, encode_texts, truncate_pair
+from lmssl.downstream.finetune import _selectable, build_classifier, evaluate, load_source, run_task, subsample_rows
+from lmssl.downstream.metrics import compute_metric, compute_metrics, glue_average, glue_table, mean_std
+from lmssl.downstream.probe import fold_standardization
+from lmssl.downstream.tasks import GLUE_TASKS, card_from_dict, glue_card, load_task_card, read_task_file, resolve_file
 from lmssl.model.attention import AttnSpec
+from lmssl.model.classifier import SequenceClassifier
 from lmssl.objectives import build_objective
-from lmssl.train import seed_everything, with_vocab
+from lmssl.pretrained import load_finetuned, load_pretrained
+from lmssl.resolve import with_vocab
+from lmssl.rng import seed_everything
 
 TINY = ["finetune.num_threads=1", "finetune.eval_batch_size=32"]
 
@@ -50,7 +52,8 @@ def test_metrics_against_hand_computed_values():
     assert compute_metric("spearman", np.array([.1, .2, .3, .4]), np.array([1., 3, 2, 4])) == pytest.approx(80.0)
     assert math.isnan(compute_metric("pearson", np.ones(4), np.array([1., 2, 3, 4])))  # constant predictions
     assert _selectable(math.nan) == -math.inf < _selectable(-5.0)  # an undefined score never wins a selection
-    assert compute_metrics(["accuracy", "f1"], pred, gold) == pytest.approx({"accuracy": 75.0, "f1": 80.0, "score": 77.5})
+    assert compute_metrics(["accuracy", "f1"], pred, gold) == pytest.approx(
+        {"accuracy": 75.0, "f1": 80.0, "score": 77.5})
     assert mean_std([70.0, 74.0]) == pytest.approx((72.0, math.sqrt(8.0)))  # sample std (ddof 1)
     assert mean_std([70.0]) == (70.0, 0.0)
 
@@ -70,9 +73,11 @@ def test_glue_average_by_hand_and_berts_table_1():
     results = {
         "cola": result({"mcc": 50.0, "score": 50.0}, {"metrics": ["mcc"], "dev": one}),
         "mrpc": result({"accuracy": 80.0, "f1": 86.0, "score": 83.0}, {"metrics": ["accuracy", "f1"], "dev": one}),
-        "stsb": result({"pearson": 84.0, "spearman": 82.0, "score": 83.0}, {"metrics": ["pearson", "spearman"], "dev": one}),
+        "stsb": result({"pearson": 84.0, "spearman": 82.0, "score": 83.0},
+                       {"metrics": ["pearson", "spearman"], "dev": one}),
         "mnli": result({"matched_accuracy": 80.0, "matched_score": 80.0, "mismatched_accuracy": 81.0,
-                        "mismatched_score": 81.0}, {"metrics": ["accuracy"], "dev": {"matched": "m", "mismatched": "mm"}}),
+                        "mismatched_score": 81.0},
+                       {"metrics": ["accuracy"], "dev": {"matched": "m", "mismatched": "mm"}}),
         "wnli": result({"accuracy": 56.0, "score": 56.0}, {"metrics": ["accuracy"], "dev": one}),
     }
     markdown, summary = glue_table(results, {"qqp": "missing"}, "test")
@@ -113,16 +118,20 @@ def test_task_cards_read_tsv_csv_and_jsonl(tmp_path):
     write(tmp_path / "cards" / "mine.yaml", "train: ../t.csv\ndev: ../t.csv\ntext_columns: text\nlabel_column: score\n"
                                             "regression: true\n")
     loaded = load_task_card(tmp_path / "cards" / "mine.yaml")
-    assert loaded.name == "mine" and resolve_file(loaded, loaded.train, tmp_path / "nowhere") == tmp_path / "cards" / "../t.csv"
+    assert (loaded.name == "mine"
+            and resolve_file(loaded, loaded.train, tmp_path / "nowhere") == tmp_path / "cards" / "../t.csv")
 
 
 @pytest.mark.parametrize("content, overrides, message", [
-    ("a\tb\tlabel\nx\ty\tyes\nx\ty\tmaybe\n", {}, "train.tsv:3: label 'maybe' in column 'label' is not one of ['no', 'yes']"),
+    ("a\tb\tlabel\nx\ty\tyes\nx\ty\tmaybe\n", {},
+     "train.tsv:3: label 'maybe' in column 'label' is not one of ['no', 'yes']"),
     ("a\tb\tlabel\nx\t \tyes\n", {}, "train.tsv:2: empty text in column 'b'"),
     ("a\tb\tlabel\nx\ty\tyes\nx\tno\n", {}, "train.tsv:3: 2 fields, expected 3 (as the header; a ragged row)"),
     ("a\tc\tlabel\nx\ty\tyes\n", {}, "train.tsv:2: no column 'b'; the row has 'a', 'c', 'label'"),
-    ("x\ty\tyes\n", {"header": False, "text_columns": [0, 5], "label_column": 2}, "train.tsv:1: column 5 does not exist"),
-    ("a\tb\tlabel\nx\ty\thigh\n", {"labels": None, "regression": True}, "train.tsv:2: label 'high' in column 'label' is not a number"),
+    ("x\ty\tyes\n", {"header": False, "text_columns": [0, 5], "label_column": 2},
+     "train.tsv:1: column 5 does not exist"),
+    ("a\tb\tlabel\nx\ty\thigh\n", {"labels": None, "regression": True},
+     "train.tsv:2: label 'high' in column 'label' is not a number"),
     ('{"a": "x", "label": "yes"}\n', {"train": "train.jsonl"}, "train.jsonl:1: no key 'b'"),
     ('{"a": "x", "b": "y", "label": "yes"}\nnot json\n', {"train": "train.jsonl"}, "train.jsonl:2: not valid JSON"),
 ])
@@ -163,7 +172,8 @@ def test_glue_cards_read_the_real_files(data_root):
     mrpc = read_task_file(glue_card("mrpc"), data_root / "glue/MRPC/dev.tsv")
     assert int(mrpc.targets.sum()) == 279 and mrpc.texts[0][1].startswith('" The foodservice')
     assert set(GLUE_TASKS) == {"cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli"}
-    assert glue_card("mnli").dev == {"matched": "glue/MNLI/dev_matched.tsv", "mismatched": "glue/MNLI/dev_mismatched.tsv"}
+    assert glue_card("mnli").dev == {"matched": "glue/MNLI/dev_matched.tsv",
+                                     "mismatched": "glue/MNLI/dev_mismatched.tsv"}
 
 
 # --- inputs and pooling ----------------------------------------------------------------------------
@@ -277,7 +287,8 @@ def test_every_objective_fine_tunes(checkpoints, toy_task, tmp_path, kind):
     assert (model.pooler is None) == (kind == "clm")
     results = run_task(source, c, fcfg, tmp_path / kind)
     assert math.isfinite(results["metrics"]["accuracy"]) and results["train_examples"] == 64
-    assert results["pooling"] == {"clm": "last token", "mlm_nsp": "[CLS] + pretrained pooler"}.get(kind, "[CLS] + fresh pooler")
+    assert results["pooling"] == {"clm": "last token", "mlm_nsp": "[CLS] + pretrained pooler"}.get(
+        kind, "[CLS] + fresh pooler")
     scratch = build_classifier(source, c, finetune_config(["finetune.from_scratch=true"]))
     assert not torch.equal(scratch.encoder.embeddings.word.weight, model.encoder.embeddings.word.weight)
 
@@ -330,6 +341,7 @@ def test_folding_the_standardization_into_the_head():
     assert torch.allclose(head(x), expected, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_sst2_subsample_loss_falls_and_seeds_give_mean_and_std(checkpoints, data_root, tmp_path):
     source = load_source(checkpoints["mlm"])
     out = tmp_path / "sst2"
@@ -338,7 +350,8 @@ def test_sst2_subsample_loss_falls_and_seeds_give_mean_and_std(checkpoints, data
     results = run_task(source, glue_card("sst2"), fcfg, out)
     saved = json.loads((out / "results.json").read_text())
     assert saved["subsample"] == {"max_train_examples": 320, "data_seed": 0, "method": saved["subsample"]["method"]}
-    assert saved["train_examples"] == 320 and saved["train_examples_total"] == 67349 and saved["dev_examples"] == {"dev": 872}
+    assert (saved["train_examples"] == 320 and saved["train_examples_total"] == 67349
+            and saved["dev_examples"] == {"dev": 872})
     seeds = saved["seeds"]
     assert [s["seed"] for s in seeds] == [3, 4]
     for s in seeds:
@@ -391,7 +404,8 @@ def test_cli_prints_json_last_and_writes_results(checkpoints, toy_task, tmp_path
 @pytest.mark.parametrize("args, message", [
     (["rte", "finetune.epoch=3"], "unknown key 'finetune.epoch'; did you mean 'finetune.epochs'?"),
     (["rte", "finetune.lr=fast"], "key 'finetune.lr': expected a number"),
-    (["rte", "finetune.precision=fp16"], "key 'finetune.precision': invalid value 'fp16'; choose one of 'fp32', 'bf16'"),
+    (["rte", "finetune.precision=fp16"],
+     "key 'finetune.precision': invalid value 'fp16'; choose one of 'fp32', 'bf16'"),
     (["rte", "train.lr=1e-4"], "takes finetune.* keys, not 'train.*'; did you mean 'finetune.lr'?"),
     (["rte", "epochs=3"], "keys have the form finetune.field"),
     (["qqp"], "GLUE task 'qqp' is not present under the data root"),
@@ -417,14 +431,15 @@ def test_cli_glue_runs_the_tasks_present_and_writes_the_table(checkpoints, tmp_p
                             f"finetune.output_dir={out}")
     assert code == 0, err
     line = json.loads(stdout.strip().splitlines()[-1])
-    assert line["task"] == "glue" and line["columns_present"] == 2 and line["absent"] == ["cola", "mnli", "mrpc", "qnli", "qqp",
-                                                                                  "stsb", "wnli"]
+    assert line["task"] == "glue" and line["columns_present"] == 2 and line["absent"] == ["cola", "mnli", "mrpc",
+                                                                                          "qnli", "qqp", "stsb", "wnli"]
     table = (out / "glue.md").read_text()
     assert "| CoLA | SST-2 | MRPC |" in table and "mnli: absent" in table
     assert json.loads((out / "glue.json").read_text())["scores"]["RTE"] == pytest.approx(
         json.loads((out / "rte" / "results.json").read_text())["metrics"]["score"])
     # a rerun with the same settings reuses the finished tasks (an interrupted run resumes); other settings refuse
-    (out / "rte" / "results.json").write_text((out / "rte" / "results.json").read_text().replace('"task": "rte"', '"task": "RTE*"'))
+    (out / "rte" / "results.json").write_text(
+        (out / "rte" / "results.json").read_text().replace('"task": "rte"', '"task": "RTE*"'))
     code, stdout, err = cli(capsys, "finetune", str(checkpoints["electra"]), "glue", *TINY, "finetune.epochs=1",
                             f"finetune.output_dir={out}", "finetune.eval_batch_size=16")
     assert code == 0 and "rte: reusing" in err and "sst2: reusing" in err, err

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from lmssl.config import MODEL_PRESETS, REPO_ROOT, ConfigError, ModelConfig, load_config
-from lmssl.model.attention import (AttnSpec, SdpaAttention, Varlen, VarlenAttention, build_attention_backend,
-                                   varlen_reference)
+from lmssl.model.attention import AttnSpec, SdpaAttention, Varlen, VarlenAttention, varlen_reference
+from lmssl.model.backends import build_attention_backend
 from lmssl.model.transformer import Transformer
 
 ATOL = 1e-5
@@ -249,7 +249,8 @@ def cuda_without_a_gpu(monkeypatch):
 
 def test_config_accepts_the_three_backends():
     for name in ("auto", "sdpa", "flash"):
-        assert load_config(REPO_ROOT / "configs" / "mlm.yaml", [f"model.attention_backend={name}"]).model.attention_backend == name
+        assert load_config(REPO_ROOT / "configs" / "mlm.yaml",
+                           [f"model.attention_backend={name}"]).model.attention_backend == name
     with pytest.raises(ConfigError, match="key 'model.attention_backend': invalid value 'flsh'"):
         load_config(REPO_ROOT / "configs" / "mlm.yaml", ["model.attention_backend=flsh"])
 

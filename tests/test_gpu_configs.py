@@ -44,7 +44,8 @@ def test_all_gpu_configs_are_covered():
 def test_bert_base_mlm():
     cfg = load_gpu_config("bert-base-mlm")
     m = cfg.model
-    assert (m.preset, m.hidden_size, m.num_layers, m.num_heads, m.ffn_size, m.vocab_size) == ("bert", 768, 12, 12, 3072, 30522)
+    assert (m.preset, m.hidden_size, m.num_layers, m.num_heads, m.ffn_size, m.vocab_size) == (
+        "bert", 768, 12, 12, 3072, 30522)
     assert (cfg.objective.name, cfg.objective.sentence_task, cfg.data.seq_len) == ("mlm", "nsp", 512)
     assert (cfg.data.tokenizer_type, cfg.data.tokenizer_vocab_size) == ("wordpiece", 30522)
     assert m.attention_backend == "auto" and cfg.train.precision == "bf16"
@@ -58,7 +59,8 @@ def test_bert_base_mlm():
 def test_gpt2_124m_clm():
     cfg = load_gpu_config("gpt2-124m-clm")
     m = cfg.model
-    assert (m.preset, m.hidden_size, m.num_layers, m.num_heads, m.ffn_size, m.max_positions) == ("gpt2", 768, 12, 12, 3072, 1024)
+    assert (m.preset, m.hidden_size, m.num_layers, m.num_heads, m.ffn_size, m.max_positions) == (
+        "gpt2", 768, 12, 12, 3072, 1024)
     assert (cfg.objective.name, cfg.data.seq_len, cfg.data.document_mask) == ("clm", 1024, True)
     assert (cfg.data.tokenizer_type, cfg.data.tokenizer_vocab_size) == ("bpe", 50257)
     assert m.vocab_size == 50304 and m.vocab_size % 64 == 0  # 50257 padded for the tensor cores
@@ -71,7 +73,8 @@ def test_gpt2_124m_clm():
 def test_electra_small():
     cfg = load_gpu_config("electra-small")
     m = cfg.model
-    assert (m.hidden_size, m.embedding_size, m.num_layers, m.num_heads, m.ffn_size, m.vocab_size) == (256, 128, 12, 4, 1024, 30522)
+    assert (m.hidden_size, m.embedding_size, m.num_layers, m.num_heads, m.ffn_size, m.vocab_size) == (
+        256, 128, 12, 4, 1024, 30522)
     assert (cfg.objective.name, cfg.objective.generator_size, cfg.data.seq_len) == ("electra", 0.25, 128)
     objective = build_on_meta(cfg, "wikitext2-wordpiece")
     gen = objective.generator.trunk.cfg
@@ -88,6 +91,7 @@ def test_simcse_bert_base():
     assert cfg.model.init_from == bert.train.output_dir  # starts from the BERT-base run
     shape = {f.name for f in dataclasses.fields(cfg.model)} - {"init_from", "dropout", "attention_dropout"}
     assert {k: getattr(cfg.model, k) for k in shape} == {k: getattr(bert.model, k) for k in shape}
-    assert (cfg.objective.name, cfg.objective.temperature, cfg.data.seq_len, cfg.train.batch_size) == ("simcse", 0.05, 32, 64)
+    assert (cfg.objective.name, cfg.objective.temperature, cfg.data.seq_len, cfg.train.batch_size) == (
+        "simcse", 0.05, 32, 64)
     objective = build_on_meta(cfg, "wikitext2-wordpiece")
     assert count(objective, "trunk") == 108_891_648

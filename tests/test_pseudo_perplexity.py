@@ -9,8 +9,14 @@ import torch
 
 from lmssl.config import MODEL_PRESETS, ModelConfig
 from lmssl.data.tokenizer import TextTokenizer, tokenizer_path
-from lmssl.evaluation.pseudo_perplexity import (MaskingTokens, copy_batches, masked_log_likelihood, masked_windows,
-                                                plan_windows, sparse_predictor)
+from lmssl.evaluation.pseudo_perplexity import (
+    MaskingTokens,
+    copy_batches,
+    masked_log_likelihood,
+    masked_windows,
+    plan_windows,
+    sparse_predictor,
+)
 from lmssl.model.attention import AttnSpec
 from lmssl.model.heads import MaskedLMHead
 from lmssl.model.transformer import Transformer

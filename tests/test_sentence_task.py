@@ -7,14 +7,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import tiny_config
+
 from lmssl.config import ConfigError
 from lmssl.data import load_tokenizer
 from lmssl.data.pairs import PairExample
 from lmssl.objectives import build_objective
 from lmssl.objectives.base import IGNORE_INDEX
-from lmssl.train import train, with_vocab
+from lmssl.resolve import with_vocab
+from lmssl.train import train
 
 
 def build(tmp_path, *overrides):
@@ -29,8 +30,8 @@ def pair(tok, a: list[int], b: list[int], seq_len: int, label: int) -> PairExamp
     ids = [tok.cls_id, *a, tok.sep_id, *b, tok.sep_id]
     real = len(ids)
     types = [0] * (len(a) + 2) + [1] * (len(b) + 1) + [0] * (seq_len - real)
-    return PairExample(np.array(ids + [tok.pad_id] * (seq_len - real)), [real, seq_len - real] if real < seq_len else [real],
-                       np.array(types), label)
+    return PairExample(np.array(ids + [tok.pad_id] * (seq_len - real)),
+                       [real, seq_len - real] if real < seq_len else [real], np.array(types), label)
 
 
 def examples(tok, seq_len=64):
@@ -131,13 +132,15 @@ def test_parameters_are_hf_bert_for_pretraining_renamed(data_root, tmp_path):
 def test_sentence_task_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="key 'data.streaming'.*objective.sentence_task=none"):
         tiny_config("mlm", tmp_path, "data.streaming=true")
-    with pytest.raises(ConfigError, match="key 'model.type_vocab_size': objective.sentence_task=sop needs 2 token types"):
+    with pytest.raises(ConfigError,
+                       match="key 'model.type_vocab_size': objective.sentence_task=sop needs 2 token types"):
         tiny_config("mlm", tmp_path, "objective.sentence_task=sop", "model.type_vocab_size=0")
     with pytest.raises(ConfigError, match="key 'objective.sentence_task': invalid value 'next'"):
         tiny_config("mlm", tmp_path, "objective.sentence_task=next")
     assert tiny_config("mlm", tmp_path, "data.streaming=true", "objective.sentence_task=none").data.streaming
 
 
+@pytest.mark.slow
 def test_sop_trains_on_wikitext(data_root, tmp_path):
     out = tmp_path / "sop"
     result = train(tiny_config("mlm", out, "objective.sentence_task=sop", "train.max_steps=12", "train.lr=3e-3",

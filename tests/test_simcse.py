@@ -5,17 +5,19 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import tiny_config
 from safetensors.torch import load_file
 
-from conftest import tiny_config
-from lmssl.checkpoint import BestCheckpoint, init_encoder, init_tokenizer, latest_checkpoint, load_pretrained, save_checkpoint
+from lmssl.checkpoint import BestCheckpoint, latest_checkpoint, save_checkpoint
 from lmssl.config import ConfigError, load_config
 from lmssl.data import load_tokenizer
 from lmssl.data.loader import SequenceLoader
 from lmssl.data.sentences import SentenceDataset, iter_sentences, pad_sentences, split_sentences, tokenize_sentences
 from lmssl.objectives import OBJECTIVES, build_objective
 from lmssl.objectives.simcse import contrastive_loss, gather_from_all_ranks
-from lmssl.train import train, with_vocab
+from lmssl.pretrained import init_encoder, init_tokenizer, load_pretrained
+from lmssl.resolve import with_vocab
+from lmssl.train import train
 
 SIMCSE_TINY = ["data.valid=", "model.init_from=", "data.seq_len=32", "train.batch_size=16", "train.warmup_steps=0"]
 
@@ -85,7 +87,8 @@ def _gather_rank(rank: int, world: int, init_file: str, z1_all, z2_all):
 
 
 def _gather_child(rank, world, init_file, z1_all, z2_all, queue) -> None:
-    queue.put(_gather_rank(rank, world, init_file, z1_all, z2_all))  # plain floats: the child exits before they are read
+    # plain floats: the child exits before they are read
+    queue.put(_gather_rank(rank, world, init_file, z1_all, z2_all))
 
 
 def test_two_process_gather_equals_the_single_process_loss_and_gradients(tmp_path):
@@ -214,8 +217,8 @@ def test_init_from_an_electra_checkpoint_takes_the_discriminator(tmp_path):
     cfg = with_vocab(cfg, tok.vocab_size)
     electra = build_objective(cfg, tok)
     save_checkpoint(tmp_path / "electra", 1, electra, cfg, tok, {})
-    simcse_cfg = with_vocab(tiny_config("simcse", tmp_path / "s", *SIMCSE_TINY, f"model.init_from={tmp_path / 'electra'}"),
-                            tok.vocab_size)
+    simcse_cfg = with_vocab(
+        tiny_config("simcse", tmp_path / "s", *SIMCSE_TINY, f"model.init_from={tmp_path / 'electra'}"), tok.vocab_size)
     simcse = build_objective(simcse_cfg, tok)
     init_encoder(simcse, simcse_cfg)
     ours, discriminator = simcse.encoder().state_dict(), electra.encoder().state_dict()
@@ -223,6 +226,7 @@ def test_init_from_an_electra_checkpoint_takes_the_discriminator(tmp_path):
     assert ours.keys() == discriminator.keys() and all(torch.equal(ours[k], discriminator[k]) for k in ours)
 
 
+@pytest.mark.slow
 def test_simcse_trains_on_wikitext_with_falling_loss_and_keeps_the_best(tiny_mlm, tmp_path):
     out = tmp_path / "simcse"
     threads = torch.get_num_threads()

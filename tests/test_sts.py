@@ -5,19 +5,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import tiny_config
+
 from lmssl.checkpoint import save_checkpoint
 from lmssl.cli import main
 from lmssl.config import ConfigError
 from lmssl.data import load_tokenizer
-from lmssl.evaluation.sts import STS_SUBSETS, TEST_SETS, embed, evaluate_sts, load_sts, spearman_x100
+from lmssl.downstream.sts import STS_SUBSETS, TEST_SETS, embed, evaluate_sts, load_sts, spearman_x100
 from lmssl.model.attention import AttnSpec
 from lmssl.objectives import build_objective
-from lmssl.train import with_vocab
+from lmssl.resolve import with_vocab
 
-SENTENCES = ["A man is playing a guitar.", "A woman is slicing an onion.", "The cat sleeps.", "Stocks fell sharply today.",
-             "A dog runs in the park.", "Two children are playing football."]
+SENTENCES = ["A man is playing a guitar.", "A woman is slicing an onion.", "The cat sleeps.",
+             "Stocks fell sharply today.", "A dog runs in the park.", "Two children are playing football."]
 
 
 def test_real_sts_sets_have_the_standard_pair_counts(data_root):
@@ -26,7 +26,8 @@ def test_real_sts_sets_have_the_standard_pair_counts(data_root):
     assert counts == {"stsb_dev": 1500, "sts12": 3108, "sts13": 1500, "sts14": 3750, "sts15": 3000, "sts16": 1186,
                       "stsb_test": 1379, "sickr": 4927}
     test = load_sts(data_root, "stsb_test")
-    assert (test.first[0], test.second[0], test.gold[0]) == ("A girl is styling her hair.", "A girl is brushing her hair.", 2.5)
+    assert (test.first[0], test.second[0], test.gold[0]) == (
+        "A girl is styling her hair.", "A girl is brushing her hair.", 2.5)
     sick = load_sts(data_root, "sickr")
     assert sick.gold[0] == 3.3 and not any(s.endswith("\r") for s in sick.second)
     assert 1.0 <= sick.gold.min() and sick.gold.max() <= 5.0
@@ -117,7 +118,8 @@ def test_evaluate_sts_scores_every_set_and_averages_the_tests(tiny_mlm, fake_roo
 def test_eval_sts_command_prints_one_json_line(tiny_mlm, fake_root, tmp_path, capsys):
     cfg, tok, objective = tiny_mlm
     ckpt = save_checkpoint(tmp_path / "run", 1, objective, cfg, tok, {})
-    assert main(["eval", "sts", str(tmp_path / "run"), "--sets", "stsb_dev", "sickr", "--data-root", str(fake_root)]) == 0
+    assert main(["eval", "sts", str(tmp_path / "run"), "--sets", "stsb_dev", "sickr",
+                 "--data-root", str(fake_root)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1
     result = json.loads(lines[0])

@@ -3,9 +3,9 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_config
 from safetensors.torch import load_file
 
-from conftest import tiny_config
 from lmssl.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint_config
 from lmssl.config import ConfigError
 from lmssl.engine.torch_engine import TorchEngine
@@ -17,7 +17,9 @@ def read_metrics(output_dir):
     return [r for r in rows if "loss" in r], [r for r in rows if "val_loss" in r]
 
 
-@pytest.mark.parametrize("objective, extra", [("mlm", []), ("clm", []), ("mlm", ["data.document_mask=true", "objective.whole_word=true"])])
+@pytest.mark.slow
+@pytest.mark.parametrize("objective, extra", [("mlm", []), ("clm", []),
+                                              ("mlm", ["data.document_mask=true", "objective.whole_word=true"])])
 def test_training_on_wikitext_lowers_the_loss(objective, extra, data_root, tmp_path):
     out = tmp_path / "run"
     result = train(tiny_config(objective, out, "train.max_steps=100", "train.lr=3e-3", "train.save_every=50", *extra))
@@ -34,12 +36,14 @@ def test_training_on_wikitext_lowers_the_loss(objective, extra, data_root, tmp_p
     assert result[f"val_{objective}_loss"] < 7.0 and result[acc] > 0.03, result  # chance accuracy is 1/8192
     assert [p.name for p in list_checkpoints(out)] == ["step-0000050", "step-0000100"]
     ckpt = latest_checkpoint(out)
-    assert {p.name for p in ckpt.iterdir()} == {"model.safetensors", "config.yaml", "tokenizer.json", "trainer_state.pt"}
+    assert {p.name for p in ckpt.iterdir()} == {"model.safetensors", "config.yaml", "tokenizer.json",
+                                                "trainer_state.pt"}
     assert load_checkpoint_config(ckpt).model.vocab_size == 8192  # the resolved config
     weights = load_file(ckpt / "model.safetensors")
     assert any(k.startswith("trunk.layers.1.") for k in weights)
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_reproduces_the_losses_exactly(data_root, tmp_path, monkeypatch):
     common = ["train.max_steps=12", "train.save_every=4", "train.keep_checkpoints=0"]
     straight = tmp_path / "straight"
@@ -73,12 +77,14 @@ def test_interrupted_and_resumed_run_reproduces_the_losses_exactly(data_root, tm
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_bf16_autocast_and_accumulation_train(data_root, tmp_path):
     result = train(tiny_config("clm", tmp_path / "bf16", "train.max_steps=3", "train.precision=bf16",
                                "train.grad_accum=2"))
     assert math.isfinite(result["val_loss"])
 
 
+@pytest.mark.slow
 def test_streaming_training(data_root, tmp_path):
     out = tmp_path / "stream"
     train(tiny_config("clm", out, "train.max_steps=4", "data.streaming=true", "data.shuffle_buffer=16"))

@@ -1,66 +1,8 @@
-"""Config -> tokenizer and datasets (packed sequences; sentence pairs for NSP/SOP)."""
-from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-from lmssl.config import Config, ConfigError, cache_dir, resolve_data_path
-from lmssl.data.corpus import iter_documents
-from lmssl.data.packing import Example, PackedSequences, StreamingSequences, tokenize_corpus
-from lmssl.data.pairs import SentencePairs, tokenize_segments
-from lmssl.data.tokenizer import TextTokenizer, save_tokenizer, tokenizer_path, train_tokenizer
+"""Corpora, tokenizers, tokenization cache, packing, sentence pairs and sentences, the resumable loader."""
+from lmssl.data.build import load_tokenizer, sentence_pairs, sequences
+from lmssl.data.packing import Example, PackedSequences, StreamingSequences
+from lmssl.data.pairs import SentencePairs
+from lmssl.data.tokenizer import TextTokenizer
 
 __all__ = ["Example", "PackedSequences", "SentencePairs", "StreamingSequences", "TextTokenizer", "load_tokenizer",
            "sentence_pairs", "sequences"]
-
-
-def load_tokenizer(cfg: Config) -> TextTokenizer:
-    """The config's tokenizer; a missing named one is trained once from data.train and saved for reuse."""
-    path = tokenizer_path(cfg.data.tokenizer)
-    if path.is_file():
-        return TextTokenizer.from_file(path)
-    if Path(cfg.data.tokenizer).suffix == ".json" or "/" in cfg.data.tokenizer:
-        raise ConfigError(f"key 'data.tokenizer': tokenizer file not found: {cfg.data.tokenizer}")
-    corpus = resolve_data_path(cfg, cfg.data.train, "data.train")
-    print(f"tokenizer '{cfg.data.tokenizer}' not found; training a {cfg.data.tokenizer_type} tokenizer "
-          f"(vocab {cfg.data.tokenizer_vocab_size}) on {corpus} -> {path.parent}", file=sys.stderr)
-    docs = iter_documents(corpus, cfg.data.format, cfg.data.doc_split, cfg.data.text_field)
-    tok = train_tokenizer(cfg.data.tokenizer_type, docs, cfg.data.tokenizer_vocab_size)
-    recipe = {"type": cfg.data.tokenizer_type, "vocab_size": cfg.data.tokenizer_vocab_size, "corpus": str(cfg.data.train)}
-    return TextTokenizer.from_file(save_tokenizer(tok, path.parent, recipe))
-
-
-def sequences(cfg: Config, split: str, tokenizer: TextTokenizer, sep_id: int, prefix_id: int | None,
-              streaming: bool = False) -> PackedSequences | StreamingSequences:
-    """Packed sequences of `data.train` or `data.valid`."""
-    key = f"data.{split}"
-    path = resolve_data_path(cfg, getattr(cfg.data, split), key)
-    options = dict(fmt=cfg.data.format, doc_split=cfg.data.doc_split, text_field=cfg.data.text_field)
-    if streaming:
-        return StreamingSequences(path, tokenizer, sep_id, cfg.data.seq_len, prefix_id,
-                                  shuffle_buffer=cfg.data.shuffle_buffer, **options)
-    tokens, doc_ends = tokenize_corpus(path, tokenizer, sep_id, cache_dir(cfg), **options)
-    try:
-        return PackedSequences(tokens, doc_ends, cfg.data.seq_len, prefix_id)
-    except ValueError as e:
-        raise ConfigError(f"key '{key}' ({path}): {e}") from None
-
-
-VALID_PAIRS_SEED = 0  # validation pairs do not depend on train.seed, so runs with different seeds score the same pairs
-
-
-def sentence_pairs(cfg: Config, split: str, tokenizer: TextTokenizer, task: str, short_seq_prob: float) -> SentencePairs:
-    """`[CLS] A [SEP] B [SEP]` pairs of `data.train` or `data.valid` for NSP/SOP (see lmssl.data.pairs)."""
-    key = f"data.{split}"
-    path = resolve_data_path(cfg, getattr(cfg.data, split), key)
-    corpus = tokenize_segments(path, tokenizer, cache_dir(cfg), fmt=cfg.data.format, doc_split=cfg.data.doc_split,
-                               text_field=cfg.data.text_field)
-    seed = cfg.train.seed if split == "train" else VALID_PAIRS_SEED
-    try:
-        return SentencePairs(corpus, cfg.data.seq_len, tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id, task,
-                             short_seq_prob, seed)
-    except ValueError as e:
-        raise ConfigError(f"key '{key}' ({path}): objective.sentence_task={task} cannot build sentence pairs: {e}. "
-                          f"Use a corpus whose documents hold several sentences or paragraphs (data.doc_split="
-                          f"{cfg.data.doc_split}; blank_line or wikitext group lines into documents), or set "
-                          f"objective.sentence_task=none") from None

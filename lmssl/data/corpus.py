@@ -11,7 +11,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from lmssl.config import ConfigError
+from lmssl.errors import ConfigError
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # never reach for a hub at run time
 

@@ -1,8 +1,9 @@
 """A resumable sequence loader: its position is a small dict saved in every checkpoint.
 
 Map-style data (anything with __len__ and __getitem__: packed sequences, sentences): each epoch is
-a permutation seeded by (seed, epoch); the position is (epoch, examples consumed). Streaming data: the position is the count consumed in the epoch,
-and resuming fast-forwards the stream to it. Either way a resumed run sees the same sequences.
+a permutation seeded by (seed, epoch); the position is (epoch, examples consumed). Streaming data: the
+position is the count consumed in the epoch, and resuming fast-forwards the stream to it. Either way a
+resumed run sees the same sequences.
 """
 from __future__ import annotations
 

@@ -11,11 +11,6 @@ corpora larger than memory.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -23,10 +18,9 @@ from typing import Iterator
 import numpy as np
 from tqdm.auto import tqdm
 
+from lmssl.data.cache import cached_arrays, encode_in_chunks, stream_dtype
 from lmssl.data.corpus import iter_documents
 from lmssl.data.tokenizer import TextTokenizer
-
-ENCODE_CHUNK = 1000  # documents per encode_batch call
 
 
 @dataclass
@@ -67,63 +61,32 @@ class PackedSequences:
         return make_example(np.asarray(self.tokens[start:stop]), self.doc_ends[lo:hi] - start, self.prefix_id)
 
 
-def _stream_dtype(vocab_size: int):
-    return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
-
-
-def encode_documents(docs, tokenizer: TextTokenizer, sep_id: int) -> Iterator[list[int]]:
-    """Token ids of each document followed by the separator, encoded in chunks."""
-    batch: list[str] = []
-    for doc in docs:
-        batch.append(doc)
-        if len(batch) == ENCODE_CHUNK:
-            yield from (ids + [sep_id] for ids in tokenizer.encode_batch(batch))
-            batch = []
-    if batch:
-        yield from (ids + [sep_id] for ids in tokenizer.encode_batch(batch))
-
-
-def cache_key(path: Path, tokenizer: TextTokenizer, **options) -> str:
-    st = path.stat()
-    ident = json.dumps({"path": str(path.resolve()), "size": st.st_size, "mtime": st.st_mtime_ns,
-                        "tokenizer": tokenizer.fingerprint(), **options}, sort_keys=True)
-    return hashlib.sha1(ident.encode()).hexdigest()[:20]
+def separated(tokenizer: TextTokenizer, docs, sep_id: int) -> Iterator[list[int]]:
+    """Token ids of each document followed by the separator."""
+    return (ids + [sep_id] for _, ids in encode_in_chunks(tokenizer, docs))
 
 
 def tokenize_corpus(path: Path, tokenizer: TextTokenizer, sep_id: int, cache_root: Path, *, fmt: str = "auto",
                     doc_split: str = "auto", text_field: str = "text") -> tuple[np.ndarray, np.ndarray]:
     """(tokens, doc_ends) of a corpus, from the cache when the same file was tokenized the same way."""
-    key = cache_key(path, tokenizer, sep=sep_id, fmt=fmt, doc_split=doc_split, text_field=text_field)
-    target = cache_root / f"{path.stem}-{key}"
-    if not (target / "meta.json").exists():
+
+    def build():
         chunks, ends, total = [], [], 0
-        docs = iter_documents(path, fmt, doc_split, text_field)
         bar = tqdm(desc=f"tokenizing {path.name}", unit=" docs", leave=False)
-        for ids in encode_documents(docs, tokenizer, sep_id):
-            chunks.append(np.asarray(ids, dtype=_stream_dtype(tokenizer.vocab_size)))
+        for ids in separated(tokenizer, iter_documents(path, fmt, doc_split, text_field), sep_id):
+            chunks.append(np.asarray(ids, dtype=stream_dtype(tokenizer.vocab_size)))
             total += len(ids)
             ends.append(total)
             bar.update()
         bar.close()
         if not chunks:
             raise ValueError(f"{path}: no documents found (is the file empty?)")
-        save_cache(target, {"tokens": np.concatenate(chunks), "doc_ends": np.asarray(ends, dtype=np.int64)},
-                   {"source": str(path), "tokens": total, "documents": len(ends)})
-    return np.load(target / "tokens.npy", mmap_mode="r"), np.load(target / "doc_ends.npy")
+        arrays = {"tokens": np.concatenate(chunks), "doc_ends": np.asarray(ends, dtype=np.int64)}
+        return arrays, {"tokens": total, "documents": len(ends)}
 
-
-def save_cache(target: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
-    """Write `NAME.npy` for each array plus meta.json into a temporary directory renamed to `target`,
-    so a reader never sees a half-written cache entry (meta.json marks a complete one)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=target.parent))
-    for name, array in arrays.items():
-        np.save(tmp / f"{name}.npy", array)
-    (tmp / "meta.json").write_text(json.dumps(meta))
-    try:
-        os.replace(tmp, target)
-    except OSError:  # another process won the race; its copy is identical
-        shutil.rmtree(tmp, ignore_errors=True)
+    arrays = cached_arrays(path, tokenizer, cache_root, "", ("tokens", "doc_ends"), build, sep=sep_id, fmt=fmt,
+                           doc_split=doc_split, text_field=text_field)
+    return arrays["tokens"], arrays["doc_ends"]
 
 
 class StreamingSequences:
@@ -142,7 +105,7 @@ class StreamingSequences:
         docs = iter_documents(self.path, streaming=True, **self.options)
         buf: list[int] = []
         ends: list[int] = []  # document end offsets relative to the start of buf
-        for ids in encode_documents(docs, self.tokenizer, self.sep_id):
+        for ids in separated(self.tokenizer, docs, self.sep_id):
             buf.extend(ids)
             ends.append(len(buf))
             while len(buf) >= self.chunk:

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from lmssl.data.cache import cached_arrays, encode_in_chunks, stream_dtype
 from lmssl.data.corpus import iter_documents
-from lmssl.data.packing import ENCODE_CHUNK, Example, _stream_dtype, cache_key, save_cache
+from lmssl.data.packing import Example
 from lmssl.data.sentences import split_sentences
 from lmssl.data.tokenizer import TextTokenizer
 
@@ -55,52 +55,39 @@ class SegmentedCorpus:
     doc_ends: np.ndarray  # (D,) index in the segments where each document ends (exclusive)
 
 
-def _encode_segments(docs, tokenizer: TextTokenizer) -> Iterator[list[list[int]]]:
-    """Per document, the token ids of its non-empty segments, encoded in chunks of documents."""
-    batch: list[list[str]] = []
-
-    def flush():
-        flat = tokenizer.encode_batch([s for doc in batch for s in doc])
-        at = 0
-        for doc in batch:
-            yield [ids for ids in flat[at:at + len(doc)] if ids]
-            at += len(doc)
-
-    for doc in docs:
-        batch.append(split_segments(doc))
-        if len(batch) == ENCODE_CHUNK:
-            yield from flush()
-            batch = []
-    if batch:
-        yield from flush()
-
-
 def tokenize_segments(path: Path, tokenizer: TextTokenizer, cache_root: Path, *, fmt: str = "auto",
                       doc_split: str = "auto", text_field: str = "text") -> SegmentedCorpus:
     """The segmented corpus, from the cache when the same file was tokenized the same way."""
-    key = cache_key(path, tokenizer, kind="segments", version=SEGMENTS_VERSION, fmt=fmt, doc_split=doc_split,
-                    text_field=text_field)
-    target = cache_root / f"{path.stem}-segments-{key}"
-    if not (target / "meta.json").exists():
-        chunks, segment_ends, doc_ends, total = [], [], [], 0
-        docs = iter_documents(path, fmt, doc_split, text_field)
-        bar = tqdm(desc=f"tokenizing segments of {path.name}", unit=" docs", leave=False)
-        for segments in _encode_segments(docs, tokenizer):
-            for ids in segments:
-                chunks.append(np.asarray(ids, dtype=_stream_dtype(tokenizer.vocab_size)))
-                total += len(ids)
-                segment_ends.append(total)
-            if segments:
-                doc_ends.append(len(segment_ends))
+
+    def segments():  # (document index, segment text)
+        for d, doc in enumerate(iter_documents(path, fmt, doc_split, text_field)):
+            yield from ((d, s) for s in split_segments(doc))
+
+    def build():
+        chunks, segment_ends, doc_ends, total, current = [], [], [], 0, None
+        bar = tqdm(desc=f"tokenizing segments of {path.name}", unit=" segments", leave=False)
+        for (d, _), ids in encode_in_chunks(tokenizer, segments(), text=lambda item: item[1]):
             bar.update()
+            if not ids:
+                continue
+            if current is not None and d != current:  # a document ends at its last non-empty segment
+                doc_ends.append(len(segment_ends))
+            current = d
+            chunks.append(np.asarray(ids, dtype=stream_dtype(tokenizer.vocab_size)))
+            total += len(ids)
+            segment_ends.append(total)
         bar.close()
         if not chunks:
             raise ValueError(f"{path}: no documents found (is the file empty?)")
-        save_cache(target, {"tokens": np.concatenate(chunks), "segment_ends": np.asarray(segment_ends, dtype=np.int64),
-                            "doc_ends": np.asarray(doc_ends, dtype=np.int64)},
-                   {"source": str(path), "tokens": total, "segments": len(segment_ends), "documents": len(doc_ends)})
-    return SegmentedCorpus(np.load(target / "tokens.npy", mmap_mode="r"), np.load(target / "segment_ends.npy"),
-                           np.load(target / "doc_ends.npy"))
+        doc_ends.append(len(segment_ends))
+        arrays = {"tokens": np.concatenate(chunks), "segment_ends": np.asarray(segment_ends, dtype=np.int64),
+                  "doc_ends": np.asarray(doc_ends, dtype=np.int64)}
+        return arrays, {"tokens": total, "segments": len(segment_ends), "documents": len(doc_ends)}
+
+    arrays = cached_arrays(path, tokenizer, cache_root, "segments", ("tokens", "segment_ends", "doc_ends"), build,
+                           kind="segments", version=SEGMENTS_VERSION, fmt=fmt, doc_split=doc_split,
+                           text_field=text_field)
+    return SegmentedCorpus(arrays["tokens"], arrays["segment_ends"], arrays["doc_ends"])
 
 
 def truncated_lengths(len_a: int, len_b: int, max_total: int) -> tuple[int, int]:

@@ -10,7 +10,6 @@ An example is `[CLS] sentence [SEP]` truncated to `max_len` (ids as a 1-D int64 
 from __future__ import annotations
 
 import re
-from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
@@ -18,8 +17,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from lmssl.data.cache import cached_arrays, encode_in_chunks, stream_dtype
 from lmssl.data.corpus import WIKITEXT_TITLE, iter_documents
-from lmssl.data.packing import ENCODE_CHUNK, _stream_dtype, cache_key, save_cache
 from lmssl.data.tokenizer import TextTokenizer
 
 TERMINALS = {".", "!", "?"}
@@ -41,7 +40,8 @@ def split_sentences(paragraph: str) -> list[str]:
     for i, word in enumerate(words):
         current.append(word)
         quotes += word == QUOTE
-        ends = word in TERMINALS or (word == QUOTE and quotes % 2 == 0 and len(current) > 1 and current[-2] in TERMINALS)
+        closes_quote = word == QUOTE and quotes % 2 == 0 and len(current) > 1 and current[-2] in TERMINALS
+        ends = word in TERMINALS or closes_quote
         closing_quote_next = i + 1 < len(words) and words[i + 1] == QUOTE and quotes % 2 == 1
         if ends and not closing_quote_next:
             sentences.append(" ".join(current))
@@ -81,26 +81,25 @@ def tokenize_sentences(path: Path, tokenizer: TextTokenizer, cache_root: Path, *
                        fmt: str = "auto", text_field: str = "text") -> tuple[np.ndarray, np.ndarray]:
     """(tokens, offsets): sentence i is tokens[offsets[i]:offsets[i+1]], from the cache when possible.
     Sentences that tokenize to nothing are dropped."""
-    key = cache_key(path, tokenizer, kind="sentences", split=split, fmt=fmt, text_field=text_field)
-    target = cache_root / f"{path.stem}-sentences-{key}"
-    if not (target / "meta.json").exists():
+
+    def build():
         chunks, offsets, total = [], [0], 0
-        dtype = _stream_dtype(tokenizer.vocab_size)
         bar = tqdm(desc=f"tokenizing sentences of {path.name}", unit=" sentences", leave=False)
-        sentences = iter_sentences(path, split, fmt, text_field)
-        while batch := list(islice(sentences, ENCODE_CHUNK)):
-            for ids in tokenizer.encode_batch(batch):
-                if ids:
-                    chunks.append(np.asarray(ids, dtype=dtype))
-                    total += len(ids)
-                    offsets.append(total)
-            bar.update(len(batch))
+        for _, ids in encode_in_chunks(tokenizer, iter_sentences(path, split, fmt, text_field)):
+            bar.update()
+            if ids:
+                chunks.append(np.asarray(ids, dtype=stream_dtype(tokenizer.vocab_size)))
+                total += len(ids)
+                offsets.append(total)
         bar.close()
         if len(offsets) == 1:
             raise ValueError(f"{path}: no sentences found (is the file empty?)")
-        save_cache(target, {"tokens": np.concatenate(chunks), "offsets": np.asarray(offsets, dtype=np.int64)},
-                   {"source": str(path), "tokens": total, "sentences": len(offsets) - 1})
-    return np.load(target / "tokens.npy", mmap_mode="r"), np.load(target / "offsets.npy")
+        arrays = {"tokens": np.concatenate(chunks), "offsets": np.asarray(offsets, dtype=np.int64)}
+        return arrays, {"tokens": total, "sentences": len(offsets) - 1}
+
+    arrays = cached_arrays(path, tokenizer, cache_root, "sentences", ("tokens", "offsets"), build, kind="sentences",
+                           split=split, fmt=fmt, text_field=text_field)
+    return arrays["tokens"], arrays["offsets"]
 
 
 def with_specials(ids, cls_id: int, sep_id: int, max_len: int) -> np.ndarray:

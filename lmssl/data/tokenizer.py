@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from lmssl.atomic import atomic_directory
 from lmssl.config import REPO_ROOT
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 KINDS = ("wordpiece", "bpe", "unigram")
 BERT_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -111,8 +112,8 @@ def _bpe(vocab_size: int) -> tuple[Tokenizer, trainers.Trainer]:
 
 def _bert_post_processor(tok: Tokenizer) -> None:
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                       special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
 
 
 def _unigram(texts: Iterable[str], vocab_size: int) -> Tokenizer:
@@ -160,18 +161,10 @@ def _lines(texts: Iterable[str]) -> Iterator[str]:
 
 
 def save_tokenizer(tok: TextTokenizer, directory: Path, recipe: dict) -> Path:
-    """Write tokenizer.json and recipe.json atomically (a temp dir renamed into place)."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private
-    tok.save(tmp)
-    (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
-    if directory.exists():
-        for f in tmp.iterdir():
-            os.replace(f, directory / f.name)
-        tmp.rmdir()
-    else:
-        os.replace(tmp, directory)
+    """Write tokenizer.json and recipe.json into `directory`, each renamed into place (other files there stay)."""
+    with atomic_directory(directory, exists="merge") as tmp:
+        tok.save(tmp)
+        (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
     return directory / "tokenizer.json"
 
 

@@ -5,7 +5,7 @@ by the world size, which the weight multiplies back."""
 from __future__ import annotations
 
 from lmssl.distributed import all_reduce_sum
-from lmssl.objectives.base import Batch
+from lmssl.model.batch import Batch
 
 
 def loss_weights(micro_batches: list[Batch], world_size: int) -> list[float]:
@@ -23,7 +23,8 @@ class MetricSums:
 
     def add(self, metrics: dict, weight: float) -> None:
         for k, v in metrics.items():
-            self.sums[k] = self.sums.get(k, 0.0) + float(v.detach() if hasattr(v, "detach") else v) * weight / self.world_size
+            value = float(v.detach() if hasattr(v, "detach") else v)
+            self.sums[k] = self.sums.get(k, 0.0) + value * weight / self.world_size
 
     def means(self) -> dict[str, float]:
         keys = sorted(self.sums)

@@ -23,11 +23,12 @@ from typing import Any
 
 import torch
 
-from lmssl.config import ConfigError, TrainConfig
+from lmssl.config import TrainConfig
 from lmssl.distributed import DistInfo
 from lmssl.engine.accumulation import MetricSums, loss_weights
 from lmssl.engine.torch_engine import build_optimizer
-from lmssl.objectives.base import Batch, Objective, Output
+from lmssl.errors import ConfigError
+from lmssl.model.batch import Batch, Output
 
 DS_DIR = "deepspeed"  # DeepSpeed's files inside an lmssl checkpoint directory
 DS_TAG = "state"
@@ -45,7 +46,8 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
         "fp16": {"enabled": cfg.precision == "fp16"},
         "steps_per_print": 2**31 - 1,  # lmssl logs; DeepSpeed stays quiet
         "zero_allow_untested_optimizer": True,  # lmssl's torch AdamW
-        "zero_force_ds_cpu_optimizer": False,  # keep lmssl's AdamW when offloading (DeepSpeedCPUAdam needs a compiled op)
+        # keep lmssl's AdamW when offloading (DeepSpeedCPUAdam needs a compiled op)
+        "zero_force_ds_cpu_optimizer": False,
     }
     if cfg.offload_optimizer:
         generated["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
@@ -95,7 +97,7 @@ def _merge(ours: dict, theirs: dict, path: Path, prefix: str) -> dict:
 
 
 class DeepSpeedEngine:
-    def __init__(self, model: Objective, cfg: TrainConfig, dist: DistInfo):
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, dist: DistInfo):
         import deepspeed
 
         self.cfg, self.dist = cfg, dist
@@ -130,15 +132,13 @@ class DeepSpeedEngine:
         return {"engine": "deepspeed", "zero_stage": self.cfg.zero_stage}
 
     def load_state(self, directory: Path, trainer_state: dict) -> None:
+        """Weights, optimizer partitions and schedule from DeepSpeed's files in directory/deepspeed; collective."""
         if trainer_state.get("engine") != "deepspeed":
             raise ConfigError(f"{directory}: this checkpoint was written by the torch engine; resume it with "
                               f"train.engine=torch (or start a new run from it with model.init_from)")
         path, _ = self.engine.load_checkpoint(str(Path(directory) / DS_DIR), tag=DS_TAG)
         if path is None:
             raise ConfigError(f"{directory}: no DeepSpeed checkpoint in {DS_DIR}/")
-
-    def loads_weights_itself(self) -> bool:
-        return True
 
     def gathered(self):
         """Collective context in which `model` holds its full weights: ZeRO-3 gathers its partitions."""
@@ -148,11 +148,22 @@ class DeepSpeedEngine:
 
         return deepspeed.zero.GatheredParameters(list(self.engine.module.parameters()), modifier_rank=None)
 
-    def consolidated_state_dict(self, directory: Path) -> dict[str, torch.Tensor]:
-        """The full fp32 weights: the ZeRO partitions of the checkpoint just saved in `directory`, gathered;
-        without ZeRO (fp32 only, see config validation) the module's own weights."""
+    def consolidated_model(self, directory: Path, build) -> torch.nn.Module:
+        """A CPU copy (`build()`, an unpartitioned module of the same kind) holding the full fp32 weights: the ZeRO
+        partitions of the checkpoint just saved in `directory`, gathered; without ZeRO (fp32 only, see config
+        validation) the module's own weights."""
         if self.cfg.zero_stage == 0:
-            return {k: v.float() for k, v in self.engine.module.state_dict().items()}
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+            state = {k: v.float() for k, v in self.engine.module.state_dict().items()}
+        else:
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        return get_fp32_state_dict_from_zero_checkpoint(str(Path(directory) / DS_DIR), tag=DS_TAG)
+            state = get_fp32_state_dict_from_zero_checkpoint(str(Path(directory) / DS_DIR), tag=DS_TAG)
+        model = build()
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        params = model.state_dict(keep_vars=True)
+        loaded = {id(params[k]) for k in params if k not in missing}
+        missing = [k for k in missing if id(params[k]) not in loaded]  # tied tensors are stored under one name
+        if missing or unexpected:
+            raise RuntimeError(f"consolidated weights do not match the model: missing {missing[:5]}, "
+                               f"unexpected {unexpected[:5]}")
+        return model

@@ -1,8 +1,9 @@
 """TorchEngine: AdamW + warmup/decay schedule, gradient accumulation, clipping, optional bf16 autocast, and
 DistributedDataParallel when launched with torchrun.
 
-The training loop calls `train_step`, `eval_forward`, `save_state`, `load_state` and `consolidated_state_dict`;
-`model` is the objective itself (unwrapped)."""
+Both engines share one interface: `train_step`, `eval_forward`, `save_state` / `load_state` (everything a resume
+needs, weights included), `consolidated_model` (the full weights, for model.safetensors) and `gathered`;
+`model` is the module itself (unwrapped): an objective, or a classifier when fine-tuning."""
 from __future__ import annotations
 
 import contextlib
@@ -11,10 +12,12 @@ import math
 import torch
 import torch.nn as nn
 
-from lmssl.config import ConfigError, TrainConfig
+from lmssl.config import TrainConfig
 from lmssl.distributed import DistInfo
 from lmssl.engine.accumulation import MetricSums, loss_weights
-from lmssl.objectives.base import Batch, Objective, Output
+from lmssl.errors import ConfigError
+from lmssl.model.batch import Batch, Output
+from lmssl.model.weights import load_weights
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -48,7 +51,8 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+def build_optimizer(model: nn.Module,
+                    cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over `parameter_groups` and the warmup/decay schedule: the same for both engines."""
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr,
                                   betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
@@ -56,7 +60,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> tuple[torch.optim.Opt
 
 
 class TorchEngine:
-    def __init__(self, model: Objective, cfg: TrainConfig, dist: DistInfo | None = None,
+    def __init__(self, model: nn.Module, cfg: TrainConfig, dist: DistInfo | None = None,
                  device: torch.device | None = None):
         self.dist = dist or DistInfo()
         self.device = device or self.dist.device
@@ -67,7 +71,8 @@ class TorchEngine:
         if self.dist.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            devices = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=devices)
 
     def autocast(self):
         return autocast(self.device, self.cfg.precision)
@@ -106,19 +111,18 @@ class TorchEngine:
         return {"engine": {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}}
 
     def load_state(self, directory, trainer_state: dict) -> None:
-        """Weights (model.safetensors) are loaded by the caller; the optimizer and schedule here."""
+        """The weights of directory/model.safetensors, then the optimizer and schedule of trainer_state."""
         state = trainer_state["engine"]
         if not isinstance(state, dict):
             raise ConfigError(f"{directory}: this checkpoint was written by the {state} engine; resume it with "
                               f"train.engine={state} (or start a new run from it with model.init_from)")
+        load_weights(self.model, directory)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
-    def loads_weights_itself(self) -> bool:
-        return False
-
-    def consolidated_state_dict(self, directory) -> dict[str, torch.Tensor]:
-        return self.model.state_dict()
+    def consolidated_model(self, directory, build) -> nn.Module:
+        """The module holding the full weights to write as model.safetensors: the live one here."""
+        return self.model
 
     def gathered(self):
         """A context in which `model` holds its full weights (always, here; ZeRO-3 gathers them)."""

@@ -17,8 +17,9 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from lmssl.config import Config, ConfigError
-from lmssl.evaluation.likelihood import check_window, likelihood_kind, summarize
+from lmssl.config import Config
+from lmssl.errors import ConfigError
+from lmssl.evaluation.text import check_window, summarize
 from lmssl.model.attention import AttnSpec
 
 METHOD = ("per-document sliding windows (HF 'perplexity of fixed-length models'): each document scored on its own, "
@@ -83,14 +84,15 @@ def causal_log_likelihood(trunk, head, streams: list[list[int]], max_length: int
 def perplexity(objective, tokenizer, documents: list[str], *, max_length: int, stride: int, batch_size: int = 16,
                progress: bool = False) -> dict:
     """Sliding-window perplexity of a causal objective on documents (see the module docstring)."""
-    if likelihood_kind(objective) != "ppl":
-        raise ConfigError(f"perplexity needs a causal-LM checkpoint (objective 'clm'); this one is "
-                          f"'{objective.cfg.objective.name}'" + ("" if objective.causal else
-                                                                 ": use `lmssl eval pppl` for masked models"))
+    lm = objective.language_model()
+    if lm is None or lm.kind != "causal":
+        raise ConfigError(f"perplexity needs a causal language model (objective 'clm'); this checkpoint's objective "
+                          f"'{objective.cfg.objective.name}' has " + ("a masked one: use `lmssl eval pppl`" if lm else
+                                                                      "none (Objective.language_model() is None)"))
     bos = objective.packing_ids(tokenizer)[0]  # the separator every training document ends with
     streams = [[bos, *ids] for ids in tokenizer.encode_batch(documents)]
     t0 = time.perf_counter()
-    totals, counts = causal_log_likelihood(objective.trunk, objective.head, streams, max_length, stride, batch_size,
+    totals, counts = causal_log_likelihood(lm.trunk, lm.head, streams, max_length, stride, batch_size,
                                            progress)
     seconds = time.perf_counter() - t0
     tokens = int(counts.sum())

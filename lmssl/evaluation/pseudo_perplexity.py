@@ -26,8 +26,9 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from lmssl.config import Config, ConfigError
-from lmssl.evaluation.likelihood import check_window, count_words, summarize
+from lmssl.config import Config
+from lmssl.errors import ConfigError
+from lmssl.evaluation.text import check_window, count_words, summarize
 from lmssl.model.attention import AttnSpec
 
 METHOD = ("exact pseudo-log-likelihood (Salazar et al. 2020): each document scored on its own in windows "
@@ -169,16 +170,13 @@ def masked_log_likelihood(predict: Predictor, windows: list[Window], num_docs: i
 
 
 def masked_lm_modules(objective):
-    """(trunk, head) that predict masked tokens: a masked objective's own (MLM; an ELECTRA objective exposes
-    its generator as `generator` with the same two attributes)."""
-    from lmssl.evaluation.likelihood import likelihood_kind
-
-    source = getattr(objective, "generator", objective)
-    if likelihood_kind(objective) != "pppl":
-        raise ConfigError(f"pseudo-perplexity needs a masked-LM checkpoint (objective 'mlm'); this one is "
-                          f"'{objective.cfg.objective.name}'" + (": use `lmssl eval ppl` for causal models"
-                                                                  if objective.causal else ""))
-    return source.trunk, source.head
+    """(trunk, head) of the objective's masked language model (MLM's own; ELECTRA's generator)."""
+    lm = objective.language_model()
+    if lm is None or lm.kind != "masked":
+        raise ConfigError(f"pseudo-perplexity needs a masked language model (objective 'mlm'); this checkpoint's "
+                          f"objective '{objective.cfg.objective.name}' has " + ("a causal one: use `lmssl eval ppl`"
+                          if lm else "none (Objective.language_model() is None)"))
+    return lm.trunk, lm.head
 
 
 def default_window(cfg: Config, max_length: int = 0, stride: int = 0) -> tuple[int, int]:

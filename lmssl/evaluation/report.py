@@ -6,12 +6,15 @@ quantity each row is and is never sorted by it, and the figure gives each quanti
 """
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
-from lmssl.config import ConfigError
-from lmssl.evaluation.likelihood import (evaluate_text, likelihood_kind, load_checkpoint, read_documents,
-                                         resolve_text_file)
+from lmssl.atomic import write_bytes, write_text
+from lmssl.errors import ConfigError
+from lmssl.evaluation.likelihood import evaluate_text, likelihood_kind
+from lmssl.evaluation.text import read_documents, resolve_text_file
+from lmssl.pretrained import load_pretrained, locate, resolve_device
 
 CAVEAT = (
     "**PPL and pseudo-PPL are different quantities; this report does not rank one against the other.** "
@@ -51,10 +54,12 @@ def compare(checkpoints: list[str], data: str, out: Path, *, max_words: int = 0,
     """Score every checkpoint on the same documents; write results.json, report.md and report.png to `out`."""
     rows, file, documents = [], None, None
     for value in checkpoints:
-        path, cfg, tokenizer, objective = load_checkpoint(value, device)
+        path = locate(value)
+        cfg, tokenizer, objective = load_pretrained(path, resolve_device(device))
         if likelihood_kind(objective) is None:
-            raise ConfigError(f"{path}: objective '{cfg.objective.name}' has no language-model head; compare takes "
-                              f"causal (PPL) and masked (pseudo-PPL) checkpoints")
+            raise ConfigError(f"{path}: objective '{cfg.objective.name}' has no language model "
+                              f"(Objective.language_model() is None); compare takes causal (PPL) and masked "
+                              f"(pseudo-PPL) checkpoints")
         if documents is None:  # read once: the same text for every model, whatever its tokenizer
             file = resolve_text_file(data, cfg)
             documents = read_documents(file, max_words, text_field=text_field)
@@ -71,11 +76,10 @@ def compare(checkpoints: list[str], data: str, out: Path, *, max_words: int = 0,
                      "curves": read_curves(run)})
     text = {"file": str(file), "max_words": max_words, "words": rows[0]["words"], "bytes": rows[0]["bytes"],
             "documents": rows[0]["documents"]}
-    out.mkdir(parents=True, exist_ok=True)
     report = {"text": text, "models": rows, "caveat": CAVEAT}
-    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_text(out / "results.json", json.dumps(report, indent=2) + "\n")
     plot(rows, out / "report.png")
-    (out / "report.md").write_text(markdown(report, "report.png"))
+    write_text(out / "report.md", markdown(report, "report.png"))
     return {"report": str(out / "report.md"), "figure": str(out / "report.png"), "results": str(out / "results.json"),
             "models": [{k: r[k] for k in ("name", "quantity", "tokens", "words") if k in r}
                        | {"per_token": per_token(r), "per_word": per_word(r)} for r in rows]}
@@ -175,5 +179,7 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.suptitle("PPL (causal) and pseudo-PPL (masked) are different quantities: compare within a column, "
                  "never across", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    fig.savefig(path, dpi=110)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110)
     plt.close(fig)
+    write_bytes(path, png.getvalue())

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from lmssl.config import ConfigError
+from lmssl.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,8 @@ def varlen_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seql
     tokens of consecutive sequences delimited by cu_seqlens (0 ... N); each attends within itself only.
     Self-attention only (cu_seqlens_q == cu_seqlens_k). SDPA per sequence: slow; for tests, and the spec of
     what the kernel computes."""
-    assert q.dtype == k.dtype == v.dtype, f"q, k, v must share one dtype, as flash-attn requires: {q.dtype}, {k.dtype}, {v.dtype}"
+    assert q.dtype == k.dtype == v.dtype, \
+        f"q, k, v must share one dtype, as flash-attn requires: {q.dtype}, {k.dtype}, {v.dtype}"
     assert cu_seqlens_q.dtype == torch.int32 and q.dim() == 3, "cu_seqlens int32, q/k/v (N, heads, head_dim)"
     cu = cu_seqlens_q.tolist()
     assert cu == cu_seqlens_k.tolist(), "varlen_reference does self-attention only"
@@ -192,17 +193,3 @@ def compute_dtype(device: torch.device, weight_dtype: torch.dtype) -> torch.dtyp
         if device.type == "cuda" and torch.is_autocast_enabled():
             return torch.get_autocast_gpu_dtype()
     return weight_dtype
-
-
-def build_attention_backend(name: str, head_dim: int = 64):
-    """Chosen once when the model is built. `sdpa`: PyTorch SDPA. `flash`: flash-attn's varlen kernel; an error
-    when it cannot run here (no CUDA, flash_attn missing). `auto`: flash when CUDA is available and flash_attn
-    imports (forward passes it cannot run, on CPU tensors or in fp32, fall back to SDPA), else SDPA."""
-    if name == "sdpa":
-        return SdpaAttention()
-    if name in ("auto", "flash"):
-        from lmssl.model.flash import flash_backend  # imports flash_attn lazily, only when CUDA is there
-
-        backend = flash_backend(required=name == "flash", head_dim=head_dim)
-        return backend if backend is not None else SdpaAttention()
-    raise ValueError(f"unknown attention backend {name!r}; choose auto, sdpa or flash")

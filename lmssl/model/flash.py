@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from lmssl.config import ConfigError
+from lmssl.errors import ConfigError
 from lmssl.model.attention import SdpaAttention, VarlenAttention
 
 INSTALL = "install the `gpu` extra on a CUDA machine: pip install -e .[gpu]"

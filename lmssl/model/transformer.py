@@ -13,7 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lmssl.config import ModelConfig
-from lmssl.model.attention import AttnSpec, Varlen, build_attention_backend, compute_dtype
+from lmssl.model.attention import AttnSpec, Varlen, compute_dtype
+from lmssl.model.backends import build_attention_backend
 
 
 def activation_fn(name: str):
@@ -47,7 +48,8 @@ class Embeddings(nn.Module):
 
 
 def rope_tables(position_ids: torch.Tensor, head_dim: int, theta: float, dtype):
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32) / head_dim))
+    even = torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32)
+    inv_freq = 1.0 / (theta ** (even / head_dim))
     angles = position_ids[:, None, :, None].float() * inv_freq  # (B, 1, T, D/2)
     angles = torch.cat([angles, angles], dim=-1)  # (B, 1, T, D)
     return angles.cos().to(dtype), angles.sin().to(dtype)
@@ -77,7 +79,8 @@ class SelfAttention(nn.Module):
         if x.dim() == 2:
             return self._context_unpadded(x, spec, prepared, rope)
         B, T, H = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, H // self.num_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, h, T, d)
+        qkv = self.qkv(x).view(B, T, 3, self.num_heads, H // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (B, h, T, d)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         dropout_p = self.attention_dropout if self.training else 0.0
@@ -194,7 +197,8 @@ class Transformer(nn.Module):
     def word_embeddings(self) -> nn.Embedding:
         return self.embeddings.word
 
-    def forward(self, input_ids: torch.Tensor, spec: AttnSpec, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, spec: AttnSpec,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids (B, T) -> hidden states (B, T, hidden_size)."""
         x, prepared, rope = self._embed(input_ids, spec, token_type_ids)
         for layer in self.layers:

@@ -1,11 +1,13 @@
-"""The Objective seam: collate examples into a Batch, compute loss and metrics from it.
+"""The Objective seam: collate examples into a Batch, compute loss and metrics from it, and declare what the
+objective can do for the rest of lmssl (score text, give a downstream encoder, pool a sentence).
 
-An objective owns its trunk(s) and heads and declares whether attention is causal; the trunk
-never knows which objective it serves.
+An objective owns its trunk(s) and heads and declares whether attention is causal; the trunk never knows which
+objective it serves. Code outside lmssl.objectives asks these methods, never the objective's attributes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -15,34 +17,21 @@ from lmssl.config import Config
 from lmssl.data import sequences
 from lmssl.data.packing import Example
 from lmssl.data.tokenizer import TextTokenizer
+from lmssl.errors import ConfigError
 from lmssl.model.attention import AttnSpec
+from lmssl.model.batch import IGNORE_INDEX, Batch, Output
+from lmssl.model.transformer import Transformer
 
-IGNORE_INDEX = -100  # label value that no loss counts
-
-
-@dataclass
-class Batch:
-    input_ids: torch.Tensor  # (B, T)
-    spec: AttnSpec  # attention layout and causality
-    labels: torch.Tensor  # (B, T), IGNORE_INDEX where no loss is taken
-    num_targets: int  # labels != IGNORE_INDEX; weights micro-batches under gradient accumulation
-    token_type_ids: torch.Tensor | None = None  # (B, T) segment ids, None = all zeros
-
-    @property
-    def num_tokens(self) -> int:
-        return self.input_ids.numel()
-
-    def to(self, device: torch.device) -> "Batch":
-        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
-        spec = self.spec
-        spec = replace(spec, **{k: getattr(spec, k).to(device) for k in ("key_padding_mask", "cu_seqlens") if getattr(spec, k) is not None})
-        return replace(self, spec=spec, **moved)
+__all__ = ["IGNORE_INDEX", "Batch", "LanguageModel", "Objective", "Output", "require_roles", "stack_examples"]
 
 
-@dataclass
-class Output:
-    loss: torch.Tensor  # scalar, mean over num_targets
-    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # scalar means over the same targets
+@dataclass(frozen=True)
+class LanguageModel:
+    """How an objective scores text: a trunk and the head that maps its hidden states to vocabulary logits.
+    `causal`: next-token (perplexity); `masked`: a masked position from both sides (pseudo-perplexity)."""
+    kind: Literal["causal", "masked"]
+    trunk: Transformer
+    head: nn.Module
 
 
 def stack_examples(examples: list[Example], causal: bool, document_mask: bool) -> tuple[torch.Tensor, AttnSpec]:
@@ -53,35 +42,53 @@ def stack_examples(examples: list[Example], causal: bool, document_mask: bool) -
     return ids, AttnSpec.dense(causal)
 
 
+def require_roles(tokenizer: TextTokenizer, roles: tuple[str, ...], objective: str) -> None:
+    missing = [r for r in roles if tokenizer.roles.get(r) is None]
+    if missing:
+        raise ConfigError(f"key 'data.tokenizer': objective '{objective}' needs the special tokens {missing} "
+                          f"but {tokenizer.path} has none; use a wordpiece or unigram tokenizer")
+
+
 class Objective(nn.Module):
     causal: bool = False
-    # a key of `extra_eval()` to maximise: the training loop keeps the best weights in output_dir/best ("" = none)
+    # a metric the training loop maximises, keeping the best weights in output_dir/best ("" = none)
     selection_metric: str = ""
 
     def __init__(self, cfg: Config, tokenizer: TextTokenizer):
         super().__init__()
         self.cfg = cfg
 
-    def encoder(self) -> nn.Module:
-        """The downstream encoder: the trunk that `model.init_from` copies from a checkpoint of this
-        objective (into the encoder of the objective being trained) and that evaluators (STS, fine-tuning)
-        read. ELECTRA's is its discriminator."""
+    # --- what the objective declares ----------------------------------------------------------------------
+
+    def language_model(self) -> LanguageModel | None:
+        """The trunk and vocabulary head that score text (PPL for causal, pseudo-PPL for masked), None when the
+        objective has no token distribution (then `lmssl eval ppl|pppl` refuse it)."""
+        return None
+
+    def encoder(self) -> Transformer:
+        """The downstream encoder: what `model.init_from` copies, fine-tuning trains and STS embeds with."""
         return self.trunk
 
     def sentence_pooling(self) -> str:
-        """How evaluators turn the encoder's hidden states into one sentence vector by default:
-        'cls' (the [CLS] position) or 'mean' (over real tokens). A causal model has no [CLS]."""
+        """How evaluators turn the encoder's hidden states into one sentence vector by default: 'cls' (the [CLS]
+        position) or 'mean' (over real tokens). A causal model has no [CLS]."""
         return "mean" if self.causal else "cls"
+
+    def pretrained_pooler(self) -> nn.Module | None:
+        """A pretrained pooler (dense + tanh on [CLS], BERT's) that fine-tuning may start from, or None."""
+        return None
+
+    def sts_sets(self) -> tuple[str, ...]:
+        """STS sets the training loop scores every eval.every steps and at the end (logged as <set>_spearman)."""
+        return ()
+
+    # --- what the training loop calls ---------------------------------------------------------------------
 
     def dataset(self, split: str, tokenizer: TextTokenizer):
         """The examples of `data.train` / `data.valid` that `collate` understands: packed sequences by default."""
         sep_id, prefix_id = self.packing_ids(tokenizer)
-        return sequences(self.cfg, split, tokenizer, sep_id, prefix_id, streaming=self.cfg.data.streaming and split == "train")
-
-    def extra_eval(self) -> dict[str, float]:
-        """Evaluations beyond the loss on data.valid, run every eval.every steps and at the end
-        (SimCSE: STS-B dev Spearman). Must not draw from the global RNG, so training stays reproducible."""
-        return {}
+        return sequences(self.cfg, split, tokenizer, sep_id, prefix_id,
+                         streaming=self.cfg.data.streaming and split == "train")
 
     def packing_ids(self, tokenizer: TextTokenizer) -> tuple[int, int | None]:
         """(separator appended to each document, prefix of each sequence or None)."""

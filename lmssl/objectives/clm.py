@@ -1,27 +1,18 @@
 """Causal language modelling (GPT): next-token loss, the shift done here, not in the data."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from lmssl.config import Config, ObjectiveConfig
+from lmssl.config import Config
 from lmssl.data.packing import Example
 from lmssl.data.tokenizer import TextTokenizer
+from lmssl.interop.hf.adapter import HFAdapter, ImportPart, Target, refuse
+from lmssl.interop.hf.rules import Rule, gpt2_trunk_rules
+from lmssl.interop.hf.source import HFSource
 from lmssl.model.heads import CausalLMHead
 from lmssl.model.transformer import Transformer
-from lmssl.objectives.base import IGNORE_INDEX, Batch, Objective, Output, stack_examples
-from lmssl.objectives.mlm import require_roles
-
-
-@dataclass
-class CLMConfig(ObjectiveConfig):
-    name: str = "clm"  # causal (next-token) language modelling
-
-    def check(self, cfg: Config, check) -> None:
-        check(not cfg.model.tie_embeddings or cfg.model.embedding_size in (0, cfg.model.hidden_size),
-              "model.embedding_size", "a tied causal LM head needs embedding_size == hidden_size (or 0)")
+from lmssl.objectives.base import IGNORE_INDEX, Batch, LanguageModel, Objective, Output, require_roles, stack_examples
 
 
 def next_token_labels(ids: torch.Tensor, doc_lengths: list[list[int]] | None) -> torch.Tensor:
@@ -45,6 +36,9 @@ class CausalLM(Objective):
         self.trunk = Transformer(cfg.model)
         self.head = CausalLMHead(cfg.model, self.trunk.word_embeddings)
 
+    def language_model(self) -> LanguageModel:
+        return LanguageModel("causal", self.trunk, self.head)
+
     def packing_ids(self, tokenizer: TextTokenizer) -> tuple[int, int | None]:
         return tokenizer.eos_id, None
 
@@ -62,3 +56,32 @@ class CausalLM(Objective):
         loss = F.cross_entropy(logits, targets)
         acc = (logits.argmax(-1) == targets).float().mean()
         return Output(loss, {"clm_loss": loss.detach(), "clm_acc": acc})
+
+
+class CausalLMAdapter(HFAdapter):
+    """GPT2LMHeadModel (a tied head is read from and written as the word embeddings); imports GPT2Model too."""
+    exports = ("GPT2LMHeadModel",)
+    imports = ("GPT2LMHeadModel", "GPT2Model")
+
+    def export_targets(self, cfg: Config) -> list[Target]:
+        m, arch = cfg.model, "GPT2LMHeadModel"
+        refuse(m.position == "learned", "model.position", m.position, f"{arch} has learned absolute positions only")
+        refuse(m.norm == "pre", "model.norm", m.norm, f"{arch} is pre-LN (LayerNorm before each sub-block, plus a "
+                                                      f"final one)")
+        refuse(m.type_vocab_size == 0, "model.type_vocab_size", m.type_vocab_size,
+               f"{arch} has no token-type embeddings (it would add token types through the word embeddings)")
+        refuse(m.embedding_size in (0, m.hidden_size), "model.embedding_size", m.embedding_size,
+               f"{arch} has no factorised embeddings")
+        return [Target("", arch, "gpt2", m, self._rules(cfg, "transformer."))]
+
+    def recognise(self, sources: dict[str, HFSource]) -> dict | None:
+        src = sources.get("")
+        return {"name": "clm"} if src is not None and src.model_type == "gpt2" else None
+
+    def import_parts(self, cfg: Config, sources: dict[str, HFSource]) -> list[ImportPart]:
+        return [ImportPart(sources[""], self._rules(cfg, sources[""].prefix), "clm")]
+
+    @staticmethod
+    def _rules(cfg: Config, prefix: str) -> list[Rule]:
+        head = Rule("head.proj.weight", (f"{prefix}wte.weight" if cfg.model.tie_embeddings else "lm_head.weight",))
+        return gpt2_trunk_rules(cfg.model, "trunk.", prefix) + [head]

@@ -16,63 +16,28 @@ the discriminator, the model kept for downstream tasks, labels every token origi
   - the discriminator loss is a mean over every real token, [CLS]/[SEP] included, as in the code.
 Parameter names follow HF: `trunk` + `head` ~ ElectraForPreTraining (`electra`,
 `discriminator_predictions`), `generator.trunk` + `generator.head` ~ ElectraForMaskedLM (`electra`,
-`generator_predictions` + tied `generator_lm_head`), so an export is a rename. Pseudo-perplexity scores
-the generator (lmssl.evaluation.pseudo_perplexity looks for `objective.generator`).
+`generator_predictions` + tied `generator_lm_head`), so an export is a rename. The generator is the
+objective's language model (pseudo-perplexity scores it); the discriminator is its downstream encoder.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmssl.config import Config, ModelConfig, ObjectiveConfig
+from lmssl.config import Config, ElectraConfig, ModelConfig, generator_config
 from lmssl.data.packing import Example
 from lmssl.data.tokenizer import TextTokenizer
+from lmssl.errors import ConfigError
+from lmssl.interop.hf.adapter import HFAdapter, ImportPart, Target, check_bert_like, electra_generator_target
+from lmssl.interop.hf.rules import Rule, bert_trunk_rules, copy_rules
+from lmssl.interop.hf.source import HFSource
 from lmssl.model.heads import MaskedLMHead, ReplacedTokenHead
 from lmssl.model.transformer import Embeddings, Transformer
-from lmssl.objectives.base import IGNORE_INDEX, Batch, Objective, Output, stack_examples
-from lmssl.objectives.masking import corrupt, select_positions
-from lmssl.objectives.mlm import require_roles
-
-GENERATOR_HEAD_SIZE = 64  # ELECTRA's get_generator_config: num_heads = max(1, hidden // 64)
-
-
-@dataclass
-class ElectraConfig(ObjectiveConfig):
-    name: str = "electra"  # replaced-token detection with a small MLM generator (Clark et al. 2020)
-    mask_rate: float = 0.15  # fraction of maskable tokens the generator predicts and may replace
-    mask_token_prob: float = 0.85  # chosen tokens shown to the generator as [MASK] (ELECTRA's code: 85%)
-    random_token_prob: float = 0.0  # chosen tokens shown as a random token; the rest stay unchanged
-    generator_size: float = 0.25  # generator hidden size as a fraction of the discriminator's (§3.2: 1/4-1/2 best)
-    disc_weight: float = 50.0  # lambda in L_MLM + lambda * L_Disc (§2: 50)
-
-    def check(self, cfg: Config, check) -> None:
-        check(0.0 < self.mask_rate < 1.0, "objective.mask_rate", "must be in (0, 1)")
-        check(self.mask_token_prob >= 0 and self.random_token_prob >= 0, "objective.mask_token_prob", "must be >= 0")
-        check(self.mask_token_prob + self.random_token_prob <= 1.0, "objective.random_token_prob",
-              "mask_token_prob + random_token_prob must be <= 1")
-        check(self.disc_weight > 0, "objective.disc_weight", "must be positive")
-        check(0.0 < self.generator_size <= 1.0, "objective.generator_size", "must be in (0, 1]")
-        g = generator_config(cfg.model, self.generator_size)
-        check(g.hidden_size % g.num_heads == 0, "objective.generator_size",
-              f"gives a generator of hidden size {g.hidden_size} (model.hidden_size x generator_size), which its "
-              f"{g.num_heads} heads of ~{GENERATOR_HEAD_SIZE} do not divide; choose a size below "
-              f"{2 * GENERATOR_HEAD_SIZE} or a multiple of {GENERATOR_HEAD_SIZE}")
-        check(cfg.model.position != "rope" or (g.hidden_size // g.num_heads) % 2 == 0, "objective.generator_size",
-              f"gives a generator head size of {g.hidden_size // g.num_heads}; rope needs an even one")
-
-
-def generator_config(model: ModelConfig, ratio: float) -> ModelConfig:
-    """The generator's trunk: the discriminator's config narrowed to round(ratio x hidden), same depth, heads
-    of 64, FFN in the same proportion to hidden (4x in BERT/ELECTRA, as ELECTRA's 4 x hidden), and the
-    discriminator's embedding width (the embeddings are shared)."""
-    hidden = max(1, round(model.hidden_size * ratio))
-    return dataclasses.replace(model, hidden_size=hidden, num_heads=max(1, hidden // GENERATOR_HEAD_SIZE),
-                               ffn_size=max(1, round(model.ffn_size * hidden / model.hidden_size)),
-                               embedding_size=model.embedding_size or model.hidden_size)
+from lmssl.objectives.base import IGNORE_INDEX, Batch, LanguageModel, Objective, Output, require_roles, stack_examples
+from lmssl.objectives.masking import TokenCorruption
 
 
 def replaced_token_inputs(input_ids: torch.Tensor, labels: torch.Tensor,
@@ -127,25 +92,21 @@ class Electra(Objective):
         self.head = ReplacedTokenHead(cfg.model)
         # built second: Transformer's init redraws the shared embeddings, from the same distribution
         self.generator = Generator(generator_config(cfg.model, self.ocfg.generator_size), self.trunk.embeddings)
-        self.mask_id = tokenizer.mask_id
-        self.register_buffer("special_ids", torch.tensor(tokenizer.special_ids, dtype=torch.long), persistent=False)
-        self.register_buffer("random_ids", torch.tensor(
-            [i for i in range(tokenizer.vocab_size) if i not in set(tokenizer.special_ids)]), persistent=False)
+        self.corruption = TokenCorruption(tokenizer, self.ocfg)
+
+    def language_model(self) -> LanguageModel:
+        return LanguageModel("masked", self.generator.trunk, self.generator.head)  # the discriminator has no LM
 
     def packing_ids(self, tokenizer: TextTokenizer) -> tuple[int, int | None]:
         return tokenizer.sep_id, tokenizer.cls_id
 
     def collate(self, examples: list[Example], generator: torch.Generator) -> ElectraBatch:
         ids, spec = stack_examples(examples, self.causal, self.cfg.data.document_mask)
-        maskable = ~torch.isin(ids, self.special_ids)
-        selected = select_positions(maskable, None, self.ocfg.mask_rate, generator)
-        corrupted, labels = corrupt(ids, selected, mask_id=self.mask_id, random_ids=self.random_ids,
-                                    mask_prob=self.ocfg.mask_token_prob, random_prob=self.ocfg.random_token_prob,
-                                    generator=generator)
+        corrupted, labels, masked = self.corruption(ids, generator)
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         # num_targets = masked tokens: a fixed ~15% of the real tokens, so it also weights the
         # token-level discriminator loss and metrics in proportion under accumulation and in validation
-        return ElectraBatch(corrupted, spec, labels, int(selected.sum()), sample_seed=seed)
+        return ElectraBatch(corrupted, spec, labels, masked, sample_seed=seed)
 
     def forward(self, batch: Batch) -> Output:
         where = batch.labels != IGNORE_INDEX
@@ -176,3 +137,74 @@ class Electra(Objective):
                 "disc_auc": binary_auc(logits, replaced.bool()),  # a mean over batches in validation
             }
         return Output(gen_loss + self.ocfg.disc_weight * disc_loss, metrics)
+
+
+class ElectraAdapter(HFAdapter):
+    """discriminator/ (ElectraForPreTraining) + generator/ (ElectraForMaskedLM); imports the pair, or a
+    discriminator alone (the generator then stays freshly initialised)."""
+    exports = ("ElectraForPreTraining", "ElectraForMaskedLM")
+    imports = exports
+
+    def export_targets(self, cfg: Config) -> list[Target]:
+        m = cfg.model
+        check_bert_like(m, "ElectraForPreTraining", factorised_ok=True)
+        generator = generator_config(m, cfg.objective.generator_size)
+        return [Target("discriminator", "ElectraForPreTraining", "electra", m, self._discriminator(m, "electra.")),
+                electra_generator_target(generator, "generator.", "generator")]
+
+    def recognise(self, sources: dict[str, HFSource]) -> dict | None:
+        if set(sources) == {"discriminator", "generator"}:
+            disc, gen = sources["discriminator"], sources["generator"]
+            return {"name": "electra", "generator_size": generator_size(disc, gen)}
+        src = sources.get("")
+        if src is not None and src.model_type == "electra" and src.has("discriminator_predictions.dense.weight"):
+            return {"name": "electra"}
+        return None
+
+    def trunk_source(self, sources: dict[str, HFSource]) -> HFSource:
+        return sources.get("", sources.get("discriminator"))
+
+    def import_parts(self, cfg: Config, sources: dict[str, HFSource]) -> list[ImportPart]:
+        disc = self.trunk_source(sources)
+        parts = [ImportPart(disc, self._discriminator(cfg.model, disc.prefix), "electra")]
+        if "generator" in sources:
+            gen = sources["generator"]
+            check_shared_embeddings(disc, gen)  # lmssl's ELECTRA shares one embedding module
+            g = generator_config(cfg.model, cfg.objective.generator_size)
+            parts.append(ImportPart(gen, electra_generator_target(g, "generator.", "generator").rules,
+                                    "ElectraForMaskedLM"))
+        return parts
+
+    def import_notes(self, cfg: Config, sources: dict[str, HFSource]) -> list[str]:
+        if "generator" in sources:
+            return []
+        return [f"{sources[''].directory} holds the ELECTRA discriminator only; the generator is freshly initialised"]
+
+    @staticmethod
+    def _discriminator(m: ModelConfig, prefix: str) -> list[Rule]:
+        return (bert_trunk_rules(m, "trunk.", prefix) + copy_rules("head.dense", "discriminator_predictions.dense")
+                + copy_rules("head.dense_prediction", "discriminator_predictions.dense_prediction"))
+
+
+def generator_size(disc: HFSource, gen: HFSource) -> float:
+    """objective.generator_size of an imported pair; the generator must have the shape lmssl derives from it."""
+    ratio = gen.model["hidden_size"] / disc.model["hidden_size"]
+    derived = generator_config(ModelConfig(**disc.model), ratio)
+    for key in ("hidden_size", "num_heads", "ffn_size", "num_layers", "embedding_size"):
+        want = gen.model[key] if key != "embedding_size" else (gen.model[key] or gen.model["hidden_size"])
+        if getattr(derived, key) != want:
+            raise ConfigError(f"{gen.directory}: the generator's {key} is {want}, but lmssl derives "
+                              f"{getattr(derived, key)} from the discriminator (objective.generator_size={ratio:g}: "
+                              f"same depth, heads of 64, FFN in proportion); import the discriminator directory "
+                              f"alone instead")
+    return ratio
+
+
+def check_shared_embeddings(disc: HFSource, gen: HFSource) -> None:
+    for key in ("word_embeddings", "position_embeddings", "token_type_embeddings", "LayerNorm"):
+        for suffix in ("weight", "bias"):
+            k = f"{disc.prefix}embeddings.{key}.{suffix}"
+            kg = f"{gen.prefix}embeddings.{key}.{suffix}"
+            if k in disc.tensors and kg in gen.tensors and not torch.equal(disc.tensors[k], gen.tensors[kg]):
+                raise ConfigError(f"{gen.directory}: {kg} differs from the discriminator's; lmssl's ELECTRA shares "
+                                  f"one embedding module, so the pair cannot be imported together")

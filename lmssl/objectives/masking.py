@@ -1,9 +1,10 @@
-"""BERT's masked-LM corruption as a pure function (Devlin et al. 2019, §3.1 and appendix A.1)."""
+"""BERT's masked-LM corruption (Devlin et al. 2019, §3.1 and appendix A.1), shared by MLM and ELECTRA."""
 from __future__ import annotations
 
 import torch
 
-from lmssl.objectives.base import IGNORE_INDEX
+from lmssl.data.tokenizer import TextTokenizer
+from lmssl.model.batch import IGNORE_INDEX
 
 
 def num_to_mask(num_candidates: int, rate: float) -> int:
@@ -54,3 +55,25 @@ def corrupt(input_ids: torch.Tensor, selected: torch.Tensor, *, mask_id: int, ra
     values[use_random] = random_ids[torch.randint(len(random_ids), (int(use_random.sum()),), generator=generator)]
     corrupted[selected] = values
     return corrupted, labels
+
+
+class TokenCorruption:
+    """The corruption of one objective's config (mask_rate, mask_token_prob, random_token_prob) over a tokenizer:
+    special tokens and padding are never chosen, random replacements are never special. Runs in collate, on CPU."""
+
+    def __init__(self, tokenizer: TextTokenizer, ocfg, whole_word: bool = False):
+        self.rate, self.mask_prob, self.random_prob = ocfg.mask_rate, ocfg.mask_token_prob, ocfg.random_token_prob
+        self.mask_id = tokenizer.mask_id
+        special = set(tokenizer.special_ids)
+        self.special_ids = torch.tensor(sorted(special), dtype=torch.long)
+        self.random_ids = torch.tensor([i for i in range(tokenizer.vocab_size) if i not in special], dtype=torch.long)
+        self.word_start = torch.from_numpy(tokenizer.word_start_table()) if whole_word else None
+
+    def __call__(self, ids: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(corrupted ids, labels, number of chosen positions) for a (B, T) batch."""
+        maskable = ~torch.isin(ids, self.special_ids)
+        word_start = self.word_start[ids] if self.word_start is not None else None
+        selected = select_positions(maskable, word_start, self.rate, generator)
+        corrupted, labels = corrupt(ids, selected, mask_id=self.mask_id, random_ids=self.random_ids,
+                                    mask_prob=self.mask_prob, random_prob=self.random_prob, generator=generator)
+        return corrupted, labels, int(selected.sum())

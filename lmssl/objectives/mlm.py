@@ -9,54 +9,25 @@ both means, as BERT's `total_loss`. The pooler and classifier are named as HF Be
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
-from lmssl.config import Config, ConfigError, ObjectiveConfig
+from lmssl.config import Config, MLMConfig
 from lmssl.data import sentence_pairs
 from lmssl.data.packing import Example
 from lmssl.data.pairs import PairExample
 from lmssl.data.tokenizer import TextTokenizer
+from lmssl.interop.hf.adapter import HFAdapter, ImportPart, Target, check_bert_like, electra_generator_target, refuse
+from lmssl.interop.hf.rules import bert_trunk_rules, copy_rules, masked_lm_head_rules
+from lmssl.interop.hf.source import HFSource
 from lmssl.model.attention import AttnSpec
 from lmssl.model.heads import MaskedLMHead, Pooler, classifier
 from lmssl.model.transformer import Transformer
-from lmssl.objectives.base import IGNORE_INDEX, Batch, Objective, Output, stack_examples
-from lmssl.objectives.masking import corrupt, select_positions
-
-
-@dataclass
-class MLMConfig(ObjectiveConfig):
-    name: str = "mlm"  # masked language modelling
-    mask_rate: float = 0.15  # fraction of maskable tokens chosen for prediction
-    mask_token_prob: float = 0.8  # chosen tokens replaced by [MASK]
-    random_token_prob: float = 0.1  # chosen tokens replaced by a random token; the rest stay unchanged
-    whole_word: bool = False  # choose all sub-word pieces of a word together
-    sentence_task: Literal["none", "nsp", "sop"] = "none"  # second loss on [CLS] pairs: next-sentence (BERT) or sentence-order (ALBERT) prediction
-    short_seq_prob: float = 0.1  # with a sentence task: share of documents whose pairs aim at a random shorter length (BERT)
-
-    def check(self, cfg: Config, check) -> None:
-        check(0.0 < self.mask_rate < 1.0, "objective.mask_rate", "must be in (0, 1)")
-        check(self.mask_token_prob >= 0 and self.random_token_prob >= 0, "objective.mask_token_prob", "must be >= 0")
-        check(self.mask_token_prob + self.random_token_prob <= 1.0, "objective.random_token_prob",
-              "mask_token_prob + random_token_prob must be <= 1")
-        check(0.0 <= self.short_seq_prob <= 1.0, "objective.short_seq_prob", "must be in [0, 1]")
-        if self.sentence_task != "none":
-            task = f"objective.sentence_task={self.sentence_task}"
-            check(cfg.model.type_vocab_size >= 2, "model.type_vocab_size",
-                  f"{task} needs 2 token types (segments A and B), got {cfg.model.type_vocab_size}")
-            check(not cfg.data.streaming, "data.streaming", f"{task} builds its pairs from the cached corpus; set "
-                                                            f"data.streaming=false or objective.sentence_task=none")
-            check(cfg.data.seq_len >= 5, "data.seq_len", f"{task} needs at least 5 tokens: [CLS] A [SEP] B [SEP]")
-
-
-def require_roles(tokenizer: TextTokenizer, roles: tuple[str, ...], objective: str) -> None:
-    missing = [r for r in roles if tokenizer.roles.get(r) is None]
-    if missing:
-        raise ConfigError(f"key 'data.tokenizer': objective '{objective}' needs the special tokens {missing} "
-                          f"but {tokenizer.path} has none; use a wordpiece or unigram tokenizer")
+from lmssl.objectives.base import IGNORE_INDEX, Batch, LanguageModel, Objective, Output, require_roles, stack_examples
+from lmssl.objectives.masking import TokenCorruption
 
 
 @dataclass
@@ -64,7 +35,8 @@ class PairBatch(Batch):
     sentence_labels: torch.Tensor | None = None  # (B,) 1 = random next (NSP) / swapped (SOP), 0 = in order
 
 
-def stack_pairs(examples: list[PairExample], document_mask: bool) -> tuple[torch.Tensor, AttnSpec, torch.Tensor, torch.Tensor]:
+def stack_pairs(examples: list[PairExample],
+                document_mask: bool) -> tuple[torch.Tensor, AttnSpec, torch.Tensor, torch.Tensor]:
     """(B, T) ids, AttnSpec, (B, T) token types and (B,) labels of padded sentence pairs. The padding is
     kept out of attention by a key-padding mask, or with data.document_mask by the packed layout (each
     example's padding is a document of its own): the two give the real tokens the same outputs."""
@@ -95,12 +67,13 @@ class MaskedLM(Objective):
         if pairs:  # BERT's pooler and NSP classifier (HF BertForPreTraining: bert.pooler, cls.seq_relationship)
             self.pooler = Pooler(cfg.model)
             self.seq_relationship = classifier(cfg.model, 2)
-        self.mask_id = tokenizer.mask_id
-        special = torch.tensor(tokenizer.special_ids, dtype=torch.long)
-        self.register_buffer("special_ids", special, persistent=False)
-        self.register_buffer("random_ids", torch.tensor(
-            [i for i in range(tokenizer.vocab_size) if i not in set(tokenizer.special_ids)]), persistent=False)
-        self.register_buffer("word_start", torch.from_numpy(tokenizer.word_start_table()), persistent=False)
+        self.corruption = TokenCorruption(tokenizer, self.ocfg, whole_word=self.ocfg.whole_word)
+
+    def language_model(self) -> LanguageModel:
+        return LanguageModel("masked", self.trunk, self.head)
+
+    def pretrained_pooler(self) -> nn.Module | None:
+        return self.pooler if self.sentence_task != "none" else None
 
     def packing_ids(self, tokenizer: TextTokenizer) -> tuple[int, int | None]:
         return tokenizer.sep_id, tokenizer.cls_id
@@ -120,17 +93,12 @@ class MaskedLM(Objective):
             ids, spec, types, sentence_labels = stack_pairs(examples, self.cfg.data.document_mask)
         else:
             ids, spec = stack_examples(examples, self.causal, self.cfg.data.document_mask)
-        maskable = ~torch.isin(ids, self.special_ids)  # special tokens and padding are never masked
-        word_start = self.word_start[ids] if self.ocfg.whole_word else None
-        selected = select_positions(maskable, word_start, self.ocfg.mask_rate, generator)
-        corrupted, labels = corrupt(ids, selected, mask_id=self.mask_id, random_ids=self.random_ids,
-                                    mask_prob=self.ocfg.mask_token_prob, random_prob=self.ocfg.random_token_prob,
-                                    generator=generator)
+        corrupted, labels, masked = self.corruption(ids, generator)  # special tokens and padding are never masked
         if pairs:
             # num_targets (masked tokens) also weights the sentence loss under accumulation and in validation:
             # ~15% of each pair's tokens, so proportional to the pairs up to their lengths
-            return PairBatch(corrupted, spec, labels, int(selected.sum()), types, sentence_labels)
-        return Batch(corrupted, spec, labels, int(selected.sum()))
+            return PairBatch(corrupted, spec, labels, masked, types, sentence_labels)
+        return Batch(corrupted, spec, labels, masked)
 
     def forward(self, batch: Batch) -> Output:
         where = batch.labels != IGNORE_INDEX
@@ -141,7 +109,7 @@ class MaskedLM(Objective):
         cls = torch.zeros_like(where)
         cls[:, 0] = True  # [CLS] is never masked, so the rows below are disjoint
         rows = where | cls
-        hidden = self.trunk.forward_at(batch.input_ids, batch.spec, rows, batch.token_type_ids)  # (rows, H), flat order
+        hidden = self.trunk.forward_at(batch.input_ids, batch.spec, rows, batch.token_type_ids)  # (rows, H), flat
         is_cls = cls[rows]
         out = self._mlm(hidden[~is_cls], batch.labels[where])
         logits = self.seq_relationship(self.pooler(hidden[is_cls])).float()  # (B, 2)
@@ -156,3 +124,42 @@ class MaskedLM(Objective):
         loss = F.cross_entropy(logits, targets)
         acc = (logits.argmax(-1) == targets).float().mean()
         return Output(loss, {"mlm_loss": loss.detach(), "mlm_acc": acc})
+
+
+class MaskedLMAdapter(HFAdapter):
+    """BertForMaskedLM, BertForPreTraining with NSP/SOP (SOP's head has NSP's shape and label convention: 1 = not
+    in order), and ElectraForMaskedLM for factorised embeddings (the shape of an ELECTRA generator)."""
+    exports = ("BertForMaskedLM", "BertForPreTraining", "ElectraForMaskedLM")
+    imports = exports
+
+    def export_targets(self, cfg: Config) -> list[Target]:
+        m, task = cfg.model, cfg.objective.sentence_task
+        if m.embedding_size not in (0, m.hidden_size):  # factorised: the ELECTRA generator's shape
+            refuse(task == "none", "objective.sentence_task", task, "ElectraForMaskedLM (the only masked LM with "
+                   "factorised embeddings) has no sentence head; set model.embedding_size=0 for BertForPreTraining")
+            return [electra_generator_target(m, "", "")]
+        arch = "BertForMaskedLM" if task == "none" else "BertForPreTraining"
+        check_bert_like(m, arch)
+        rules = bert_trunk_rules(m, "trunk.", "bert.") + masked_lm_head_rules(
+            m, "head.", "cls.predictions", "cls.predictions.bias", "cls.predictions.decoder.weight",
+            "bert.embeddings.word_embeddings.weight")
+        if task != "none":
+            rules += copy_rules("pooler.dense", "bert.pooler.dense") + copy_rules("seq_relationship",
+                                                                                   "cls.seq_relationship")
+        return [Target("", arch, "bert", m, rules)]
+
+    def recognise(self, sources: dict[str, HFSource]) -> dict | None:
+        src = sources.get("")
+        if src is None:
+            return None
+        if src.model_type == "bert" and src.has("cls.predictions.transform.dense.weight"):
+            return {"name": "mlm", "sentence_task": "nsp" if src.has("cls.seq_relationship.weight") else "none"}
+        if src.model_type == "electra" and src.has("generator_predictions.dense.weight"):
+            return {"name": "mlm", "sentence_task": "none"}
+        return None
+
+    def import_parts(self, cfg: Config, sources: dict[str, HFSource]) -> list[ImportPart]:
+        src = sources[""]
+        if src.model_type == "electra":
+            return [ImportPart(src, electra_generator_target(cfg.model, "", "").rules, "mlm")]
+        return [ImportPart(src, self.export_targets(cfg)[0].rules, "mlm")]

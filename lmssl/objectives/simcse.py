@@ -10,41 +10,24 @@ The model usually starts from a pretrained encoder (`model.init_from`: MLM or EL
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from lmssl.config import Config, ConfigError, ObjectiveConfig, cache_dir, data_root, resolve_data_path
+from lmssl.config import Config, SimCSEConfig
+from lmssl.data.paths import cache_dir, resolve_data_path
 from lmssl.data.sentences import SentenceDataset, pad_sentences, tokenize_sentences
 from lmssl.data.tokenizer import TextTokenizer
-from lmssl.evaluation.sts import STS_SETS, evaluate_sts, pool
+from lmssl.errors import ConfigError
+from lmssl.interop.hf.adapter import HFAdapter, ImportPart, Target, check_bert_like, sentence_transformers_files
+from lmssl.interop.hf.rules import Rule, bert_trunk_rules, copy_rules
+from lmssl.interop.hf.source import HFSource, read_json
 from lmssl.model.attention import AttnSpec
 from lmssl.model.heads import Pooler
+from lmssl.model.pooling import pool
 from lmssl.model.transformer import Transformer
-from lmssl.objectives.base import Batch, Objective, Output
-from lmssl.objectives.mlm import require_roles
-
-
-@dataclass
-class SimCSEConfig(ObjectiveConfig):
-    name: str = "simcse"  # unsupervised SimCSE: contrastive sentence embeddings, dropout as augmentation
-    temperature: float = 0.05  # t dividing the cosine similarities (SimCSE §3, Table D.1: 0.05)
-    pooling: Literal["cls", "cls_before_pooler", "mean"] = "cls"  # cls: MLP on [CLS] while training only
-    sentence_split: Literal["auto", "line", "wikitext"] = "auto"  # data.train: one sentence per line, or WikiText paragraphs cut into sentences; auto = wikitext when it starts with a WikiText title
-    sts_eval: str = "stsb_dev"  # STS set scored every eval.every steps and at the end; best weights kept in output_dir/best ("" = none)
-
-    def check(self, cfg: Config, check) -> None:
-        check(self.temperature > 0, "objective.temperature", "must be positive")
-        check(self.sts_eval in ("", *STS_SETS), "objective.sts_eval", f"choose one of {', '.join(STS_SETS)} or ''")
-        check(cfg.model.dropout > 0 or cfg.model.attention_dropout > 0, "model.dropout",
-              "must be > 0: dropout is SimCSE's only augmentation (with none, both views are identical)")
-        check(not cfg.data.streaming, "data.streaming", "simcse holds its sentences in memory; set data.streaming=false")
-        check(not cfg.data.valid, "data.valid", "simcse is validated on STS (objective.sts_eval), not on a text "
-                                                "split; set data.valid to ''")
+from lmssl.objectives.base import Batch, Objective, Output, require_roles
 
 
 def gather_from_all_ranks(z: torch.Tensor) -> torch.Tensor:
@@ -61,7 +44,8 @@ def gather_from_all_ranks(z: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts)
 
 
-def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def contrastive_loss(z1: torch.Tensor, z2: torch.Tensor,
+                     temperature: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """InfoNCE over (N, H) view pairs: anchor z1[i], positive z2[i], negatives z2[j != i] (SimCSE eq. 1)."""
     sim = F.normalize(z1, dim=-1) @ F.normalize(z2, dim=-1).T  # (N, N) cosine similarities
     labels = torch.arange(len(z1), device=z1.device)
@@ -81,7 +65,6 @@ class SimCSE(Objective):
         super().__init__(cfg, tokenizer)
         require_roles(tokenizer, ("cls", "sep"), "simcse")
         self.ocfg: SimCSEConfig = cfg.objective
-        self.tokenizer = tokenizer
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
         self.trunk = Transformer(cfg.model)
         # SimCSE's MLPLayer on [CLS]: dense + tanh, BERT's pooler shape, freshly initialised (not a pretrained pooler)
@@ -90,6 +73,10 @@ class SimCSE(Objective):
 
     def sentence_pooling(self) -> str:
         return "mean" if self.ocfg.pooling == "mean" else "cls"  # the MLP is for training only
+
+    def sts_sets(self) -> tuple[str, ...]:
+        """SimCSE selects checkpoints on STS-B dev Spearman (objective.sts_eval)."""
+        return (self.ocfg.sts_eval,) if self.ocfg.sts_eval else ()
 
     def dataset(self, split: str, tokenizer: TextTokenizer) -> SentenceDataset:
         key = f"data.{split}"
@@ -120,10 +107,40 @@ class SimCSE(Objective):
         loss, metrics = contrastive_loss(z1, z2, self.ocfg.temperature)
         return Output(loss, metrics)
 
-    def extra_eval(self) -> dict[str, float]:
-        """Spearman x 100 on `objective.sts_eval` (STS-B dev by default), as SimCSE selects checkpoints."""
-        if not self.ocfg.sts_eval:
-            return {}
-        scores = evaluate_sts(self, self.tokenizer, data_root(self.cfg), (self.ocfg.sts_eval,),
-                              batch_size=self.cfg.eval.batch_size)
-        return {f"{name}_spearman": value for name, value in scores.items()}
+
+class SimCSEAdapter(HFAdapter):
+    """BertModel, with the training MLP stored as BERT's pooler (as SimCSE's released checkpoints) and
+    sentence-transformers pooling files; imports any BERT/ELECTRA encoder (heads it has are ignored)."""
+    exports = ("BertModel",)
+    imports = ("BertModel", "ElectraModel", "any BERT/ELECTRA encoder")
+    fallback = True
+    import_data = {"valid": ""}  # validated on STS, not on a text split
+
+    def export_targets(self, cfg: Config) -> list[Target]:
+        check_bert_like(cfg.model, "BertModel")
+        return [Target("", "BertModel", "bert", cfg.model, self._rules(cfg, ""))]
+
+    def extra_files(self, cfg: Config, target: Target) -> dict[str, str]:
+        return sentence_transformers_files(cfg.objective.pooling, target.model, cfg.data.seq_len)
+
+    def recognise(self, sources: dict[str, HFSource]) -> dict | None:
+        src = sources.get("")
+        if src is None or src.model_type not in ("bert", "electra"):
+            return None
+        pooling_file = src.directory / "1_Pooling" / "config.json"
+        mean = pooling_file.is_file() and read_json(pooling_file).get("pooling_mode_mean_tokens", False)
+        has_pooler = src.has(f"{src.prefix}pooler.dense.weight")
+        pooling = "mean" if mean else ("cls" if has_pooler and src.model_type == "bert" else "cls_before_pooler")
+        return {"name": "simcse", "pooling": pooling}
+
+    def import_parts(self, cfg: Config, sources: dict[str, HFSource]) -> list[ImportPart]:
+        src = sources[""]
+        return [ImportPart(src, self._rules(cfg, src.prefix), "simcse")]
+
+    @staticmethod
+    def _rules(cfg: Config, prefix: str) -> list[Rule]:
+        rules = bert_trunk_rules(cfg.model, "trunk.", prefix)
+        if cfg.objective.pooling == "cls":  # the training MLP <-> BERT's pooler
+            rules += copy_rules("mlp.dense", f"{prefix}pooler.dense")
+        return rules
+

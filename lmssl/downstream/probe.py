@@ -22,8 +22,8 @@ import torch
 import torch.nn as nn
 
 from lmssl.engine.torch_engine import autocast
-from lmssl.evaluation.classifier import SequenceClassifier, task_loss
-from lmssl.objectives.base import Output
+from lmssl.model.batch import Output
+from lmssl.model.classifier import SequenceClassifier, task_loss
 
 
 @dataclass

@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from lmssl.config import REPO_ROOT, ConfigError, _suggest
-from lmssl.evaluation.task_metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
+from lmssl.config import REPO_ROOT
+from lmssl.downstream.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
+from lmssl.errors import ConfigError, did_you_mean
 
 TASKS_DIR = REPO_ROOT / "configs" / "tasks"
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
@@ -86,7 +87,7 @@ def card_from_dict(raw: dict, source: str) -> TaskCard:
 
     for key in raw:
         if key not in CARD_KEYS:
-            raise ConfigError(f"{source}: unknown key '{key}'" + _suggest(str(key), list(CARD_KEYS)))
+            raise ConfigError(f"{source}: unknown key '{key}'" + did_you_mean(str(key), list(CARD_KEYS)))
     for key in ("train", "dev", "text_columns", "label_column"):
         if raw.get(key) in (None, "", [], {}):
             fail(key, "required")
@@ -125,7 +126,7 @@ def card_from_dict(raw: dict, source: str) -> TaskCard:
     for m in metrics:
         if m not in valid:
             fail("metrics", f"unknown {'regression' if regression else 'classification'} metric {m!r}"
-                 + _suggest(str(m), list(valid)))
+                 + did_you_mean(str(m), list(valid)))
     if "f1" in metrics and len(labels) != 2:
         fail("metrics", f"f1 is binary (the second label is the positive class); this task has {len(labels)} labels")
     return TaskCard(name=name, train=str(raw["train"]), dev=dev, text_columns=columns, label_column=raw["label_column"],

@@ -52,7 +52,8 @@ def compute_metric(name: str, predictions: np.ndarray, labels: np.ndarray) -> fl
             return math.nan  # undefined for a constant input (scipy would warn and return NaN)
         value = (pearsonr if name == "pearson" else spearmanr)(predictions, labels)[0]
     else:
-        raise ValueError(f"unknown metric {name!r}; choose from {', '.join(CLASSIFICATION_METRICS + REGRESSION_METRICS)}")
+        valid = ", ".join(CLASSIFICATION_METRICS + REGRESSION_METRICS)
+        raise ValueError(f"unknown metric {name!r}; choose from {valid}")
     return 100.0 * float(value)
 
 

@@ -27,10 +27,12 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
-from lmssl.config import ConfigError
+from lmssl.config import STS_SETS, STS_TEST_SETS
 from lmssl.data.sentences import pad_sentences
 from lmssl.data.tokenizer import TextTokenizer
+from lmssl.errors import ConfigError
 from lmssl.model.attention import AttnSpec
+from lmssl.model.pooling import POOLINGS, pool
 
 AGGREGATION = "all"
 STS_SUBSETS = {  # SentEval's subsets per year (STS13 without the licensed SMT subset)
@@ -40,9 +42,9 @@ STS_SUBSETS = {  # SentEval's subsets per year (STS13 without the licensed SMT s
     "sts15": ("answers-forums", "answers-students", "belief", "headlines", "images"),
     "sts16": ("answer-answer", "headlines", "plagiarism", "postediting", "question-question"),
 }
-TEST_SETS = ("sts12", "sts13", "sts14", "sts15", "sts16", "stsb_test", "sickr")  # averaged into `avg`
-STS_SETS = ("stsb_dev", *TEST_SETS)
-POOLINGS = ("cls", "mean")
+TEST_SETS = STS_TEST_SETS  # averaged into `avg`
+__all__ = ["AGGREGATION", "POOLINGS", "STS_SETS", "STS_SUBSETS", "TEST_SETS", "embed", "evaluate_sts", "load_sts",
+           "spearman_x100"]
 
 
 @dataclass
@@ -131,14 +133,6 @@ def embed(encoder: torch.nn.Module, tokenizer: TextTokenizer, sentences: list[st
             out = torch.empty(len(sentences), pooled.shape[-1])
         out[torch.from_numpy(rows)] = pooled.cpu()
     return out
-
-
-def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """(B, T, H) hidden states and (B, T) real-token mask -> (B, H)."""
-    if pooling == "cls":
-        return hidden[:, 0]
-    weights = mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
-    return (hidden * weights).sum(1) / weights.sum(1)
 
 
 def evaluate_sts(objective, tokenizer: TextTokenizer, root: Path, sets: tuple[str, ...] = STS_SETS, *,

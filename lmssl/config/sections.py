@@ -1,0 +1,128 @@
+"""The sections of a pretraining config: plain dataclasses, one line of comment per field."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+@dataclass
+class ModelConfig:
+    preset: Literal["bert", "gpt2"] = "bert"  # architecture family; sets the defaults of the fields below
+    vocab_size: int = 0  # 0 = the tokenizer's vocabulary size
+    hidden_size: int = 256  # width of the residual stream
+    num_layers: int = 4  # transformer blocks
+    num_heads: int = 4  # attention heads; must divide hidden_size
+    ffn_size: int = 1024  # inner width of the feed-forward block
+    max_positions: int = 512  # rows of the learned position table (upper bound on sequence length)
+    embedding_size: int = 0  # factorised embedding width (ELECTRA); 0 = hidden_size
+    type_vocab_size: int = 2  # token-type (segment) embeddings; 0 = none
+    norm: Literal["post", "pre"] = "post"  # LayerNorm placement: post-LN as BERT, pre-LN (+ final LN) as GPT-2
+    norm_eps: float = 1e-12  # LayerNorm epsilon (BERT 1e-12, GPT-2 1e-5)
+    position: Literal["learned", "rope"] = "learned"  # absolute learned positions, or rotary embeddings
+    rope_theta: float = 10000.0  # RoPE base frequency
+    activation: Literal["gelu", "gelu_tanh"] = "gelu"  # exact GELU (BERT) or tanh approximation (GPT-2)
+    dropout: float = 0.1  # dropout on embeddings and residual branches
+    attention_dropout: float = 0.1  # dropout on attention probabilities
+    tie_embeddings: bool = True  # output projection shares the input embedding matrix
+    init_std: float = 0.02  # std of the normal initialisation
+    # attention kernel: sdpa (PyTorch, CPU/GPU); flash (flash-attn varlen: CUDA, fp16/bf16); auto = flash where it runs
+    attention_backend: Literal["auto", "sdpa", "flash"] = "auto"
+    # checkpoint, run or Hugging Face directory whose encoder initialises the trunk (unset model keys take its shape)
+    init_from: str = ""
+
+
+# fields that may differ from the model.init_from source: regularisation and execution choices, and the output
+# head's tying; every other field shapes or defines the trunk and must match the source
+INIT_FREE_FIELDS = ("preset", "dropout", "attention_dropout", "init_std", "attention_backend", "tie_embeddings",
+                    "init_from")
+
+# architecture families; values here are defaults, keys written in the config win
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "bert": dict(norm="post", norm_eps=1e-12, activation="gelu", type_vocab_size=2, position="learned"),
+    "gpt2": dict(norm="pre", norm_eps=1e-5, activation="gelu_tanh", type_vocab_size=0, position="learned"),
+}
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "mlm"  # registered objective: see lmssl.objectives.OBJECTIVES
+
+    def check(self, cfg: "Config", check) -> None:
+        """Cross-field validation: call check(condition, key, message) for each rule (see validate.py)."""
+
+
+@dataclass
+class DataConfig:
+    root: str = ""  # data root for relative paths; "" = $LMSSL_DATA, else ../shared/data beside the repo
+    train: str = "wikitext-2/train.txt"  # training corpus (text, .jsonl or .parquet), relative to the data root
+    valid: str = "wikitext-2/valid.txt"  # validation corpus; "" = none
+    format: Literal["auto", "text", "jsonl", "parquet"] = "auto"  # corpus format; auto = from the file suffix
+    doc_split: Literal["auto", "blank_line", "line", "wikitext"] = "auto"  # how plain text splits into documents
+    text_field: str = "text"  # column holding the text in JSONL/Parquet
+    tokenizer: str = "wikitext2-wordpiece"  # name under tokenizers/ or path to a tokenizer.json
+    tokenizer_type: Literal["wordpiece", "bpe", "unigram"] = "wordpiece"  # recipe if the tokenizer must be trained
+    tokenizer_vocab_size: int = 8192  # vocabulary size if the tokenizer must be trained
+    seq_len: int = 128  # tokens per training sequence
+    document_mask: bool = False  # stop attention at document boundaries inside packed sequences
+    streaming: bool = False  # read and tokenize the corpus on the fly (corpora larger than memory)
+    shuffle_buffer: int = 10000  # sequences in the shuffle buffer when streaming
+    cache_dir: str = ""  # tokenization cache; "" = $LMSSL_CACHE, else ~/.cache/lmssl
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/default"  # metrics, TensorBoard logs and checkpoints go here
+    max_steps: int = 300  # optimizer steps
+    batch_size: int = 32  # sequences per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 1e-3  # peak learning rate
+    weight_decay: float = 0.01  # AdamW decay (never applied to norms, biases, embeddings)
+    adam_beta1: float = 0.9  # AdamW beta1
+    adam_beta2: float = 0.98  # AdamW beta2
+    adam_eps: float = 1e-6  # AdamW epsilon
+    warmup_steps: int = 30  # linear warmup steps
+    schedule: Literal["linear", "cosine", "constant"] = "linear"  # decay after warmup
+    final_lr_ratio: float = 0.0  # learning rate at max_steps as a fraction of lr
+    clip_grad: float = 1.0  # max global gradient norm; 0 = no clipping
+    # torch engine: bf16 autocast over fp32 weights; deepspeed: its bf16/fp16 mixed precision (fp16: deepspeed only)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    seed: int = 0  # seeds python, numpy, torch and the data order
+    log_every: int = 10  # steps between metrics.jsonl lines
+    save_every: int = 100  # steps between checkpoints (0 = only at the end)
+    keep_checkpoints: int = 2  # most recent checkpoints kept (0 = all)
+    resume: bool = False  # continue from the latest checkpoint in output_dir
+    tensorboard: bool = True  # also write TensorBoard event files
+    num_threads: int = 0  # torch CPU threads; 0 = torch's default
+    engine: Literal["torch", "deepspeed"] = "torch"  # plain PyTorch (DDP under torchrun) or DeepSpeed
+    zero_stage: int = 0  # deepspeed: ZeRO stage 0-3 (optimizer states / + gradients / + parameters partitioned)
+    offload_optimizer: bool = False  # deepspeed: keep optimizer states in CPU memory (ZeRO stage >= 1)
+    offload_params: bool = False  # deepspeed: keep parameters in CPU memory (ZeRO stage 3)
+    deepspeed: str = ""  # deepspeed: JSON file whose keys are added to the generated config (contradictions stop)
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0  # evaluate on data.valid every N steps; 0 = only at the end
+    max_batches: int = 0  # validation batches per evaluation; 0 = the whole split
+    batch_size: int = 32  # sequences per validation batch
+    likelihood_max_words: int = 500  # PPL (causal) / pseudo-PPL (masked) on the first N words of data.valid; 0 = off
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)  # the trunk
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # pretraining objective
+    data: DataConfig = field(default_factory=DataConfig)  # corpora, tokenizer, packing
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimisation and checkpoints
+    eval: EvalConfig = field(default_factory=EvalConfig)  # validation during and after training
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {"model": ModelConfig, "objective": ObjectiveConfig, "data": DataConfig, "train": TrainConfig,
+            "eval": EvalConfig}

@@ -1,0 +1,62 @@
+"""Tokenize once, memory-map afterwards: the one cache every tokenized corpus (packed streams, sentence pairs'
+segments, SimCSE's sentences) goes through, keyed by the file, the tokenizer's contents and the options."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, TypeVar
+
+import numpy as np
+
+from lmssl.atomic import atomic_directory
+from lmssl.data.tokenizer import TextTokenizer
+
+ENCODE_CHUNK = 1000  # texts per encode_batch call
+T = TypeVar("T")
+
+
+def stream_dtype(vocab_size: int):
+    """The narrowest integer type that holds every token id (uint16 up to 65,536 tokens)."""
+    return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32
+
+
+def encode_in_chunks(tokenizer: TextTokenizer, items: Iterable[T],
+                     text: Callable[[T], str] = lambda x: x) -> Iterator[tuple[T, list[int]]]:
+    """(item, token ids of text(item)) for each item, in order, encoded ENCODE_CHUNK at a time."""
+    batch: list[T] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == ENCODE_CHUNK:
+            yield from zip(batch, tokenizer.encode_batch([text(x) for x in batch]))
+            batch = []
+    if batch:
+        yield from zip(batch, tokenizer.encode_batch([text(x) for x in batch]))
+
+
+def cache_key(path: Path, tokenizer: TextTokenizer, **options) -> str:
+    st = path.stat()
+    ident = json.dumps({"path": str(path.resolve()), "size": st.st_size, "mtime": st.st_mtime_ns,
+                        "tokenizer": tokenizer.fingerprint(), **options}, sort_keys=True)
+    return hashlib.sha1(ident.encode()).hexdigest()[:20]
+
+
+def save_cache(target: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    """`NAME.npy` for each array plus meta.json, as one directory renamed into place (meta.json marks a complete
+    entry); when another process finished the same entry first, ours is dropped (both are identical)."""
+    with atomic_directory(target, exists="keep") as tmp:
+        for name, array in arrays.items():
+            np.save(tmp / f"{name}.npy", array)
+        (tmp / "meta.json").write_text(json.dumps(meta))
+
+
+def cached_arrays(path: Path, tokenizer: TextTokenizer, cache_root: Path, label: str, names: tuple[str, ...],
+                  build: Callable[[], tuple[dict[str, np.ndarray], dict]], **options) -> dict[str, np.ndarray]:
+    """The arrays `names` tokenized from `path`: built by `build()` (arrays and meta) the first time, then read
+    from `cache_root/<stem>-<label>-<key>`; `tokens` is memory-mapped."""
+    key = cache_key(path, tokenizer, **options)
+    target = Path(cache_root) / f"{path.stem}-{label + '-' if label else ''}{key}"
+    if not (target / "meta.json").exists():
+        arrays, meta = build()
+        save_cache(target, arrays, {"source": str(path), **meta})
+    return {name: np.load(target / f"{name}.npy", mmap_mode="r" if name == "tokens" else None) for name in names}

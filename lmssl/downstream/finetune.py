@@ -1,0 +1,250 @@
+"""Fine-tuning and linear probing of one task from any pretrained checkpoint (`lmssl finetune`; lmssl.downstream.glue
+is the command around it).
+
+For each seed: the pretrained encoder (`Objective.encoder()`: MLM/CLM/SimCSE trunk, ELECTRA
+discriminator) gets a pooled-representation head (lmssl.model.classifier), trains for
+`finetune.epochs` with AdamW, linear warmup over the first 10% of the steps and linear decay to 0 (BERT
+§A.3; the TorchEngine of pretraining), is evaluated on the dev set(s) after each epoch, and keeps its
+best epoch (the task score on the first dev set). Results are the mean and sample std over seeds of the
+best-epoch dev metrics; the best weights over all seeds and epochs are written to `output_dir/best`.
+Dev-set selection and reporting is what BERT/ELECTRA report as "dev" results; it is optimistic for small
+dev sets (RTE, MRPC, WNLI). Metrics: lmssl.downstream.metrics (scikit-learn / scipy).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from lmssl.atomic import write_text
+from lmssl.config import Config, FinetuneConfig, TrainConfig
+from lmssl.data.paths import root_dir
+from lmssl.data.tokenizer import TextTokenizer
+from lmssl.downstream.encoding import EncodedSet, encode_texts
+from lmssl.downstream.metrics import compute_metrics, mean_std
+from lmssl.downstream.probe import LinearProbe, compute_features, fold_standardization, freeze, standardize
+from lmssl.downstream.tasks import TaskCard, read_task_file, resolve_file
+from lmssl.engine import TorchEngine
+from lmssl.engine.torch_engine import autocast
+from lmssl.errors import ConfigError
+from lmssl.model.classifier import SequenceClassifier, predictions
+from lmssl.pretrained import load_pretrained, locate, resolve_device, save_finetuned
+from lmssl.rng import seed_everything
+
+FINETUNE_ADAM = dict(adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-6, clip_grad=1.0)  # BERT's fine-tuning optimizer
+
+
+@dataclass
+class EncoderSource:
+    """What fine-tuning needs from a checkpoint: the architecture, tokenizer and encoder weights."""
+    path: str  # as given (a checkpoint, a run directory, ...)
+    checkpoint_dir: str  # the checkpoint directory read
+    cfg: Config
+    tokenizer: TextTokenizer
+    causal: bool
+    encoder_state: dict  # Objective.encoder() weights
+    pooler_state: dict | None  # the objective's pretrained pooler (MLM with NSP/SOP), else None
+
+
+def load_source(path: str | Path) -> EncoderSource:
+    found = locate(path)
+    cfg, tokenizer, objective = load_pretrained(found)
+    pooler = objective.pretrained_pooler()
+    return EncoderSource(str(path), str(found), cfg, tokenizer, objective.causal,
+                         copy.deepcopy(objective.encoder().state_dict()),
+                         copy.deepcopy(pooler.state_dict()) if pooler is not None else None)
+
+
+def build_classifier(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig) -> SequenceClassifier:
+    """The task model of one seed (call after seeding): pretrained encoder (and pooler) unless from_scratch."""
+    use_pooler = not source.causal and not fcfg.probe
+    model = SequenceClassifier(source.cfg.model, source.causal, card.num_outputs, card.regression, use_pooler)
+    if not fcfg.from_scratch:
+        model.encoder.load_state_dict(source.encoder_state)
+        if use_pooler and source.pooler_state is not None and fcfg.reuse_pooler:
+            model.pooler.load_state_dict(source.pooler_state)
+    return model
+
+
+@torch.no_grad()
+def evaluate(model, dataset, card: TaskCard, batch_size: int, device: torch.device,
+             precision: str = "fp32") -> dict[str, float]:
+    """The card's metrics (x 100) and their mean `score` on one dataset, without dropout."""
+    model.eval()
+    order = dataset.eval_order()
+    out = torch.empty(len(dataset), dtype=torch.float32 if card.regression else torch.long)
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        with autocast(device, precision):
+            logits = model.logits(dataset.batch(rows).to(device))
+        out[torch.from_numpy(rows)] = predictions(logits, card.regression).cpu()
+    return compute_metrics(card.metrics, out.numpy(), dataset.targets.numpy())
+
+
+def _flat(dev: dict[str, dict[str, float]]) -> dict[str, float]:
+    """{metric: v} for one dev set, {f"{set}_{metric}": v} for several (MNLI: matched_accuracy, ...)."""
+    if len(dev) == 1:
+        return dict(next(iter(dev.values())))
+    return {f"{name}_{k}": v for name, metrics in dev.items() for k, v in metrics.items()}
+
+
+def train_seed(model, train_set, dev_sets: dict, card: TaskCard, fcfg: FinetuneConfig, seed: int,
+               device: torch.device) -> tuple[list[dict], dict]:
+    """Train `model` (a SequenceClassifier, or a LinearProbe on features); evaluate after every epoch.
+    Returns the per-epoch records and the best epoch's (record, state_dict)."""
+    steps = math.ceil(len(train_set) / fcfg.batch_size)
+    total = steps * fcfg.epochs
+    tcfg = TrainConfig(max_steps=total, batch_size=fcfg.batch_size, lr=fcfg.probe_lr if fcfg.probe else fcfg.lr,
+                       weight_decay=fcfg.weight_decay, warmup_steps=round(fcfg.warmup_ratio * total),
+                       schedule="linear", final_lr_ratio=0.0, seed=seed, precision=fcfg.precision, **FINETUNE_ADAM)
+    engine = TorchEngine(model, tcfg, device=device)
+    order_rng = np.random.default_rng(seed)
+    records, best = [], None
+    bar = tqdm(total=total, desc=f"{card.name} seed {seed}", unit="step", dynamic_ncols=True, leave=False)
+    for epoch in range(1, fcfg.epochs + 1):
+        order, losses = order_rng.permutation(len(train_set)), []
+        for start in range(0, len(order), fcfg.batch_size):
+            stats = engine.train_step([train_set.batch(order[start:start + fcfg.batch_size])])
+            losses.append(stats["loss"])
+            bar.update()
+            bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-20:]):.3f}")
+        dev = {name: evaluate(model, data, card, fcfg.eval_batch_size, engine.device, fcfg.precision)
+               for name, data in dev_sets.items()}
+        record = {"epoch": epoch, "train_loss": float(np.mean(losses)),
+                  "train_loss_first_steps": float(np.mean(losses[:10])),
+                  "train_loss_last_steps": float(np.mean(losses[-10:])), **_flat(dev)}
+        records.append(record)
+        score = _selectable(next(iter(dev.values()))["score"])
+        if best is None or score > best[0]["score_selection"]:
+            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best = ({**record, "score_selection": score}, state)
+    bar.close()
+    return records, best
+
+
+def _selectable(score: float) -> float:
+    """A score to maximise: an undefined one (NaN: constant predictions) ranks below every defined one."""
+    return score if math.isfinite(score) else -math.inf
+
+
+def finite(value):
+    """NaN -> None, recursively, so the JSON is standard."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def check_output(out: Path, fcfg: FinetuneConfig) -> None:
+    if (out / "results.json").exists() and not fcfg.overwrite:
+        raise ConfigError(f"key 'finetune.output_dir': {out} already holds results.json; set finetune.overwrite=true "
+                          f"or choose another finetune.output_dir")
+
+
+def subsample_rows(total: int, size: int, data_seed: int) -> np.ndarray:
+    """Indices of a uniform random subsample of `size` of `total` examples (all when size is 0 or >= total),
+    in file order; a pure function of data_seed."""
+    if not size or size >= total:
+        return np.arange(total)
+    return np.sort(np.random.default_rng(data_seed).choice(total, size, replace=False))
+
+
+@dataclass
+class TaskData:
+    """A task's encoded training subsample and dev sets, and how they were drawn."""
+    train: EncodedSet
+    dev: dict[str, EncodedSet]
+    total: int  # training examples in the file
+    subsample: dict | None  # how the training subsample was drawn (None = all examples)
+    max_length: int  # tokens per example after truncation
+
+
+def encode_task(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig) -> TaskData:
+    root = root_dir(fcfg.data_root)
+    train = read_task_file(card, resolve_file(card, card.train, root))
+    devs = {name: read_task_file(card, resolve_file(card, f, root)) for name, f in card.dev.items()}
+    rows, subsample = subsample_rows(len(train), fcfg.max_train_examples, fcfg.data_seed), None
+    if len(rows) < len(train):
+        subsample = {"max_train_examples": fcfg.max_train_examples, "data_seed": fcfg.data_seed,
+                     "method": "uniform without replacement: numpy default_rng(data_seed).choice, file order kept"}
+    m = source.cfg.model
+    max_length = fcfg.max_length if m.position == "rope" else min(fcfg.max_length, m.max_positions)
+    tok, use_types = source.tokenizer, m.type_vocab_size >= 2
+    pad_id = tok.pad_id if tok.pad_id is not None else 0  # masked out of attention anyway
+
+    def encoded(data, index) -> EncodedSet:
+        ids, types = encode_texts(tok, [data.texts[i] for i in index], source.causal, max_length)
+        return EncodedSet(ids, types, data.targets[index], pad_id, source.causal, use_types)
+
+    return TaskData(encoded(train, rows), {name: encoded(d, np.arange(len(d))) for name, d in devs.items()},
+                    len(train), subsample, max_length)
+
+
+def pooling_description(source: EncoderSource, fcfg: FinetuneConfig) -> str:
+    if source.causal:
+        return "last token"
+    if fcfg.probe:
+        return "[CLS]"
+    pretrained = source.pooler_state is not None and fcfg.reuse_pooler and not fcfg.from_scratch
+    return "[CLS] + " + ("pretrained pooler" if pretrained else "fresh pooler")
+
+
+def run_task(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig, out: Path) -> dict:
+    """Fine-tune (or probe) on one task over `fcfg.seeds` seeds; write results.json and best/; return the results."""
+    started, device = time.perf_counter(), resolve_device(fcfg.device)
+    check_output(out, fcfg)
+    data = encode_task(source, card, fcfg)
+    mode = "probe" if fcfg.probe else "finetune"
+    seeds, best_overall, cached = [], None, None
+    for seed in range(fcfg.seed, fcfg.seed + fcfg.seeds):
+        seed_everything(seed)
+        model = build_classifier(source, card, fcfg).to(device)
+        trained, train_data, dev_data = model, data.train, data.dev
+        if fcfg.probe:
+            freeze(model.encoder)
+            if cached is None or fcfg.from_scratch:  # a pretrained frozen encoder gives every seed the same features
+                features = compute_features(model, data.train, fcfg.eval_batch_size, device, fcfg.precision)
+                dev_features = {n: compute_features(model, d, fcfg.eval_batch_size, device, fcfg.precision)
+                                for n, d in data.dev.items()}
+                cached = (features, dev_features, standardize(features, list(dev_features.values())))
+            train_data, dev_data, scale = cached
+            trained = LinearProbe(model.head, card.regression)
+        records, (best, state) = train_seed(trained, train_data, dev_data, card, fcfg, seed, device)
+        trained.load_state_dict(state)
+        if fcfg.probe:
+            fold_standardization(model.head, *scale)  # the saved head reads raw features
+        metrics = {k: v for k, v in best.items()
+                   if k not in ("epoch", "score_selection") and not k.startswith("train_")}
+        seeds.append({"seed": seed, "best_epoch": best["epoch"], "metrics": metrics, "epochs": records})
+        if best_overall is None or best["score_selection"] > _selectable(best_overall["score"]):
+            best_overall = {"seed": seed, "epoch": best["epoch"], "score": best["score_selection"],
+                            "dir": str(out / "best")}
+            save_finetuned(out / "best", model, source.cfg, source.tokenizer, finite({
+                "card": card.to_dict(), "causal": source.causal, "use_pooler": model.pooler is not None,
+                "max_length": data.max_length, "mode": mode, "from_scratch": fcfg.from_scratch,
+                "checkpoint": source.path, "seed": seed, "epoch": best["epoch"], "metrics": metrics}))
+    summary = {k: mean_std([s["metrics"][k] for s in seeds]) for k in seeds[0]["metrics"]}
+    results = {
+        "task": card.name, "checkpoint": source.path, "checkpoint_dir": source.checkpoint_dir,
+        "objective": source.cfg.objective.name, "mode": mode, "from_scratch": fcfg.from_scratch,
+        "pooling": pooling_description(source, fcfg),
+        "metrics": {k: m for k, (m, _) in summary.items()}, "std": {k: s for k, (_, s) in summary.items()},
+        "train_examples": len(data.train), "train_examples_total": data.total, "subsample": data.subsample,
+        "dev_examples": {name: len(d) for name, d in data.dev.items()}, "max_length": data.max_length,
+        "selection": f"best epoch per seed on the {next(iter(card.dev))} set's score (mean of its metrics)",
+        "best": best_overall, "seeds": seeds, "card": card.to_dict(),
+        "finetune": {**asdict(fcfg), "lr_used": fcfg.probe_lr if fcfg.probe else fcfg.lr},
+        "elapsed_s": round(time.perf_counter() - started, 1),
+    }
+    write_text(out / "results.json", json.dumps(finite(results), indent=1) + "\n")
+    return results

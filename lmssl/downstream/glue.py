@@ -1,0 +1,121 @@
+"""`lmssl finetune CKPT TASK`: a GLUE task, a task card, or `glue` (every GLUE task under the data root, a
+table, resumable per task), around the one-task loop of lmssl.downstream.finetune."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from lmssl.atomic import write_text
+from lmssl.config import FinetuneConfig, finetune_config
+from lmssl.data.paths import root_dir
+from lmssl.downstream.finetune import check_output, finite, load_source, run_task
+from lmssl.downstream.metrics import glue_table
+from lmssl.downstream.tasks import GLUE_TASKS, TaskCard, glue_card, load_task_card, missing_files
+from lmssl.errors import ConfigError, did_you_mean
+from lmssl.pretrained import locate
+
+RUN_ONLY_KEYS = ("output_dir", "overwrite", "num_threads", "device", "eval_batch_size")  # change speed, not results
+
+
+def finished_result(out: Path, fcfg: FinetuneConfig, checkpoint_dir: str) -> dict | None:
+    """The results.json in `out` when it came from the same checkpoint and settings (an interrupted `glue`
+    run picks up where it stopped); None when `out` holds none (or overwrite is set); else refuse as
+    `check_output` does."""
+    path = out / "results.json"
+    if path.exists() and not fcfg.overwrite:
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        same = {k: v for k, v in asdict(fcfg).items() if k not in RUN_ONLY_KEYS}
+        stored = {k: v for k, v in old.get("finetune", {}).items() if k in same}
+        if old.get("checkpoint_dir") == checkpoint_dir and stored == same:
+            return old
+    check_output(out, fcfg)
+    return None
+
+
+def summary_line(results: dict) -> dict:
+    """The CLI's last line: the task, mean dev metrics (x 100), their std over seeds, and where it all is."""
+    line = {"task": results["task"], **{k: round(v, 2) for k, v in results["metrics"].items()}}
+    if len(results["seeds"]) > 1:
+        line.update({f"{k}_std": round(v, 2) for k, v in results["std"].items()})
+    line.update(seeds=len(results["seeds"]), train_examples=results["train_examples"], mode=results["mode"],
+                output_dir=str(Path(results["best"]["dir"]).parent))
+    return finite(line)
+
+
+def glue_task_name(task: str) -> str | None:
+    """'sst2', 'SST-2', 'sts-b' ... -> the GLUE task name, None if it is not one."""
+    name = task.lower().replace("-", "")
+    return name if name in GLUE_TASKS else None
+
+
+def task_card(task: str, root: Path) -> TaskCard:
+    """The card of one GLUE task present under the data root, or of a task card file."""
+    name = glue_task_name(task)
+    if name is not None:
+        card = glue_card(name)
+        missing = missing_files(card, root)
+        if missing:
+            raise ConfigError(f"GLUE task '{name}' is not present under the data root {root}: {', '.join(missing)} "
+                              f"not found (standard GLUE layout glue/<TASK>/train.tsv, dev.tsv; set LMSSL_DATA or "
+                              f"finetune.data_root)")
+        return card
+    if task.endswith((".yaml", ".yml")) or os.path.exists(task):
+        return load_task_card(task)
+    hint = did_you_mean(task.lower(), [*GLUE_TASKS, "glue"], list_valid=False)
+    raise ConfigError(f"unknown task {task!r}: choose a GLUE task ({' '.join(GLUE_TASKS)}), glue (all of them), "
+                      f"or the path of a task card (.yaml){hint}")
+
+
+def run_glue(checkpoint: str, fcfg: FinetuneConfig, root: Path) -> dict:
+    """Every GLUE task present under the data root (a task already done with the same checkpoint and settings is
+    reused), then glue.md and glue.json."""
+    out = Path(fcfg.output_dir or "runs/finetune/glue")
+    present, absent = [], {}
+    for name in GLUE_TASKS:
+        missing = missing_files(glue_card(name), root)
+        if missing:
+            absent[name] = f"{', '.join(missing)} not found"
+        else:
+            present.append(name)
+    if not present:
+        raise ConfigError(f"no GLUE task under the data root {root} (expected glue/<TASK>/train.tsv and dev.tsv); "
+                          f"set LMSSL_DATA or finetune.data_root")
+    checkpoint_dir = str(locate(checkpoint))  # outputs are checked before the weights load
+    done = {name: finished_result(out / name, fcfg, checkpoint_dir) for name in present}
+    for name in present:
+        if done[name] is not None:
+            sys.stderr.write(f"{name}: reusing {out / name / 'results.json'} (same checkpoint and settings)\n")
+    source = load_source(checkpoint) if None in done.values() else None
+    results = {name: done[name] or run_task(source, glue_card(name), fcfg, out / name) for name in present}
+    title = (f"GLUE dev: {checkpoint} (data root {root})" + (" (random init)" if fcfg.from_scratch else "")
+             + (" (linear probe)" if fcfg.probe else ""))
+    markdown, table = glue_table(results, absent, title)
+    write_text(out / "glue.md", markdown)
+    tasks = {name: {"metrics": r["metrics"], "std": r["std"]} for name, r in results.items()}
+    write_text(out / "glue.json", json.dumps(finite({"checkpoint": checkpoint, **table, "tasks": tasks}), indent=1)
+               + "\n")
+    sys.stderr.write(markdown)
+    return finite({"task": "glue", **{k: v for k, v in table.items() if k != "absent"},
+                    "absent": sorted(absent), "table": str(out / "glue.md")})
+
+
+def finetune(checkpoint: str, task: str, overrides: list[str]) -> dict:
+    """`lmssl finetune CKPT TASK [finetune.key=value ...]`: TASK is a GLUE task, `glue`, or a task card path."""
+    fcfg = finetune_config(overrides)
+    if fcfg.num_threads:
+        torch.set_num_threads(fcfg.num_threads)
+    root = root_dir(fcfg.data_root)
+    if task.lower() == "glue":
+        return run_glue(checkpoint, fcfg, root)
+    card = task_card(task, root)
+    out = Path(fcfg.output_dir or f"runs/finetune/{card.name}")
+    check_output(out, fcfg)
+    return summary_line(run_task(load_source(checkpoint), card, fcfg, out))

@@ -1,0 +1,98 @@
+"""What the likelihood evaluators share: the text to score, its size, the summary of a score, the windows.
+
+Texts are read as documents (`lmssl.data.corpus.iter_documents`: WikiText headings, blank lines,
+one per line, JSONL/Parquet rows) and every document is scored on its own, as the models were
+trained with document boundaries. Normalisers that make scores comparable across tokenizers are
+computed on the scored text itself: UTF-8 bytes, and whitespace-separated words.
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Iterable
+
+from lmssl.config import Config
+from lmssl.data.corpus import iter_documents
+from lmssl.data.paths import data_root
+from lmssl.errors import ConfigError
+
+WORD = re.compile(r"\S+")
+
+
+def resolve_text_file(value: str, cfg: Config) -> Path:
+    """The file to score: absolute, relative to the working directory if it exists there, else to the data root."""
+    p = Path(value).expanduser()
+    candidate = p if p.is_absolute() or p.exists() else data_root(cfg) / p
+    if not candidate.is_file():
+        raise ConfigError(f"FILE: text file not found: {value} (looked in the working directory and the data root "
+                          f"{data_root(cfg)}; set LMSSL_DATA)")
+    return candidate
+
+
+def read_documents(path: Path, max_words: int = 0, fmt: str = "auto", doc_split: str = "auto",
+                   text_field: str = "text") -> list[str]:
+    """The documents of a corpus file (`iter_documents`), cut after `max_words` words (0 = all)."""
+    documents = first_words(iter_documents(path, fmt, doc_split, text_field), max_words)
+    if not documents:
+        raise ConfigError(f"{path}: no text to score")
+    return documents
+
+
+def first_words(documents: Iterable[str], max_words: int) -> list[str]:
+    """Whole documents while they fit in `max_words` whitespace words, then the first words of the next one
+    (cut at a word boundary). Words, unlike tokens, are the same for every tokenizer, so models with
+    different vocabularies score exactly the same text. 0 = everything."""
+    kept, used = [], 0
+    for doc in documents:
+        words = count_words(doc)
+        if max_words and used + words > max_words:
+            room = max_words - used
+            if room > 0:
+                end = [m.end() for m in WORD.finditer(doc)][room - 1]
+                kept.append(doc[:end])
+            break
+        kept.append(doc)
+        used += words
+    return kept
+
+
+def count_words(text: str) -> int:
+    return len(WORD.findall(text))
+
+
+def count_bytes(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+def summarize(log_likelihood: float, tokens: int, documents: list[str], causal: bool) -> dict:
+    """The JSON fields of a score. `log_likelihood` is the total (natural log) over `tokens` scored tokens.
+
+    Causal: nll = mean negative log-likelihood per token, ppl = exp(nll), bits_per_byte = total NLL / ln 2 /
+    UTF-8 bytes, word_ppl = exp(total NLL / whitespace words). Masked: pll = the total pseudo-log-likelihood
+    (Salazar et al. 2020), pppl = exp(-pll / tokens), word_pppl = exp(-pll / words)."""
+    words = sum(count_words(d) for d in documents)
+    nbytes = sum(count_bytes(d) for d in documents)
+    nll = -log_likelihood
+    if causal:
+        return {"quantity": "perplexity", "ppl": _exp(nll / tokens), "nll": nll / tokens, "tokens": tokens,
+                "bits_per_byte": nll / math.log(2) / nbytes, "bytes": nbytes, "words": words,
+                "word_ppl": _exp(nll / words), "documents": len(documents)}
+    return {"quantity": "pseudo-perplexity", "pppl": _exp(nll / tokens), "pll": log_likelihood, "tokens": tokens,
+            "words": words, "word_pppl": _exp(nll / words), "bytes": nbytes, "documents": len(documents)}
+
+
+def _exp(x: float) -> float:
+    return math.exp(x) if x < 700 else math.inf
+
+
+def check_window(max_length: int, stride: int, cfg: Config, reserved: int = 0) -> None:
+    """Window options against the model: positions it has embeddings for, and strides that leave no token out."""
+    if max_length <= reserved:
+        raise ConfigError(f"--max-length: must be greater than {reserved}, got {max_length}")
+    if cfg.model.position == "learned" and max_length > cfg.model.max_positions:
+        raise ConfigError(f"--max-length: {max_length} exceeds the model's {cfg.model.max_positions} learned positions "
+                          f"(model.max_positions); use at most {cfg.model.max_positions}")
+    if not 1 <= stride <= max_length - reserved:
+        raise ConfigError(f"--stride: must be between 1 and {max_length - reserved} (--max-length {max_length}"
+                          + (f" minus {reserved} special tokens" if reserved else "") + f"), got {stride}")

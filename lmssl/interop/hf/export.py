@@ -1,0 +1,108 @@
+"""`lmssl export`: an lmssl model as `transformers` model directories (config.json + model.safetensors +
+tokenizer files), as its objective's adapter maps it (lmssl.interop.hf.adapter):
+
+    mlm                  BertForMaskedLM; + nsp/sop: BertForPreTraining; factorised embeddings: ElectraForMaskedLM
+    clm                  GPT2LMHeadModel
+    electra              discriminator/ ElectraForPreTraining + generator/ ElectraForMaskedLM
+    simcse               BertModel (its training MLP as pooler) + sentence-transformers pooling files
+
+A config the target cannot express (RoPE, pre-LN BERT, post-LN GPT-2, ...) stops with a message naming the
+option; an objective without an adapter is refused by name.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from lmssl.atomic import atomic_directory
+from lmssl.config import ModelConfig
+from lmssl.data.tokenizer import TextTokenizer
+from lmssl.errors import ConfigError
+from lmssl.interop.hf.adapter import Target
+from lmssl.interop.hf.rules import Rule
+from lmssl.objectives import hf_adapter
+from lmssl.pretrained import load_pretrained
+
+# our activation -> HF's name for the same function (gelu_pytorch_tanh is F.gelu(approximate="tanh") itself)
+ACTIVATION_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
+
+
+def hf_config(t: Target, tokenizer: TextTokenizer) -> dict[str, Any]:
+    m = t.model
+    common = {"architectures": [t.architecture], "model_type": t.model_type, "vocab_size": m.vocab_size,
+              "initializer_range": m.init_std, "tie_word_embeddings": m.tie_embeddings, "torch_dtype": "float32"}
+    if t.model_type == "gpt2":
+        eos = tokenizer.eos_id
+        return {**common, "n_positions": m.max_positions, "n_embd": m.hidden_size, "n_layer": m.num_layers,
+                "n_head": m.num_heads, "n_inner": m.ffn_size, "activation_function": ACTIVATION_TO_HF[m.activation],
+                "resid_pdrop": m.dropout, "embd_pdrop": m.dropout, "attn_pdrop": m.attention_dropout,
+                "layer_norm_epsilon": m.norm_eps, "bos_token_id": eos, "eos_token_id": eos, "scale_attn_weights": True,
+                "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False}
+    out = {**common, "hidden_size": m.hidden_size, "num_hidden_layers": m.num_layers,
+           "num_attention_heads": m.num_heads, "intermediate_size": m.ffn_size,
+           "hidden_act": ACTIVATION_TO_HF[m.activation], "hidden_dropout_prob": m.dropout,
+           "attention_probs_dropout_prob": m.attention_dropout, "max_position_embeddings": m.max_positions,
+           "type_vocab_size": m.type_vocab_size, "layer_norm_eps": m.norm_eps, "position_embedding_type": "absolute",
+           "pad_token_id": tokenizer.pad_id if tokenizer.pad_id is not None else 0}
+    if t.model_type == "electra":
+        out["embedding_size"] = m.embedding_size or m.hidden_size
+    return out
+
+
+def tokenizer_files(tokenizer: TextTokenizer, model: ModelConfig, causal: bool) -> dict[str, str]:
+    """tokenizer_config.json and special_tokens_map.json for our tokenizer.json, loaded by AutoTokenizer as a
+    fast tokenizer that tokenizes exactly as ours (the same `tokenizers` file: normalizer, pre-tokenizer,
+    model and the [CLS] A [SEP] B [SEP] template with token types)."""
+    def token(role):
+        i = tokenizer.roles.get(role)
+        return None if i is None else tokenizer.tokenizer.id_to_token(i)
+
+    if causal:  # GPT-2's convention: one <|endoftext|> for bos/eos/unk, no padding token
+        eos = token("eos")
+        special = {"bos_token": eos, "eos_token": eos, "unk_token": eos}
+        names = ["input_ids", "attention_mask"]  # GPT2 would add token_type_ids through its word embeddings
+    else:
+        special = {f"{r}_token": token(r) for r in ("unk", "sep", "pad", "cls", "mask")}
+        names = ["input_ids", "token_type_ids", "attention_mask"]
+    special = {k: v for k, v in special.items() if v is not None}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model.max_positions,
+              "padding_side": "right", "model_input_names": names, "clean_up_tokenization_spaces": False, **special}
+    return {"tokenizer_config.json": json.dumps(config, indent=2) + "\n",
+            "special_tokens_map.json": json.dumps(special, indent=2) + "\n"}
+
+
+def hf_state_dict(state: dict[str, torch.Tensor], rules: list[Rule]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+    for rule in rules:
+        for key, value in rule.to_theirs(state[rule.ours]).items():
+            out[key] = value.detach().to("cpu", torch.float32).contiguous().clone()  # no shared storage in safetensors
+    return out
+
+
+def export(checkpoint: str | Path, out_dir: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Write the `transformers` model directory (or ELECTRA's two) of a checkpoint (any path lmssl.pretrained
+    reads). Written to a temporary directory and renamed into place: a failed export leaves nothing behind."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise ConfigError(f"{out_dir} exists and is not empty; choose another output directory or pass --overwrite")
+    cfg, tokenizer, objective = load_pretrained(checkpoint)
+    adapter = hf_adapter(cfg.objective.name)
+    targets = adapter.export_targets(cfg)
+    state = objective.state_dict()
+    with atomic_directory(out_dir) as tmp:
+        for t in targets:
+            d = tmp / t.subdir
+            d.mkdir(parents=True, exist_ok=True)
+            save_file(hf_state_dict(state, t.rules), str(d / "model.safetensors"), metadata={"format": "pt"})
+            files = {"config.json": json.dumps(hf_config(t, tokenizer), indent=2) + "\n",
+                     **tokenizer_files(tokenizer, t.model, causal=objective.causal), **adapter.extra_files(cfg, t)}
+            for name, text in files.items():
+                (d / name).parent.mkdir(parents=True, exist_ok=True)
+                (d / name).write_text(text)
+            tokenizer.save(d)
+    return {"out": str(out_dir), "architectures": {t.subdir or ".": t.architecture for t in targets},
+            "objective": cfg.objective.name}
