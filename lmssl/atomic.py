@@ -1,5 +1,7 @@
-"""The one way a file or directory lands on disk: written under a temporary name beside its target, then
-renamed into place, so a reader never sees a half-written one and a failure leaves nothing behind."""
+"""The one way a file or directory lands on disk: written under a temporary name beside its target, flushed to
+the device (fsync of the files and the directory), then renamed into place. A reader never sees a half-written
+one, a crash leaves at most a `.tmp-*` beside it (removed by `remove_stale`), and a full disk is one line
+(lmssl.errors.storage_error) with nothing half-written left behind."""
 from __future__ import annotations
 
 import contextlib
@@ -8,6 +10,26 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator, Literal
+
+from lmssl.errors import ConfigError, storage_error
+
+TMP_PREFIX, OLD_PREFIX = ".tmp-", ".old-"
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a directory entry, to the device."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(directory: Path) -> None:
+    for root, _, files in os.walk(directory):
+        for name in files:
+            fsync_path(Path(root) / name)
+        fsync_path(Path(root))
 
 
 class AtomicDirectory:
@@ -19,17 +41,30 @@ class AtomicDirectory:
     def __init__(self, final: str | os.PathLike, exists: Literal["replace", "keep", "merge"] = "replace",
                  tmp_name: str | None = None):
         self.final, self.exists = Path(final), exists
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        if tmp_name is None:
-            self.path = Path(tempfile.mkdtemp(prefix=f".tmp-{self.final.name}-", dir=self.final.parent))
-        else:  # a name every process of a job agrees on (collective checkpoints)
-            self.path = self.final.parent / tmp_name
-            if self.path.exists():
-                shutil.rmtree(self.path)
-            self.path.mkdir()
-        self.path.chmod(0o755)  # mkdtemp makes it private
+        try:
+            self.final.parent.mkdir(parents=True, exist_ok=True)
+            if tmp_name is None:
+                self.path = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{self.final.name}-", dir=self.final.parent))
+            else:  # a name every process of a job agrees on (collective checkpoints)
+                self.path = self.final.parent / tmp_name
+                if self.path.exists():
+                    shutil.rmtree(self.path)
+                self.path.mkdir()
+            self.path.chmod(0o755)  # mkdtemp makes it private
+        except OSError as e:
+            raise storage_error(e, self.final) or e
 
     def commit(self) -> Path:
+        try:
+            fsync_tree(self.path)
+            self._rename()
+            fsync_path(self.final.parent)
+        except OSError as e:
+            self.abort()
+            raise storage_error(e, self.final) or e
+        return self.final
+
+    def _rename(self) -> None:
         if self.exists == "merge" and self.final.is_dir():
             for f in self.path.iterdir():
                 os.replace(f, self.final / f.name)
@@ -37,8 +72,8 @@ class AtomicDirectory:
         elif self.final.exists():
             if self.exists == "keep":
                 shutil.rmtree(self.path, ignore_errors=True)
-                return self.final
-            old = Path(tempfile.mkdtemp(prefix=f".old-{self.final.name}-", dir=self.final.parent))
+                return
+            old = Path(tempfile.mkdtemp(prefix=f"{OLD_PREFIX}{self.final.name}-", dir=self.final.parent))
             os.replace(self.final, old / self.final.name)
             os.replace(self.path, self.final)
             shutil.rmtree(old, ignore_errors=True)
@@ -49,7 +84,6 @@ class AtomicDirectory:
                 if self.exists != "keep":
                     raise
                 shutil.rmtree(self.path, ignore_errors=True)
-        return self.final
 
     def abort(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
@@ -59,32 +93,63 @@ class AtomicDirectory:
 def atomic_directory(final: str | os.PathLike, exists: Literal["replace", "keep", "merge"] = "replace",
                      tmp_name: str | None = None) -> Iterator[Path]:
     """`with atomic_directory(out) as tmp:` write into tmp; on success it becomes `out`, on any failure
-    (KeyboardInterrupt included) it is removed."""
+    (KeyboardInterrupt included) it is removed; a storage failure becomes one RunError line."""
     target = AtomicDirectory(final, exists, tmp_name)
     try:
         yield target.path
-    except BaseException:
+    except BaseException as e:
         target.abort()
+        error = storage_error(e, Path(final))
+        if error is not None:
+            raise error from None
         raise
     target.commit()
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write a file under a temporary name in its directory and rename it over `path`."""
+    """Write a file under a temporary name in its directory, fsync it and rename it over `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}-", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it private
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        fsync_path(path.parent)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise storage_error(e, path) or e
     return path
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
+
+
+def check_output_target(out: Path, source: Path, option: str) -> None:
+    """Before any work: `out` (a directory to write, replaced with --overwrite) is not a file, and neither is nor
+    contains `source` (replacing it would delete what is being read)."""
+    out, source = Path(out), Path(source)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{option}: {out} is a file; give a directory to write into")
+    a, b = out.resolve(), source.resolve()
+    if a == b or a in b.parents:
+        raise ConfigError(f"{option}: {out} holds the model being read ({source}); writing there would replace it: "
+                          f"choose a directory outside it")
+
+
+def remove_stale(directory: Path) -> list[Path]:
+    """Remove the `.tmp-*` / `.old-*` entries a killed writer left in `directory` (call it while owning it)."""
+    removed = []
+    if Path(directory).is_dir():
+        for p in sorted(Path(directory).iterdir()):
+            if p.name.startswith((TMP_PREFIX, OLD_PREFIX)):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed

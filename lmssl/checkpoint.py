@@ -1,13 +1,17 @@
 """lmssl's own checkpoint format. A checkpoint is a directory: model.safetensors, config.yaml, tokenizer.json,
-and for resumption trainer_state.pt. Every one is written under a temporary name and renamed (lmssl.atomic),
-so a crash mid-save never leaves a broken checkpoint and `latest_checkpoint` only ever sees complete ones.
-Other formats (Hugging Face directories, fine-tuned models) are read by lmssl.pretrained."""
+manifest.json (every file's size and SHA-256), and for resumption trainer_state.pt. Every one is written under
+a temporary name and renamed (lmssl.atomic), so a crash mid-save never leaves a broken checkpoint and
+`latest_checkpoint` only ever sees complete ones; the manifest catches what happens to a file afterwards
+(truncated, damaged), and resume then falls back to the newest intact checkpoint. Weights that are not finite
+are never written. Other formats (Hugging Face directories, fine-tuned models) are read by lmssl.pretrained."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -15,13 +19,63 @@ import torch
 from lmssl.atomic import AtomicDirectory, atomic_directory
 from lmssl.config import Config, config_yaml, load_config
 from lmssl.data.tokenizer import TextTokenizer
-from lmssl.distributed import barrier, gather_objects
+from lmssl.distributed import all_reduce_sum, barrier, gather_objects
+from lmssl.errors import ConfigError, storage_error
 from lmssl.model.weights import save_weights
 from lmssl.objectives import build_objective
 from lmssl.rng import rng_state
 
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
 TRAINER_STATE = "trainer_state.pt"
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def seal(directory: Path) -> None:
+    """Write manifest.json: the size and SHA-256 of every file in `directory` (call it last, before the rename)."""
+    files = sorted(p for p in Path(directory).rglob("*") if p.is_file() and p.name != MANIFEST)
+    entries = {str(p.relative_to(directory)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    (Path(directory) / MANIFEST).write_text(json.dumps({"files": entries}, indent=1) + "\n")
+
+
+def damage(directory: Path, names: tuple[str, ...] | None = None) -> str | None:
+    """What is wrong with a sealed directory ('model.safetensors: 1024 bytes, manifest.json says 5432'), None when
+    every listed file (or those of `names`) matches its manifest. Directories written before manifests existed
+    have none and are not checked here."""
+    manifest = Path(directory) / MANIFEST
+    if not manifest.is_file():
+        return None
+    try:
+        entries = json.loads(manifest.read_text())["files"]
+    except (OSError, ValueError, KeyError) as e:
+        return f"{MANIFEST} cannot be read ({e})"
+    for name, entry in entries.items():
+        if names is not None and name not in names:
+            continue
+        path = Path(directory) / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            return f"{name} is {size} bytes, {MANIFEST} says {entry['bytes']}"
+        if _sha256(path) != entry["sha256"]:
+            return f"{name} does not match its checksum in {MANIFEST} (damaged)"
+    return None
+
+
+def nonfinite_parameter(model: torch.nn.Module) -> str | None:
+    """The name of the first parameter holding NaN or inf (this process's share of it), None when all are finite."""
+    for name, p in model.named_parameters():
+        if p.numel() and not bool(torch.isfinite(p.detach()).all()):
+            return name
+    return None
 
 
 def checkpoints_dir(output_dir: Path) -> Path:
@@ -61,15 +115,24 @@ def save_checkpoint(output_dir: Path, step: int, model: torch.nn.Module, cfg: Co
     with atomic_directory(final) as tmp:
         write_model_files(tmp, model, cfg, tokenizer)
         torch.save({**trainer_state, "step": step, "rng": rng_state()}, tmp / TRAINER_STATE)
+        seal(tmp)
     _prune(output_dir, keep)
     return final
 
 
 def save_training_checkpoint(output_dir: Path, step: int, engine, cfg: Config, tokenizer: TextTokenizer,
-                             trainer_state: dict, keep: int, dist) -> Path:
+                             trainer_state: dict, keep: int, dist) -> Path | None:
     """Collective (every process calls it): the engine's own state (DeepSpeed: its partitioned checkpoint in
     deepspeed/), every process's RNG states, and on the main process the consolidated weights in lmssl's
-    format; written under a temporary name every process agrees on, then renamed."""
+    format; written under a temporary name every process agrees on, sealed, then renamed. None (nothing
+    written, a notice) when the weights hold NaN or inf."""
+    bad = nonfinite_parameter(engine.model)
+    if all_reduce_sum([float(bad is not None)])[0]:
+        if dist.is_main:
+            where = bad or "on another process"
+            print(f"warning: not writing the step-{step} checkpoint: the weights are not finite ({where}); the "
+                  f"earlier checkpoints are kept", file=sys.stderr)
+        return None
     final = checkpoints_dir(output_dir) / f"step-{step:07d}"
     target = AtomicDirectory(final, tmp_name=f".tmp-{final.name}") if dist.is_main else None
     barrier()
@@ -83,18 +146,48 @@ def save_training_checkpoint(output_dir: Path, step: int, engine, cfg: Config, t
             write_model_files(tmp, model, cfg, tokenizer)
             torch.save({**trainer_state, **engine_state, "step": step, "rng": rngs[0], "rng_ranks": rngs},
                        tmp / TRAINER_STATE)
+            seal(tmp)
             target.commit()
             _prune(output_dir, keep)
-    except BaseException:
+    except BaseException as e:
         if target is not None:
             target.abort()
-        raise
+        raise storage_error(e, final) or e
     barrier()
     return final
 
 
 def load_trainer_state(checkpoint: Path) -> dict:
-    return torch.load(Path(checkpoint) / TRAINER_STATE, weights_only=False)
+    path = Path(checkpoint) / TRAINER_STATE
+    if not path.is_file():
+        raise ConfigError(f"{path}: missing (a checkpoint to resume from needs its trainer state)")
+    try:
+        return torch.load(path, weights_only=False)
+    except Exception:  # torch reports truncation and garbage in many types
+        raise ConfigError(f"{path}: cannot be read (damaged or truncated)") from None
+
+
+def intact_checkpoint(output_dir: Path) -> tuple[Path, dict] | None:
+    """The newest checkpoint whose files match their manifest and whose trainer state loads, with that state;
+    the damaged ones passed over are named on stderr. None when there is no checkpoint; ConfigError when none
+    is intact."""
+    problems = []
+    for checkpoint in reversed(list_checkpoints(output_dir)):
+        problem = damage(checkpoint)
+        if problem is None:
+            try:
+                state = load_trainer_state(checkpoint)
+            except ConfigError as e:
+                problem = str(e)
+        if problem is None:
+            for skipped in problems:
+                print(f"note: passing over a damaged checkpoint: {skipped}", file=sys.stderr)
+            return checkpoint, state
+        problems.append(f"{checkpoint.name}: {problem}")
+    if problems:
+        raise ConfigError(f"{checkpoints_dir(output_dir)}: no intact checkpoint to resume from ("
+                          + "; ".join(problems) + ")")
+    return None
 
 
 def load_checkpoint_config(checkpoint: Path) -> Config:
@@ -122,5 +215,6 @@ class BestCheckpoint:
         with atomic_directory(self.dir) as tmp:
             write_model_files(tmp, model, cfg, tokenizer)
             (tmp / "best.json").write_text(json.dumps({"step": step, **metrics}) + "\n")
+            seal(tmp)
         self.score = score
         return True

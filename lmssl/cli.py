@@ -7,10 +7,13 @@ import os
 import sys
 from pathlib import Path
 
-from lmssl.errors import ConfigError
+from lmssl.errors import ConfigError, RunError
 
 
-def _train(args) -> None:
+def _train(args) -> int:
+    import shlex
+    import signal
+
     from lmssl.resolve import load_run_config
     from lmssl.train import train
 
@@ -18,6 +21,12 @@ def _train(args) -> None:
     result = train(cfg)
     if int(os.environ.get("RANK", 0)) == 0:  # under torchrun / deepspeed every process trains; one reports
         print(json.dumps(result))
+        if "stopped" in result:
+            again = [a for a in args.overrides if not a.startswith("train.resume=")] + ["train.resume=true"]
+            print(f"stopped by {signal.Signals(result['stopped']).name} at step {result['step']}; checkpoint "
+                  f"{result['checkpoint']}; resume with: lmssl train {shlex.join([args.config, *again])}",
+                  file=sys.stderr)
+    return 128 + result["stopped"] if "stopped" in result else 0
 
 
 def _tokenizer_train(args) -> None:
@@ -28,7 +37,14 @@ def _tokenizer_train(args) -> None:
     for f in files:
         if not f.is_file():
             raise ConfigError(f"corpus file not found: {f}")
+    if args.vocab_size < 100:
+        raise ConfigError(f"--vocab-size: must be at least 100, got {args.vocab_size}")
     out = Path(args.out) if args.out else tokenizers_root() / args.name
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {out} is a file, not a directory")
+    if (out / "tokenizer.json").exists() and not args.overwrite:
+        raise ConfigError(f"{out / 'tokenizer.json'} exists; checkpoints trained with it would no longer match: "
+                          f"choose another --name/--out, or pass --overwrite")
 
     def documents():
         for f in files:
@@ -226,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["auto", "text", "jsonl", "parquet"], default="auto")
     p.add_argument("--doc-split", choices=["auto", "blank_line", "line", "wikitext"], default="auto")
     p.add_argument("--text-field", default="text")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing tokenizer there")
     p.set_defaults(func=_tokenizer_train)
 
     _add_eval_parsers(sub)
@@ -260,12 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tokenizer" and not (args.name or args.out):
         parser.error("tokenizer train: give --name NAME (saved under tokenizers/) or --out DIR")
     try:
-        args.func(args)
+        return args.func(args) or 0
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except RunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         if args.command == "train":
             print("interrupted; resume with train.resume=true (the latest checkpoint is intact)", file=sys.stderr)
         return 130
-    return 0

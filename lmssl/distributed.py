@@ -70,6 +70,11 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def any_process(flag: bool) -> bool:
+    """True on every process when `flag` is true on any of them (a signal that reached only some ranks)."""
+    return bool(all_reduce_sum([float(flag)])[0]) if active() else flag
+
+
 def gather_objects(obj) -> list:
     """[obj of rank 0, obj of rank 1, ...] on every process ([obj] alone)."""
     if not active():

@@ -1,11 +1,47 @@
-"""User-facing errors: the CLI prints them in one line and exits 2, without a traceback."""
+"""User-facing errors: the CLI prints them in one line, without a traceback. ConfigError (exit 2) is bad
+input: a key, a file, a path. RunError (exit 1) is a run that cannot go on: it diverged, the disk is full."""
 from __future__ import annotations
 
 import difflib
+import errno
+import shutil
+from pathlib import Path
 
 
 class ConfigError(ValueError):
     """A problem with what the user gave (a key, a file, a path); the message says which and what is valid."""
+
+
+class RunError(RuntimeError):
+    """A run that stopped on a fault it cannot get past; the message says what happened and what to try."""
+
+
+STORAGE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                  errno.EROFS: "read-only file system", errno.EIO: "input/output error"}
+
+
+# how torch's zip writer and safetensors report a failed write (they raise RuntimeError / their own error types)
+WRITER_MESSAGES = ("file write failed", "iostream error", "unexpected pos", "No space left", "StorageFull",
+                   "code: 28")
+
+
+def _messages(error: BaseException) -> list[str]:
+    """The messages of an exception and of those it was raised from or while handling."""
+    found = []
+    while error is not None and len(found) < 8:
+        found.append(str(error))
+        error = error.__cause__ or error.__context__
+    return found
+
+
+def _nearly_full(path: Path) -> bool:
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free < 64 << 20
+    except OSError:
+        return False
 
 
 def did_you_mean(word: str, valid: list[str], list_valid: bool = True) -> str:
@@ -14,3 +50,33 @@ def did_you_mean(word: str, valid: list[str], list_valid: bool = True) -> str:
     if close:
         return f"; did you mean '{close[0]}'?"
     return f"; valid keys: {', '.join(sorted(valid))}" if list_valid else ""
+
+
+def free_space(path: Path) -> str:
+    """'1.2 GB free on /mount', for messages about writes that failed."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return "free space unknown"
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if free < 1024 or unit == "TB":
+            return f"{free:.0f} {unit} free" if unit == "B" else f"{free:.1f} {unit} free"
+        free /= 1024
+    return ""
+
+
+def storage_error(error: BaseException, path: Path) -> RunError | None:
+    """A one-line RunError for a write that failed on storage (disk full, quota, read-only, I/O error), naming the
+    path and the free space; None for any other error. torch's zip writer reports ENOSPC as a RuntimeError."""
+    reason = None
+    if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
+        reason = STORAGE_ERRNOS[error.errno]
+    elif isinstance(error, Exception) and any(m in text for m in WRITER_MESSAGES for text in _messages(error)):
+        reason = "no space left on device" if _nearly_full(path) else "write failed"
+    if reason is None:
+        return None
+    return RunError(f"{reason} while writing {path} ({free_space(path)}); nothing was left half-written. Free some "
+                    f"space and run it again (a training run: with train.resume=true, from its last checkpoint)")

@@ -15,7 +15,14 @@ from pathlib import Path
 import torch
 
 from lmssl.atomic import atomic_directory
-from lmssl.checkpoint import latest_checkpoint, load_checkpoint_config, write_model_files
+from lmssl.checkpoint import (
+    damage,
+    latest_checkpoint,
+    load_checkpoint_config,
+    nonfinite_parameter,
+    seal,
+    write_model_files,
+)
 from lmssl.config import INIT_FREE_FIELDS, Config, ModelConfig
 from lmssl.data.tokenizer import TextTokenizer
 from lmssl.errors import ConfigError
@@ -55,7 +62,9 @@ def load_pretrained(value: str | Path, device: str | torch.device = "cpu") -> tu
     path = locate(value)
     if is_hf_dir(path):
         cfg, tokenizer, objective = import_pretrained(path)
+        require_finite(objective, path)
         return cfg, tokenizer, objective.to(device).eval()
+    require_intact(path)
     if is_finetuned(path):
         info = json.loads((path / FINETUNE_INFO).read_text())
         raise ConfigError(f"{path} is a fine-tuned {info.get('card', {}).get('name', 'task')} classifier "
@@ -67,12 +76,32 @@ def load_pretrained(value: str | Path, device: str | torch.device = "cpu") -> tu
     tokenizer = TextTokenizer.from_file(path / "tokenizer.json")
     objective = build_objective(cfg, tokenizer)
     load_weights(objective, path)
+    require_finite(objective, path)
     return cfg, tokenizer, objective.to(device).eval()
+
+
+def require_intact(path: Path) -> None:
+    """ConfigError naming the file when a sealed model directory's files no longer match its manifest."""
+    problem = damage(path, names=(WEIGHTS_FILE, "config.yaml", "tokenizer.json", FINETUNE_INFO))
+    if problem is not None:
+        raise ConfigError(f"{path}: damaged: {problem}; use another checkpoint (a run keeps its earlier ones in "
+                          f"checkpoints/)")
+
+
+def require_finite(model: torch.nn.Module, path: Path) -> None:
+    bad = nonfinite_parameter(model)
+    if bad is not None:
+        raise ConfigError(f"{path}: the weights are not finite (NaN or inf in {bad}): the run had diverged when this "
+                          f"was saved; use an earlier checkpoint")
 
 
 def resolve_device(name: str) -> torch.device:
     """`auto` = cuda when available, else cpu."""
-    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    try:
+        return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r} (--device / finetune.device); use auto, cpu, cuda or "
+                          f"cuda:N") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -86,6 +115,7 @@ def save_finetuned(directory: Path, model: SequenceClassifier, cfg: Config, toke
     with atomic_directory(directory) as tmp:
         write_model_files(tmp, model, cfg, tokenizer)
         (tmp / FINETUNE_INFO).write_text(json.dumps(info, indent=1) + "\n")
+        seal(tmp)
 
 
 def load_finetuned(directory: str | Path, device: str = "cpu") -> tuple[SequenceClassifier, TextTokenizer, dict]:
@@ -93,6 +123,7 @@ def load_finetuned(directory: str | Path, device: str = "cpu") -> tuple[Sequence
     directory = Path(directory)
     if not is_finetuned(directory):
         raise ConfigError(f"{directory}: not a fine-tuned model directory (no {FINETUNE_INFO})")
+    require_intact(directory)
     info = json.loads((directory / FINETUNE_INFO).read_text())
     cfg = load_checkpoint_config(directory)
     card = info["card"]
@@ -100,6 +131,7 @@ def load_finetuned(directory: str | Path, device: str = "cpu") -> tuple[Sequence
     model = SequenceClassifier(cfg.model, info["causal"], 1 if regression else len(card["labels"]), regression,
                                info["use_pooler"])
     load_weights(model, directory)
+    require_finite(model, directory)
     return model.to(device).eval(), TextTokenizer.from_file(directory / "tokenizer.json"), info
 
 

@@ -1,6 +1,8 @@
 """The training loop: one readable function over the Objective and Engine seams."""
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -9,20 +11,32 @@ import torch
 from tqdm.auto import tqdm
 
 from lmssl import distributed
-from lmssl.checkpoint import BestCheckpoint, latest_checkpoint, load_trainer_state, save_training_checkpoint
+from lmssl.atomic import remove_stale
+from lmssl.checkpoint import (
+    BestCheckpoint,
+    checkpoints_dir,
+    intact_checkpoint,
+    latest_checkpoint,
+    load_checkpoint_config,
+    save_training_checkpoint,
+)
 from lmssl.config import Config
+from lmssl.data.corpus import STREAMING_CHECK_BYTES, check_text, detect_format
 from lmssl.data.loader import SequenceLoader
 from lmssl.data.paths import data_root, resolve_data_path
+from lmssl.data.tokenizer import TextTokenizer, tokenizer_path
 from lmssl.downstream.sts import evaluate_sts
-from lmssl.engine import build_engine
+from lmssl.engine import build_engine, require_engine
 from lmssl.errors import ConfigError
 from lmssl.evaluation.likelihood import ValidationLikelihood
 from lmssl.evaluation.validation import evaluate
+from lmssl.faults import SkipGuard, StopSignals, check_resumable
 from lmssl.metrics import MetricsLogger
 from lmssl.objectives import build_objective
 from lmssl.pretrained import init_encoder
 from lmssl.resolve import run_tokenizer, with_vocab
 from lmssl.rng import seed_everything, set_rng_state
+from lmssl.runlock import RunLock
 
 
 def masking_generator(seed: int, step: int, micro: int) -> torch.Generator:
@@ -40,27 +54,84 @@ class _NoLogger:
         pass
 
 
+def check_output_dir(out: Path) -> None:
+    """Before any work: the output directory is a directory, or can be made one, and is writable."""
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"key 'train.output_dir': {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"key 'train.output_dir': {existing} is not writable")
+
+
+def resume_point(cfg: Config, out: Path, dist) -> tuple[Path | None, dict | None, TextTokenizer | None]:
+    """(checkpoint, its trainer state, its tokenizer) to resume from, or Nones for a fresh run. The checkpoint's
+    own tokenizer and config are authoritative: a config that differs beyond length and cadence is refused."""
+    if not cfg.train.resume:
+        if latest_checkpoint(out) is not None:
+            raise ConfigError(f"key 'train.output_dir': {out} already holds checkpoints; set train.resume=true to "
+                              f"continue it or choose another train.output_dir")
+        return None, None, None
+    found = intact_checkpoint(out)
+    if found is None:
+        if dist.is_main:
+            print(f"note: train.resume=true but {out} holds no checkpoint: starting from step 0", file=sys.stderr)
+        return None, None, None
+    checkpoint, state = found
+    tokenizer = TextTokenizer.from_file(checkpoint / "tokenizer.json")
+    named = tokenizer_path(cfg.data.tokenizer)
+    if not cfg.model.init_from and named.is_file() and \
+            TextTokenizer.from_file(named).fingerprint() != tokenizer.fingerprint():
+        raise ConfigError(f"key 'data.tokenizer': {named} is not the tokenizer {checkpoint} was trained with (its "
+                          f"tokenizer.json differs); restore that tokenizer or start a new run")
+    check_resumable(load_checkpoint_config(checkpoint), with_vocab(cfg, tokenizer.vocab_size), checkpoint)
+    return checkpoint, state, tokenizer
+
+
 def train(cfg: Config) -> dict:
     """Pretrain as configured; returns the final validation metrics and the last checkpoint path.
 
     Under torchrun or the deepspeed launcher every process runs this function: each takes its slice of every
     global micro-batch (the data order is that of one process with world_size x train.batch_size sequences),
-    only the main process logs and writes checkpoint files (DeepSpeed's partitions excepted)."""
+    only the main process logs and writes checkpoint files (DeepSpeed's partitions excepted). The main process
+    owns the output directory for the whole run (lmssl.runlock)."""
     dist = distributed.setup(require_group=cfg.train.engine == "deepspeed")
     out = Path(cfg.train.output_dir)
-    if latest_checkpoint(out) is not None and not cfg.train.resume:
-        raise ConfigError(f"key 'train.output_dir': {out} already holds checkpoints; set train.resume=true to continue "
-                          f"it or choose another train.output_dir")
-    for split in ("train", "valid"):  # missing corpora stop the run before any work
+    check_output_dir(out)
+    for split in ("train", "valid"):  # missing, empty, binary or non-UTF-8 corpora stop the run before any work
         if getattr(cfg.data, split):
-            resolve_data_path(cfg, getattr(cfg.data, split), f"data.{split}")
+            path = resolve_data_path(cfg, getattr(cfg.data, split), f"data.{split}")
+            if detect_format(path, cfg.data.format) != "parquet":
+                check_text(path, limit=STREAMING_CHECK_BYTES)
+    require_engine(cfg.train)
+    created = not out.exists()
+    lock = RunLock(out).acquire() if dist.is_main else None
+    try:
+        return _train(cfg, dist, out)
+    except ConfigError:
+        if lock is not None and created and not any(p.name != lock.path.name for p in out.iterdir()):
+            lock.release()
+            lock = None
+            shutil.rmtree(out, ignore_errors=True)  # a bad input leaves nothing behind
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: Config, dist, out: Path) -> dict:
+    if dist.is_main:
+        removed = remove_stale(checkpoints_dir(out)) + remove_stale(out)
+        if removed:
+            print(f"note: removed {len(removed)} temporary file(s) a stopped run left behind: "
+                  f"{', '.join(p.name for p in removed[:4])}", file=sys.stderr)
+    resume_from, state, tokenizer = resume_point(cfg, out, dist)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     seed_everything(cfg.train.seed)
-    tokenizer = run_tokenizer(cfg)  # model.init_from brings the tokenizer it was trained with
+    tokenizer = tokenizer or run_tokenizer(cfg)  # model.init_from brings the tokenizer it was trained with
     cfg = with_vocab(cfg, tokenizer.vocab_size)
     objective = build_objective(cfg, tokenizer)
-    init_from = init_encoder(objective, cfg)  # model.init_from: a pretrained encoder (None = random init)
+    init_from = None if resume_from else init_encoder(objective, cfg)  # model.init_from: a pretrained encoder
     train_data = objective.dataset("train", tokenizer)  # packed sequences, or the objective's own examples
     valid_data = objective.dataset("valid", tokenizer) if cfg.data.valid else None
     likelihood = ValidationLikelihood.create(cfg, tokenizer, objective)  # PPL / pseudo-PPL on data.valid, or None
@@ -76,17 +147,20 @@ def train(cfg: Config) -> dict:
         examples = loader.next_batch()
         return examples[dist.rank * per_rank:(dist.rank + 1) * per_rank]
 
-    step = 0
-    resume_from = latest_checkpoint(out) if cfg.train.resume else None
+    step, guard = 0, SkipGuard(cfg.train.max_skipped_steps)
     if resume_from is not None:
-        state = load_trainer_state(resume_from)
         engine.load_state(resume_from, state)  # weights, optimizer and schedule
         loader.load_state_dict(state["loader"])
         rngs = state.get("rng_ranks") or [state["rng"]]
         set_rng_state(rngs[dist.rank] if dist.rank < len(rngs) else rngs[0])
-        step = state["step"]
+        step, guard.total = state["step"], state.get("skipped_steps", 0)
         if dist.is_main:
             print(f"resumed from {resume_from} at step {step}", file=sys.stderr)
+        if step >= cfg.train.max_steps:  # finished already: nothing to add, nothing logged twice
+            if dist.is_main:
+                print(f"note: {resume_from} is at step {step} >= train.max_steps={cfg.train.max_steps}: nothing to "
+                      f"do (raise train.max_steps to train longer)", file=sys.stderr)
+            return {"step": step, "checkpoint": str(resume_from)}
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         logger = MetricsLogger(out, tensorboard=cfg.train.tensorboard, truncate_after=step)
@@ -100,8 +174,8 @@ def train(cfg: Config) -> dict:
     else:
         logger = _NoLogger()
 
-    def checkpoint() -> Path:
-        state = {"loader": loader.state_dict()}
+    def checkpoint() -> Path | None:
+        state = {"loader": loader.state_dict(), "skipped_steps": guard.total}
         return save_training_checkpoint(out, step, engine, cfg, tokenizer, state, cfg.train.keep_checkpoints, dist)
 
     def validate() -> dict:
@@ -128,32 +202,46 @@ def train(cfg: Config) -> dict:
     bar = tqdm(total=cfg.train.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
                disable=not dist.is_main)
     last_ckpt, window_tokens, window_start = None, 0, time.perf_counter()
-    while step < cfg.train.max_steps:
-        micro = [objective.collate(next_micro_batch(), masking_generator(cfg.train.seed, step, i))
-                 for i in range(cfg.train.grad_accum)]
-        stats = engine.train_step(micro)
-        step += 1
-        window_tokens += sum(b.num_tokens for b in micro) * dist.world_size
-        bar.update()
-        if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
-            elapsed = time.perf_counter() - window_start
-            stats["tokens_per_s"] = window_tokens / elapsed
-            logger.log(step, stats)
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", tok_s=f"{stats['tokens_per_s']:.0f}")
-            window_tokens, window_start = 0, time.perf_counter()
-        if valid_data is not None and cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.train.max_steps:
-            logger.log(step, validate())
-        if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.train.max_steps:
-            sts_eval()
-        if (cfg.train.save_every and step % cfg.train.save_every == 0) or step == cfg.train.max_steps:
-            last_ckpt = checkpoint()
-    bar.close()
-    result = {"step": step, "checkpoint": str(last_ckpt or latest_checkpoint(out))}
-    if valid_data is not None:
-        result.update(validate())
-        logger.log(step, {k: v for k, v in result.items() if k.startswith("val_")})
-    result.update(sts_eval())
-    if best.dir.is_dir():
-        result["best"] = str(best.dir)
-    logger.close()
-    return result
+    try:
+        with StopSignals() as signals:
+            while step < cfg.train.max_steps:
+                micro = [objective.collate(next_micro_batch(), masking_generator(cfg.train.seed, step, i))
+                         for i in range(cfg.train.grad_accum)]
+                stats = engine.train_step(micro)
+                step += 1
+                guard.update(step, stats)  # counts skipped (non-finite) steps
+                window_tokens += sum(b.num_tokens for b in micro) * dist.world_size
+                bar.update()
+                if step % cfg.train.log_every == 0 or step == cfg.train.max_steps:
+                    elapsed = time.perf_counter() - window_start
+                    stats["tokens_per_s"] = window_tokens / elapsed
+                    logger.log(step, stats)
+                    bar.set_postfix(loss=f"{stats['loss']:.3f}", tok_s=f"{stats['tokens_per_s']:.0f}")
+                    window_tokens, window_start = 0, time.perf_counter()
+                guard.check(step, cfg)  # too many skipped steps in a row stop the run (after logging this one)
+                stopping = distributed.any_process(signals.received is not None)
+                if cfg.eval.every and step % cfg.eval.every == 0 and step < cfg.train.max_steps and not stopping:
+                    if valid_data is not None:
+                        logger.log(step, validate())
+                    sts_eval()
+                saving = (cfg.train.save_every and step % cfg.train.save_every == 0) or step == cfg.train.max_steps
+                if (saving or stopping) and guard.in_a_row:
+                    if dist.is_main:  # weights that just gave a non-finite loss are not worth a checkpoint
+                        print(f"warning: no checkpoint at step {step}: its loss was not finite", file=sys.stderr)
+                elif saving or stopping:
+                    last_ckpt = checkpoint() or last_ckpt
+                if stopping:
+                    return {"step": step, "checkpoint": str(last_ckpt or latest_checkpoint(out)),
+                            "stopped": signals.received or 15}
+        bar.close()
+        result = {"step": step, "checkpoint": str(last_ckpt or latest_checkpoint(out))}
+        if valid_data is not None:
+            result.update(validate())
+            logger.log(step, {k: v for k, v in result.items() if k.startswith("val_")})
+        result.update(sts_eval())
+        if best.dir.is_dir():
+            result["best"] = str(best.dir)
+        return result
+    finally:  # also on an error: the progress bar ends before the error line, metrics.jsonl is closed
+        bar.close()
+        logger.close()

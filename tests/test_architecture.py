@@ -16,7 +16,7 @@ PACKAGE = REPO_ROOT / "lmssl"
 
 # bottom-up; a module belongs to the longest prefix that names it (the README's architecture section draws this)
 LAYERS = [
-    ("lmssl", "lmssl.errors", "lmssl.atomic"),
+    ("lmssl", "lmssl.errors", "lmssl.atomic", "lmssl.runlock"),
     ("lmssl.config",),
     ("lmssl.data",),
     ("lmssl.model",),
@@ -30,7 +30,7 @@ LAYERS = [
     ("lmssl.interop.hf.export",),
     ("lmssl.evaluation",),
     ("lmssl.downstream",),
-    ("lmssl.metrics", "lmssl.train"),
+    ("lmssl.metrics", "lmssl.faults", "lmssl.train"),
     ("lmssl.cli", "lmssl.__main__"),
 ]
 

@@ -267,7 +267,7 @@ def test_best_checkpoint_keeps_the_highest_score_across_restarts(tmp_path):
     assert resumed.update(6, {"stsb_dev_spearman": 12.5}, model, cfg, tok)
     assert json.loads((tmp_path / "best" / "best.json").read_text()) == {"step": 6, "stsb_dev_spearman": 12.5}
     assert {p.name for p in (tmp_path / "best").iterdir()} == {"model.safetensors", "config.yaml", "tokenizer.json",
-                                                                "best.json"}
+                                                                "best.json", "manifest.json"}
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary directories left
     assert torch.equal(load_file(tmp_path / "best" / "model.safetensors")["weight"], torch.full((2, 2), 7.0))
 

@@ -37,7 +37,7 @@ def test_training_on_wikitext_lowers_the_loss(objective, extra, data_root, tmp_p
     assert [p.name for p in list_checkpoints(out)] == ["step-0000050", "step-0000100"]
     ckpt = latest_checkpoint(out)
     assert {p.name for p in ckpt.iterdir()} == {"model.safetensors", "config.yaml", "tokenizer.json",
-                                                "trainer_state.pt"}
+                                                "trainer_state.pt", "manifest.json"}
     assert load_checkpoint_config(ckpt).model.vocab_size == 8192  # the resolved config
     weights = load_file(ckpt / "model.safetensors")
     assert any(k.startswith("trunk.layers.1.") for k in weights)

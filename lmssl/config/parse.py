@@ -32,6 +32,13 @@ class RawConfig:
         return dict(self.sections.get("model", {}))
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML parse error in one line: what is wrong and where ('expected ',' or ']' (line 2, column 1)')."""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
+
+
 def coerce(value: Any, tp: Any, where: str) -> Any:
     """Check `value` against the annotation `tp`; ints are accepted where floats are expected."""
     if typing.get_origin(tp) is Literal:
@@ -86,7 +93,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     parts = key.strip().split(".")
     if len(parts) != 2 or not all(parts):
         raise ConfigError(f"override '{text}': keys have the form section.field, e.g. train.max_steps")
-    return parts, (yaml.safe_load(value) if value.strip() else "")
+    try:
+        return parts, (yaml.safe_load(value) if value.strip() else "")
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override '{text}': the value is not valid YAML ({yaml_problem(e)}); quote it if it is a "
+                          f"string, e.g. {key}='...'") from None
 
 
 def read_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> RawConfig:
@@ -99,9 +110,14 @@ def read_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Ra
         if not p.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
+            loaded = yaml.safe_load(p.read_text())
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start})") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+            raise ConfigError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
+        if loaded is None:
+            raise ConfigError(f"{path}: the config file is empty; write at least one section "
+                              f"({', '.join(SECTIONS)}), e.g. start from configs/mlm.yaml")
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping of sections ({', '.join(SECTIONS)})")
         for section, body in loaded.items():

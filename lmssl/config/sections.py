@@ -88,6 +88,7 @@ class TrainConfig:
     schedule: Literal["linear", "cosine", "constant"] = "linear"  # decay after warmup
     final_lr_ratio: float = 0.0  # learning rate at max_steps as a fraction of lr
     clip_grad: float = 1.0  # max global gradient norm; 0 = no clipping
+    max_skipped_steps: int = 3  # steps in a row with a non-finite loss or gradient (skipped) that stop the run
     # torch engine: bf16 autocast over fp32 weights; deepspeed: its bf16/fp16 mixed precision (fp16: deepspeed only)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     seed: int = 0  # seeds python, numpy, torch and the data order

@@ -26,8 +26,49 @@ def detect_format(path: Path, fmt: str) -> str:
     return SUFFIX_FORMATS.get(path.suffix.lower(), "text")
 
 
+CHECK_CHUNK = 1 << 20
+STREAMING_CHECK_BYTES = 16 << 20  # a streamed corpus may be huge: its head is checked, the rest while reading
+
+
+def check_text(path: Path, limit: int = 0) -> None:
+    """ConfigError naming the file when it is empty, binary or not UTF-8 (with the byte offset and line), checked
+    on its first `limit` bytes (0 = all) before `datasets` reads it (whose errors say none of this)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, lines, seen_text = 0, 1, False
+    with open(path, "rb") as f:
+        while chunk := f.read(CHECK_CHUNK):
+            nul = chunk.find(b"\0")
+            if nul >= 0:
+                line = lines + chunk.count(b"\n", 0, nul)
+                raise ConfigError(f"{path}: not text (a NUL byte at byte {offset + nul}, line {line}); corpora are "
+                                  f"UTF-8 text, .jsonl or .parquet")
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as e:
+                line = lines + chunk.count(b"\n", 0, e.start)
+                raise ConfigError(f"{path}: not UTF-8 text (byte {offset + e.start}, line {line}: "
+                                  f"0x{chunk[e.start]:02x}); convert it, e.g. iconv -f latin1 -t utf-8") from None
+            seen_text = seen_text or bool(chunk.strip())
+            offset, lines = offset + len(chunk), lines + chunk.count(b"\n")
+            if limit and offset >= limit:
+                return
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text (it ends inside a character, byte {offset})") from None
+    if offset == 0:
+        raise ConfigError(f"{path}: the file is empty")
+    if not seen_text:
+        raise ConfigError(f"{path}: the file holds only whitespace")
+
+
 def _load(path: Path, fmt: str, streaming: bool):
     import datasets
+
+    if fmt in ("text", "jsonl"):
+        check_text(path, STREAMING_CHECK_BYTES if streaming else 0)
 
     datasets.disable_progress_bars()
     builder = {"text": "text", "jsonl": "json", "parquet": "parquet"}[fmt]
@@ -70,7 +111,16 @@ def group_lines(lines: Iterable[str], doc_split: str) -> Iterator[str]:
 
 def iter_documents(path: Path, fmt: str = "auto", doc_split: str = "auto", text_field: str = "text",
                    streaming: bool = False) -> Iterator[str]:
-    """Documents of one corpus file, in file order."""
+    """Documents of one corpus file, in file order; a read error on the way (past the head a streamed corpus
+    is checked on) is one ConfigError naming the file."""
+    try:
+        yield from _documents(path, fmt, doc_split, text_field, streaming)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start} of a block read while "
+                          f"streaming); convert it, e.g. iconv -f latin1 -t utf-8") from None
+
+
+def _documents(path: Path, fmt: str, doc_split: str, text_field: str, streaming: bool) -> Iterator[str]:
     fmt = detect_format(path, fmt)
     ds = _load(path, fmt, streaming)
     if fmt == "text":

@@ -72,13 +72,12 @@ def tokenize_corpus(path: Path, tokenizer: TextTokenizer, sep_id: int, cache_roo
 
     def build():
         chunks, ends, total = [], [], 0
-        bar = tqdm(desc=f"tokenizing {path.name}", unit=" docs", leave=False)
-        for ids in separated(tokenizer, iter_documents(path, fmt, doc_split, text_field), sep_id):
-            chunks.append(np.asarray(ids, dtype=stream_dtype(tokenizer.vocab_size)))
-            total += len(ids)
-            ends.append(total)
-            bar.update()
-        bar.close()
+        with tqdm(desc=f"tokenizing {path.name}", unit=" docs", leave=False) as bar:
+            for ids in separated(tokenizer, iter_documents(path, fmt, doc_split, text_field), sep_id):
+                chunks.append(np.asarray(ids, dtype=stream_dtype(tokenizer.vocab_size)))
+                total += len(ids)
+                ends.append(total)
+                bar.update()
         if not chunks:
             raise ValueError(f"{path}: no documents found (is the file empty?)")
         arrays = {"tokens": np.concatenate(chunks), "doc_ends": np.asarray(ends, dtype=np.int64)}

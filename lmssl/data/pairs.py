@@ -65,18 +65,17 @@ def tokenize_segments(path: Path, tokenizer: TextTokenizer, cache_root: Path, *,
 
     def build():
         chunks, segment_ends, doc_ends, total, current = [], [], [], 0, None
-        bar = tqdm(desc=f"tokenizing segments of {path.name}", unit=" segments", leave=False)
-        for (d, _), ids in encode_in_chunks(tokenizer, segments(), text=lambda item: item[1]):
-            bar.update()
-            if not ids:
-                continue
-            if current is not None and d != current:  # a document ends at its last non-empty segment
-                doc_ends.append(len(segment_ends))
-            current = d
-            chunks.append(np.asarray(ids, dtype=stream_dtype(tokenizer.vocab_size)))
-            total += len(ids)
-            segment_ends.append(total)
-        bar.close()
+        with tqdm(desc=f"tokenizing segments of {path.name}", unit=" segments", leave=False) as bar:
+            for (d, _), ids in encode_in_chunks(tokenizer, segments(), text=lambda item: item[1]):
+                bar.update()
+                if not ids:
+                    continue
+                if current is not None and d != current:  # a document ends at its last non-empty segment
+                    doc_ends.append(len(segment_ends))
+                current = d
+                chunks.append(np.asarray(ids, dtype=stream_dtype(tokenizer.vocab_size)))
+                total += len(ids)
+                segment_ends.append(total)
         if not chunks:
             raise ValueError(f"{path}: no documents found (is the file empty?)")
         doc_ends.append(len(segment_ends))

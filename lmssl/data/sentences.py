@@ -84,14 +84,13 @@ def tokenize_sentences(path: Path, tokenizer: TextTokenizer, cache_root: Path, *
 
     def build():
         chunks, offsets, total = [], [0], 0
-        bar = tqdm(desc=f"tokenizing sentences of {path.name}", unit=" sentences", leave=False)
-        for _, ids in encode_in_chunks(tokenizer, iter_sentences(path, split, fmt, text_field)):
-            bar.update()
-            if ids:
-                chunks.append(np.asarray(ids, dtype=stream_dtype(tokenizer.vocab_size)))
-                total += len(ids)
-                offsets.append(total)
-        bar.close()
+        with tqdm(desc=f"tokenizing sentences of {path.name}", unit=" sentences", leave=False) as bar:
+            for _, ids in encode_in_chunks(tokenizer, iter_sentences(path, split, fmt, text_field)):
+                bar.update()
+                if ids:
+                    chunks.append(np.asarray(ids, dtype=stream_dtype(tokenizer.vocab_size)))
+                    total += len(ids)
+                    offsets.append(total)
         if len(offsets) == 1:
             raise ValueError(f"{path}: no sentences found (is the file empty?)")
         arrays = {"tokens": np.concatenate(chunks), "offsets": np.asarray(offsets, dtype=np.int64)}

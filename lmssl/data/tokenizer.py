@@ -17,6 +17,7 @@ import numpy as np
 
 from lmssl.atomic import atomic_directory
 from lmssl.config import REPO_ROOT
+from lmssl.errors import ConfigError
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 KINDS = ("wordpiece", "bpe", "unigram")
@@ -49,7 +50,13 @@ class TextTokenizer:
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "TextTokenizer":
-        return cls(Tokenizer.from_file(str(path)), Path(path))
+        """A tokenizers JSON file; ConfigError naming it when it is missing or not one."""
+        if not Path(path).is_file():
+            raise ConfigError(f"{path}: tokenizer file not found")
+        try:
+            return cls(Tokenizer.from_file(str(path)), Path(path))
+        except Exception:  # tokenizers raises a bare Exception for JSON it cannot parse
+            raise ConfigError(f"{path}: not a tokenizers JSON file (it does not parse as one)") from None
 
     @property
     def vocab_size(self) -> int:

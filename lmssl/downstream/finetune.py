@@ -107,25 +107,24 @@ def train_seed(model, train_set, dev_sets: dict, card: TaskCard, fcfg: FinetuneC
     engine = TorchEngine(model, tcfg, device=device)
     order_rng = np.random.default_rng(seed)
     records, best = [], None
-    bar = tqdm(total=total, desc=f"{card.name} seed {seed}", unit="step", dynamic_ncols=True, leave=False)
-    for epoch in range(1, fcfg.epochs + 1):
-        order, losses = order_rng.permutation(len(train_set)), []
-        for start in range(0, len(order), fcfg.batch_size):
-            stats = engine.train_step([train_set.batch(order[start:start + fcfg.batch_size])])
-            losses.append(stats["loss"])
-            bar.update()
-            bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-20:]):.3f}")
-        dev = {name: evaluate(model, data, card, fcfg.eval_batch_size, engine.device, fcfg.precision)
-               for name, data in dev_sets.items()}
-        record = {"epoch": epoch, "train_loss": float(np.mean(losses)),
-                  "train_loss_first_steps": float(np.mean(losses[:10])),
-                  "train_loss_last_steps": float(np.mean(losses[-10:])), **_flat(dev)}
-        records.append(record)
-        score = _selectable(next(iter(dev.values()))["score"])
-        if best is None or score > best[0]["score_selection"]:
-            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            best = ({**record, "score_selection": score}, state)
-    bar.close()
+    with tqdm(total=total, desc=f"{card.name} seed {seed}", unit="step", dynamic_ncols=True, leave=False) as bar:
+        for epoch in range(1, fcfg.epochs + 1):
+            order, losses = order_rng.permutation(len(train_set)), []
+            for start in range(0, len(order), fcfg.batch_size):
+                stats = engine.train_step([train_set.batch(order[start:start + fcfg.batch_size])])
+                losses.append(stats["loss"])
+                bar.update()
+                bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-20:]):.3f}")
+            dev = {name: evaluate(model, data, card, fcfg.eval_batch_size, engine.device, fcfg.precision)
+                   for name, data in dev_sets.items()}
+            record = {"epoch": epoch, "train_loss": float(np.mean(losses)),
+                      "train_loss_first_steps": float(np.mean(losses[:10])),
+                      "train_loss_last_steps": float(np.mean(losses[-10:])), **_flat(dev)}
+            records.append(record)
+            score = _selectable(next(iter(dev.values()))["score"])
+            if best is None or score > best[0]["score_selection"]:
+                state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                best = ({**record, "score_selection": score}, state)
     return records, best
 
 

@@ -146,16 +146,17 @@ def evaluate_sts(objective, tokenizer: TextTokenizer, root: Path, sets: tuple[st
     cache: dict[str, torch.Tensor] = {}
     scores: dict[str, float] = {}
     try:
-        for name in tqdm(sets, desc="sts", unit="set", disable=not progress, leave=False):
-            pairs = load_sts(root, name)
-            new = sorted({*pairs.first, *pairs.second} - cache.keys())
-            if new:
-                vectors = embed(encoder, tokenizer, new, pooling, causal=objective.causal,
-                                max_len=cfg.model.max_positions, batch_size=batch_size)
-                cache.update(zip(new, vectors))
-            first = torch.stack([cache[s] for s in pairs.first])
-            second = torch.stack([cache[s] for s in pairs.second])
-            scores[name] = spearman_x100(F.cosine_similarity(first, second, dim=-1).numpy(), pairs.gold)
+        with tqdm(sets, desc="sts", unit="set", disable=not progress, leave=False) as bar:
+            for name in bar:
+                pairs = load_sts(root, name)
+                new = sorted({*pairs.first, *pairs.second} - cache.keys())
+                if new:
+                    vectors = embed(encoder, tokenizer, new, pooling, causal=objective.causal,
+                                    max_len=cfg.model.max_positions, batch_size=batch_size)
+                    cache.update(zip(new, vectors))
+                first = torch.stack([cache[s] for s in pairs.first])
+                second = torch.stack([cache[s] for s in pairs.second])
+                scores[name] = spearman_x100(F.cosine_similarity(first, second, dim=-1).numpy(), pairs.gold)
     finally:
         objective.train(was_training)
     if all(name in scores for name in TEST_SETS):

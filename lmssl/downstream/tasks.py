@@ -29,6 +29,7 @@ import numpy as np
 import yaml
 
 from lmssl.config import REPO_ROOT
+from lmssl.config.parse import yaml_problem
 from lmssl.downstream.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
 from lmssl.errors import ConfigError, did_you_mean
 
@@ -75,7 +76,7 @@ def load_task_card(path: str | Path) -> TaskCard:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a task card is a mapping with the keys {', '.join(CARD_KEYS)}")
     return card_from_dict(raw, str(path))

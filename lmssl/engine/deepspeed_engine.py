@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from lmssl.config import TrainConfig
 from lmssl.distributed import DistInfo
 from lmssl.engine.accumulation import MetricSums, loss_weights
 from lmssl.engine.torch_engine import build_optimizer
-from lmssl.errors import ConfigError
+from lmssl.errors import ConfigError, RunError
 from lmssl.model.batch import Batch, Output
 
 DS_DIR = "deepspeed"  # DeepSpeed's files inside an lmssl checkpoint directory
@@ -96,6 +97,14 @@ def _merge(ours: dict, theirs: dict, path: Path, prefix: str) -> dict:
     return out
 
 
+def require_deepspeed() -> None:
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        raise ConfigError("key 'train.engine': deepspeed is not installed here; install it with `pip install "
+                          "deepspeed` (or the gpu extra: pip install -e .[gpu]), or set train.engine=torch") from None
+
+
 class DeepSpeedEngine:
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig, dist: DistInfo):
         import deepspeed
@@ -119,7 +128,18 @@ class DeepSpeedEngine:
             self.engine.step()  # DeepSpeed steps the optimizer and schedule at the accumulation boundary only
             metrics.add({"loss": out.loss, **out.metrics}, weight)
         grad_norm = self.engine.get_global_grad_norm()
-        return {**metrics.means(), "lr": lr, "grad_norm": float(grad_norm) if grad_norm is not None else float("nan")}
+        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        stats = metrics.means()
+        applied = self.engine.was_step_applied()  # ZeRO 1-3 skip a step whose gradient norm is not finite
+        finite = math.isfinite(stats["loss"]) and math.isfinite(grad_norm)
+        # fp16: DeepSpeed's loss scaler skips overflowing steps while it calibrates (the loss itself is finite):
+        # its own business, not a divergence
+        calibrating = not applied and self.cfg.precision == "fp16" and math.isfinite(stats["loss"])
+        if applied and not finite:
+            raise RunError(f"DeepSpeed applied an optimizer step with a non-finite loss or gradient norm (ZeRO stage "
+                           f"{self.cfg.zero_stage}, {self.cfg.precision}), so the weights may no longer be finite; "
+                           f"ZeRO stages 1-3 skip such steps: use train.zero_stage=1, 2 or 3, or a lower train.lr")
+        return {**stats, "lr": lr, "grad_norm": grad_norm, "skipped": float(not applied and not calibrating)}
 
     @torch.no_grad()
     def eval_forward(self, batch: Batch) -> Output:

@@ -78,7 +78,8 @@ class TorchEngine:
         return autocast(self.device, self.cfg.precision)
 
     def train_step(self, micro_batches: list[Batch]) -> dict[str, float]:
-        """One optimizer step over this process's micro-batches (see lmssl.engine.accumulation)."""
+        """One optimizer step over this process's micro-batches (see lmssl.engine.accumulation); `skipped` is 1
+        when the loss or the gradient norm was not finite and the step was not applied."""
         self.model.train()
         weights = loss_weights(micro_batches, self.dist.world_size)
         metrics = MetricSums(self.dist.world_size)
@@ -94,11 +95,15 @@ class TorchEngine:
             metrics.add({"loss": out.loss, **out.metrics}, weight)
         lr = self.scheduler.get_last_lr()[0]
         max_norm = self.cfg.clip_grad if self.cfg.clip_grad > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        self.optimizer.step()
-        self.scheduler.step()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        stats = metrics.means()  # the same on every process (all-reduced), as is grad_norm after DDP's all-reduce
+        # a non-finite loss or gradient skips the update and leaves the schedule where it is, as DeepSpeed does
+        applied = math.isfinite(stats["loss"]) and math.isfinite(grad_norm)
+        if applied:
+            self.optimizer.step()
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {**metrics.means(), "lr": lr, "grad_norm": float(grad_norm)}
+        return {**stats, "lr": lr, "grad_norm": grad_norm, "skipped": float(not applied)}
 
     @torch.no_grad()
     def eval_forward(self, batch: Batch) -> Output:

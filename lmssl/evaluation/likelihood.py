@@ -6,7 +6,7 @@ from lmssl.config import Config
 from lmssl.data.paths import resolve_data_path
 from lmssl.errors import ConfigError
 from lmssl.evaluation import perplexity, pseudo_perplexity
-from lmssl.evaluation.text import read_documents
+from lmssl.evaluation.text import NonFiniteScore, read_documents
 
 KINDS = {"causal": "ppl", "masked": "pppl"}
 
@@ -59,6 +59,10 @@ class ValidationLikelihood:
 
     def __call__(self, objective) -> dict[str, float]:
         was_training = objective.training
-        result = evaluate_text(objective.eval(), self.tokenizer, self.cfg, self.documents)
-        objective.train(was_training)
+        try:
+            result = evaluate_text(objective.eval(), self.tokenizer, self.cfg, self.documents)
+        except NonFiniteScore:  # a diverging run logs NaN here; its loss guard decides whether it goes on
+            result = {k: float("nan") for k in VALIDATION_KEYS}
+        finally:
+            objective.train(was_training)
         return {VALIDATION_KEYS[k]: v for k, v in result.items() if k in VALIDATION_KEYS}

@@ -52,6 +52,9 @@ def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def compare(checkpoints: list[str], data: str, out: Path, *, max_words: int = 0, text_field: str = "text",
             batch_size: int = 16, batch_tokens: int = 8192, device: str = "auto", progress: bool = False) -> dict:
     """Score every checkpoint on the same documents; write results.json, report.md and report.png to `out`."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out: {out} is a file; give a directory for report.md, report.png and results.json")
     rows, file, documents = [], None, None
     for value in checkpoints:
         path = locate(value)

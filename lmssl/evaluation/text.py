@@ -17,6 +17,11 @@ from lmssl.data.corpus import iter_documents
 from lmssl.data.paths import data_root
 from lmssl.errors import ConfigError
 
+
+class NonFiniteScore(ConfigError):
+    """The model gave NaN or inf log-likelihoods: its weights overflow."""
+
+
 WORD = re.compile(r"\S+")
 
 
@@ -71,6 +76,9 @@ def summarize(log_likelihood: float, tokens: int, documents: list[str], causal: 
     Causal: nll = mean negative log-likelihood per token, ppl = exp(nll), bits_per_byte = total NLL / ln 2 /
     UTF-8 bytes, word_ppl = exp(total NLL / whitespace words). Masked: pll = the total pseudo-log-likelihood
     (Salazar et al. 2020), pppl = exp(-pll / tokens), word_pppl = exp(-pll / words)."""
+    if not math.isfinite(log_likelihood):
+        raise NonFiniteScore(f"the model's log-likelihood is not finite ({log_likelihood}): its weights overflow "
+                             f"(a run that diverged); evaluate an earlier checkpoint")
     words = sum(count_words(d) for d in documents)
     nbytes = sum(count_bytes(d) for d in documents)
     nll = -log_likelihood

@@ -26,5 +26,6 @@ def evaluate(engine, data: PackedSequences, batch_size: int, max_batches: int = 
     result = {f"val_{k}": v / total for k, v in sums.items()}
     result["val_targets"] = total
     if objective.causal:
-        result["val_ppl"] = math.exp(result["val_loss"])
+        loss = result["val_loss"]
+        result["val_ppl"] = math.exp(loss) if loss < 700 else math.inf  # a diverging run: inf, not OverflowError
     return result

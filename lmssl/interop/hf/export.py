@@ -18,14 +18,14 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from lmssl.atomic import atomic_directory
+from lmssl.atomic import atomic_directory, check_output_target
 from lmssl.config import ModelConfig
 from lmssl.data.tokenizer import TextTokenizer
 from lmssl.errors import ConfigError
 from lmssl.interop.hf.adapter import Target
 from lmssl.interop.hf.rules import Rule
 from lmssl.objectives import hf_adapter
-from lmssl.pretrained import load_pretrained
+from lmssl.pretrained import load_pretrained, locate
 
 # our activation -> HF's name for the same function (gelu_pytorch_tanh is F.gelu(approximate="tanh") itself)
 ACTIVATION_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
@@ -86,10 +86,11 @@ def hf_state_dict(state: dict[str, torch.Tensor], rules: list[Rule]) -> dict[str
 def export(checkpoint: str | Path, out_dir: str | Path, overwrite: bool = False) -> dict[str, Any]:
     """Write the `transformers` model directory (or ELECTRA's two) of a checkpoint (any path lmssl.pretrained
     reads). Written to a temporary directory and renamed into place: a failed export leaves nothing behind."""
-    out_dir = Path(out_dir)
+    out_dir, source = Path(out_dir), locate(checkpoint)
+    check_output_target(out_dir, source, "OUT_DIR")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ConfigError(f"{out_dir} exists and is not empty; choose another output directory or pass --overwrite")
-    cfg, tokenizer, objective = load_pretrained(checkpoint)
+    cfg, tokenizer, objective = load_pretrained(source)
     adapter = hf_adapter(cfg.objective.name)
     targets = adapter.export_targets(cfg)
     state = objective.state_dict()

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from lmssl.atomic import atomic_directory
-from lmssl.checkpoint import write_model_files
+from lmssl.atomic import atomic_directory, check_output_target
+from lmssl.checkpoint import seal, write_model_files
 from lmssl.config import Config, config_from_dict
 from lmssl.data.tokenizer import TextTokenizer
 from lmssl.errors import ConfigError
@@ -123,11 +123,13 @@ def import_model(path: str | Path, out_dir: str | Path, overwrite: bool = False)
     """`lmssl import`: a HF model directory as an lmssl checkpoint directory (model.safetensors, config.yaml,
     tokenizer.json), written atomically."""
     out_dir = Path(out_dir)
+    check_output_target(out_dir, Path(path), "OUT_DIR")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ConfigError(f"{out_dir} exists and is not empty; choose another output directory or pass --overwrite")
     cfg, tokenizer, objective = import_pretrained(path)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer=str(out_dir / "tokenizer.json")))
     with atomic_directory(out_dir) as tmp:
         write_model_files(tmp, objective, cfg, tokenizer)
+        seal(tmp)
     return {"out": str(out_dir), "objective": cfg.objective.name,
             "parameters": sum(p.numel() for p in objective.parameters())}
