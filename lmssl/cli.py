@@ -146,6 +146,60 @@ def _import(args) -> None:
     print(json.dumps(import_model(args.hf_dir, args.out_dir, overwrite=args.overwrite)))
 
 
+def _prompts(args) -> list[str]:
+    if args.unconditional:
+        return [""]
+    if args.prompt:
+        return [args.prompt]
+    lines = [] if sys.stdin is None or sys.stdin.isatty() else [line.rstrip("\n") for line in sys.stdin]
+    prompts = [line for line in lines if line.strip()]
+    if not prompts:
+        raise ConfigError("PROMPT: no prompt; give one, pipe prompts on stdin (one per line), or pass "
+                          "--unconditional to start from the end-of-text token alone")
+    return prompts
+
+
+def _generate(args) -> None:
+    from lmssl.inference import Sampling, generate
+
+    if not 0.0 < args.top_p <= 1.0:
+        raise ConfigError(f"--top-p: must be in (0, 1], got {args.top_p}")
+    if args.temperature < 0:
+        raise ConfigError(f"--temperature: must be >= 0 (0 = greedy), got {args.temperature}")
+    prompts = _prompts(args)
+    _, _, tokenizer, objective = _load(args.checkpoint, args.device)
+    for n, prompt in enumerate(prompts):  # prompt n samples with seed + n: the same draws never repeat across prompts
+        sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, seed=args.seed + n)
+        for i, sample in enumerate(generate(objective, tokenizer, prompt, sampling, args.num_samples,
+                                            use_cache=not args.no_cache)):
+            print(json.dumps({"prompt": prompt, "sample": i, **sample}), flush=True)
+
+
+def _fill_mask(args) -> None:
+    from lmssl.inference import fill_mask
+
+    _, _, tokenizer, objective = _load(args.checkpoint, args.device)
+    for result in fill_mask(objective, tokenizer, args.text, args.top_k):
+        print(json.dumps({"text": args.text, **result}))
+
+
+def _predict(args) -> None:
+    from lmssl.downstream.predict import predict
+
+    if args.out and Path(args.out).is_dir():
+        raise ConfigError(f"--out: {args.out} is a directory; give a file for the predictions (.jsonl)")
+    records = predict(args.finetuned, args.file, args.batch_size, args.device)
+    lines = "".join(json.dumps(r) + "\n" for r in records)
+    if args.out:
+        from lmssl.atomic import write_text
+
+        write_text(args.out, lines)
+        print(json.dumps({"predictions": str(args.out), "examples": len(records)}))
+    else:
+        sys.stdout.write(lines)
+
+
 def _finetune(args) -> None:
     from lmssl.downstream.glue import finetune
 
@@ -260,6 +314,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", help="output checkpoint directory (model.safetensors, config.yaml, tokenizer.json)")
     p.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
     p.set_defaults(func=_import)
+
+    p = sub.add_parser("generate", help="continue a prompt with a causal checkpoint (JSON line per sample)")
+    p.add_argument("checkpoint", help="causal checkpoint, run directory (its latest checkpoint) or Hugging Face dir")
+    p.add_argument("prompt", nargs="?", help="text to continue (default: one prompt per line of stdin)")
+    p.add_argument("--max-new-tokens", type=_positive, default=50, help="tokens to add (default: 50)")
+    p.add_argument("--temperature", type=float, default=1.0, help="divides the logits; 0 = greedy (default: 1)")
+    p.add_argument("--top-k", type=_non_negative, default=0, help="sample among the k most likely (0 = all)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: probability mass kept (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed gives the same samples")
+    p.add_argument("--num-samples", type=_positive, default=1, help="samples per prompt (default: 1)")
+    p.add_argument("--unconditional", action="store_true", help="no prompt: start from the end-of-text token")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole prefix every token (for timing)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: cuda when available)")
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("fill-mask", help="the likeliest tokens for each [MASK] of a text (masked checkpoints)")
+    p.add_argument("checkpoint", help="masked checkpoint (MLM, ELECTRA: its generator), run or Hugging Face dir")
+    p.add_argument("text", help='text with one or more [MASK], e.g. "the capital of france is [MASK] ."')
+    p.add_argument("--top-k", type=_positive, default=5, help="predictions per mask (default: 5)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: cuda when available)")
+    p.set_defaults(func=_fill_mask)
+
+    p = sub.add_parser("predict", help="labels / scores of a fine-tuned model for a CSV, TSV or JSONL file")
+    p.add_argument("finetuned", help="a fine-tuned model directory (lmssl finetune's OUTPUT/best)")
+    p.add_argument("file", help="examples with the task card's text columns (a label column is not needed)")
+    p.add_argument("--out", help="write the JSON lines here instead of stdout")
+    p.add_argument("--batch-size", type=_positive, default=64, help="examples per forward pass (default: 64)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: cuda when available)")
+    p.set_defaults(func=_predict)
 
     p = sub.add_parser("finetune", help="fine-tune (or linearly probe) a checkpoint on a GLUE task or a task card")
     p.add_argument("checkpoint", help="checkpoint directory, or a run directory (its latest checkpoint)")

@@ -28,7 +28,7 @@ LAYERS = [
     ("lmssl.interop.hf.importer",),
     ("lmssl.pretrained", "lmssl.resolve"),
     ("lmssl.interop.hf.export",),
-    ("lmssl.evaluation",),
+    ("lmssl.evaluation", "lmssl.inference"),
     ("lmssl.downstream",),
     ("lmssl.metrics", "lmssl.faults", "lmssl.train"),
     ("lmssl.cli", "lmssl.__main__"),

@@ -94,6 +94,13 @@ class TextTokenizer:
     def save(self, directory: Path) -> None:
         self.tokenizer.save(str(directory / "tokenizer.json"))
 
+    def without_template(self) -> "TextTokenizer":
+        """A copy that adds no special tokens around a text even when asked to (what a causal model's exported
+        tokenizer must be: lmssl never wraps a causal model's text in [CLS] ... [SEP])."""
+        tok = Tokenizer.from_str(self.tokenizer.to_str())
+        tok.post_processor = None
+        return TextTokenizer(tok, self.path)
+
 
 # ---------------------------------------------------------------------------------------------
 # training

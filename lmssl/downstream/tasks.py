@@ -222,8 +222,9 @@ def _get(row, column, path: Path, line: int, fmt: str):
     return row[column]
 
 
-def read_task_file(card: TaskCard, path: Path) -> TaskData:
-    """The examples of one file of the task (see the module docstring for the checks)."""
+def read_task_file(card: TaskCard, path: Path, labelled: bool = True) -> TaskData:
+    """The examples of one file of the task (see the module docstring for the checks); `labelled=False` reads
+    the texts only (files to predict), the targets are then zeros."""
     fmt = card.format if card.format != "auto" else {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl",
                                                       ".json": "jsonl"}.get(path.suffix.lower())
     if fmt is None:
@@ -241,6 +242,10 @@ def read_task_file(card: TaskCard, path: Path) -> TaskData:
             if not text or not text.strip():
                 raise ConfigError(f"{path}:{line}: empty text in column {column!r}")
             example.append(text)
+        if not labelled:
+            texts.append(tuple(example))
+            targets.append(0)
+            continue
         value = _get(row, card.label_column, path, line, fmt)
         if card.regression:
             try:

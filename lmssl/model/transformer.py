@@ -7,6 +7,7 @@ export is a rename (plus splitting our fused q/k/v projection).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -79,12 +80,34 @@ class SelfAttention(nn.Module):
         if x.dim() == 2:
             return self._context_unpadded(x, spec, prepared, rope)
         B, T, H = x.shape
+        q, k, v = self._heads(x, rope)
+        dropout_p = self.attention_dropout if self.training else 0.0
+        y = self.backend(q, k, v, spec, prepared, dropout_p)  # (B, h, T, d)
+        return y.transpose(1, 2).reshape(B, T, H)
+
+    def _heads(self, x: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, T, H = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.num_heads, H // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (B, h, T, d)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        dropout_p = self.attention_dropout if self.training else 0.0
-        y = self.backend(q, k, v, spec, prepared, dropout_p)  # (B, h, T, d)
+        return q, k, v
+
+    def cached_context(self, x: torch.Tensor, cache: "KVCache", index: int, rope) -> torch.Tensor:
+        """`context` for causal decoding: x (B, T, H) holds the T newest positions; their keys and values are
+        appended to layer `index` of the cache, and each new query attends to every cached position up to its
+        own. Plain SDPA whatever the backend (a decoding step is one query row)."""
+        B, T, H = x.shape
+        q, k, v = self._heads(x, rope)
+        past = cache.layers[index]
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, h, past + T, d)
+        cache.layers[index] = (k, v)
+        mask = None
+        if T > 1:  # new positions see the past and the new ones up to themselves
+            offset = k.shape[2] - T
+            mask = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(diagonal=offset)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, h, T, d)
         return y.transpose(1, 2).reshape(B, T, H)
 
     def _context_unpadded(self, x, spec: AttnSpec, prepared, rope) -> torch.Tensor:
@@ -118,10 +141,17 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x, spec, prepared, rope):
+        return self._residual(x, lambda h: self.attn(h, spec, prepared, rope))
+
+    def forward_cached(self, x, cache: "KVCache", index: int, rope):
+        """`forward` for causal decoding with a key/value cache (see SelfAttention.cached_context)."""
+        return self._residual(x, lambda h: self.attn.out(self.attn.cached_context(h, cache, index, rope)))
+
+    def _residual(self, x, attend):
         if self.pre_norm:
-            x = x + self.dropout(self.attn(self.attn_norm(x), spec, prepared, rope))
+            x = x + self.dropout(attend(self.attn_norm(x)))
             return x + self.dropout(self.ffn(self.ffn_norm(x)))
-        x = self.attn_norm(x + self.dropout(self.attn(x, spec, prepared, rope)))
+        x = self.attn_norm(x + self.dropout(attend(x)))
         return self.ffn_norm(x + self.dropout(self.ffn(x)))
 
     def forward_at(self, x, spec, prepared, rope, index: torch.Tensor) -> torch.Tensor:
@@ -158,6 +188,17 @@ def dropout_rows(dropout: nn.Dropout, x: torch.Tensor, shape: tuple[int, ...], i
         return x * 0.0
     noise = x.new_empty(shape).bernoulli_(1.0 - p).div_(1.0 - p)
     return x * noise.view(-1, shape[-1]).index_select(0, index)
+
+
+@dataclass
+class KVCache:
+    """The keys and values of the positions decoded so far: per layer (B, heads, length, head_dim), or None."""
+    layers: list[tuple[torch.Tensor, torch.Tensor] | None]
+    length: int = 0
+
+    @staticmethod
+    def empty(num_layers: int) -> "KVCache":
+        return KVCache([None] * num_layers)
 
 
 class Transformer(nn.Module):
@@ -229,6 +270,23 @@ class Transformer(nn.Module):
         if unpadded:
             x = _with_padding_rows(x, where.reshape(-1), prepared.indices)
         return x
+
+    def forward_cached(self, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Causal decoding: hidden states (B, T, hidden_size) of the T newest tokens, which continue the positions
+        held in `cache` (empty: a prompt), the cache extended by them. Equal to forward(...) on the whole
+        sequence with a causal dense spec, at those positions, without recomputing the past."""
+        B, T = input_ids.shape
+        positions = torch.arange(cache.length, cache.length + T, device=input_ids.device).expand(B, T)
+        x = self.embeddings(input_ids, positions)
+        if self.embed_proj is not None:
+            x = self.embed_proj(x)
+        rope = None
+        if self.cfg.position == "rope":
+            rope = rope_tables(positions, self.cfg.hidden_size // self.cfg.num_heads, self.cfg.rope_theta, x.dtype)
+        for index, layer in enumerate(self.layers):
+            x = layer.forward_cached(x, cache, index, rope)
+        cache.length += T
+        return self.final_norm(x) if self.final_norm is not None else x
 
     def _embed(self, input_ids: torch.Tensor, spec: AttnSpec, token_type_ids: torch.Tensor | None):
         """Embedded inputs plus what every block shares: the prepared attention layout (SDPA: a mask; varlen:

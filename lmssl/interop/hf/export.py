@@ -19,13 +19,15 @@ import torch
 from safetensors.torch import save_file
 
 from lmssl.atomic import atomic_directory, check_output_target
+from lmssl.checkpoint import load_checkpoint_config
 from lmssl.config import ModelConfig
 from lmssl.data.tokenizer import TextTokenizer
 from lmssl.errors import ConfigError
 from lmssl.interop.hf.adapter import Target
+from lmssl.interop.hf.classifier import classifier_config, classifier_target, fold_head_bias
 from lmssl.interop.hf.rules import Rule
 from lmssl.objectives import hf_adapter
-from lmssl.pretrained import load_pretrained, locate
+from lmssl.pretrained import is_finetuned, load_finetuned, load_pretrained, locate
 
 # our activation -> HF's name for the same function (gelu_pytorch_tanh is F.gelu(approximate="tanh") itself)
 ACTIVATION_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
@@ -84,12 +86,15 @@ def hf_state_dict(state: dict[str, torch.Tensor], rules: list[Rule]) -> dict[str
 
 
 def export(checkpoint: str | Path, out_dir: str | Path, overwrite: bool = False) -> dict[str, Any]:
-    """Write the `transformers` model directory (or ELECTRA's two) of a checkpoint (any path lmssl.pretrained
-    reads). Written to a temporary directory and renamed into place: a failed export leaves nothing behind."""
+    """Write the `transformers` model directory (or ELECTRA's two) of a checkpoint or a fine-tuned model (any path
+    lmssl.pretrained reads). Written to a temporary directory and renamed into place: a failed export leaves
+    nothing behind."""
     out_dir, source = Path(out_dir), locate(checkpoint)
     check_output_target(out_dir, source, "OUT_DIR")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ConfigError(f"{out_dir} exists and is not empty; choose another output directory or pass --overwrite")
+    if is_finetuned(source):
+        return export_classifier(source, out_dir)
     cfg, tokenizer, objective = load_pretrained(source)
     adapter = hf_adapter(cfg.objective.name)
     targets = adapter.export_targets(cfg)
@@ -104,6 +109,25 @@ def export(checkpoint: str | Path, out_dir: str | Path, overwrite: bool = False)
             for name, text in files.items():
                 (d / name).parent.mkdir(parents=True, exist_ok=True)
                 (d / name).write_text(text)
-            tokenizer.save(d)
+            (tokenizer.without_template() if objective.causal else tokenizer).save(d)
     return {"out": str(out_dir), "architectures": {t.subdir or ".": t.architecture for t in targets},
             "objective": cfg.objective.name}
+
+
+def export_classifier(source: Path, out_dir: Path) -> dict[str, Any]:
+    """A fine-tuned model as *ForSequenceClassification (lmssl.interop.hf.classifier)."""
+    model, tokenizer, info = load_finetuned(source)
+    cfg = load_checkpoint_config(source)
+    target = classifier_target(cfg, info)
+    state = model.state_dict()
+    tensors = hf_state_dict(state, target.rules)
+    if info["causal"]:
+        fold_head_bias(tensors, state)
+    config = {**hf_config(target, tokenizer), **classifier_config(info)}
+    with atomic_directory(out_dir) as tmp:
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        for name, text in tokenizer_files(tokenizer, target.model, causal=info["causal"]).items():
+            (tmp / name).write_text(text)
+        (tokenizer.without_template() if info["causal"] else tokenizer).save(tmp)
+    return {"out": str(out_dir), "architectures": {".": target.architecture}, "task": info["card"]["name"]}

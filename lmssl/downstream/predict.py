@@ -1,0 +1,42 @@
+"""`lmssl predict`: a fine-tuned classifier or regressor on new examples. The file is read as fine-tuning reads
+its task (the card's text columns, the same strict checks; no label needed), encoded the same way, and each
+example gets its label and class probabilities, or its score."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmssl.downstream.encoding import EncodedSet, encode_texts
+from lmssl.downstream.tasks import TaskCard, read_task_file
+from lmssl.errors import ConfigError
+from lmssl.pretrained import load_finetuned, resolve_device
+
+
+@torch.no_grad()
+def predict(directory: str | Path, file: str | Path, batch_size: int = 64, device: str = "auto") -> list[dict]:
+    """One dict per example of `file`, in file order: {index, label, probabilities} or {index, score}."""
+    path = Path(file)
+    if not path.is_file():
+        raise ConfigError(f"FILE: not found: {path}")
+    model, tokenizer, info = load_finetuned(directory, resolve_device(device))
+    card = TaskCard(**info["card"])
+    if path.suffix.lower() in (".tsv", ".csv", ".jsonl", ".json"):
+        card.format = "auto"  # the file's own suffix, which may differ from the task's files
+    data = read_task_file(card, path, labelled=False)
+    ids, types = encode_texts(tokenizer, data.texts, info["causal"], info["max_length"])
+    pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
+    examples = EncodedSet(ids, types, np.zeros(len(ids), dtype=np.int64), pad_id, info["causal"], model.use_types)
+    order = examples.eval_order()
+    logits = torch.empty(len(examples), card.num_outputs)
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        logits[torch.from_numpy(rows)] = model.logits(examples.batch(rows).to(device)).float().cpu()
+    if card.regression:
+        return [{"index": i, "score": float(v)} for i, v in enumerate(logits[:, 0].tolist())]
+    probs = logits.softmax(-1)
+    return [{"index": i, "label": card.labels[int(p.argmax())],
+             "probabilities": {label: round(float(q), 6) for label, q in zip(card.labels, p)}}
+            for i, p in enumerate(probs)]
