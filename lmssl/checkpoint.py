@@ -206,6 +206,10 @@ class BestCheckpoint:
         # a resumed run must beat the best its interrupted part recorded
         self.score = json.loads(info.read_text()).get(metric, -math.inf) if metric and info.is_file() else -math.inf
 
+    def relocate(self, output_dir: Path) -> None:
+        """The run's directory moved (train.overwrite swapped it in)."""
+        self.output_dir, self.dir = Path(output_dir), Path(output_dir) / "best"
+
     def update(self, step: int, metrics: dict[str, float], model: torch.nn.Module, cfg: Config,
                tokenizer: TextTokenizer) -> bool:
         """Save `model` as the best if metrics[metric] beats the best so far (NaN never does)."""

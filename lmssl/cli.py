@@ -277,25 +277,68 @@ def _add_eval_parsers(sub) -> None:
     p.set_defaults(func=_eval_sts)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each option's help (flags and unset options excepted); epilogs kept as written."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or isinstance(action.default, list):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _formatted(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Every parser and subparser shows option defaults."""
+    parser.formatter_class = _HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _formatted(child)
+    return parser
+
+
+def _config_show(args) -> None:
+    from lmssl.config.describe import describe
+    from lmssl.resolve import load_run_config
+
+    print(describe(load_run_config(args.config, args.overrides)), end="")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from lmssl import __version__
+    from lmssl.config import Config
+    from lmssl.config.describe import key_list
+
     parser = argparse.ArgumentParser(prog="lmssl", description="Pretrain and evaluate transformer language models.")
+    parser.add_argument("--version", action="version", version=f"lmssl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="pretrain a model from a YAML config")
+    p = sub.add_parser("train", help="pretrain a model from a YAML config",
+                       epilog="config keys (section.key, the default, what it does; a config file's values, its "
+                              "preset and objective change the defaults: `lmssl config show CONFIG` prints them):\n"
+                              + key_list(Config()))
     p.add_argument("config", help="YAML config, e.g. configs/mlm.yaml")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.max_steps=100")
     p.set_defaults(func=_train)
 
+    cfg = sub.add_parser("config", help="config tools").add_subparsers(dest="config_command", required=True)
+    p = cfg.add_parser("show", help="print the config a run would use, every key with its comment")
+    p.add_argument("config", help="YAML config, e.g. configs/mlm.yaml")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.max_steps=100")
+    p.set_defaults(func=_config_show)
+
     tok = sub.add_parser("tokenizer", help="tokenizer tools").add_subparsers(dest="tokenizer_command", required=True)
     p = tok.add_parser("train", help="train a tokenizer into tokenizers/NAME/")
     p.add_argument("files", nargs="+", help="corpus files (text, .jsonl, .parquet)")
-    p.add_argument("--type", choices=["wordpiece", "bpe", "unigram"], default="wordpiece")
-    p.add_argument("--vocab-size", type=int, default=8192)
-    p.add_argument("--name", help="directory name under tokenizers/")
+    p.add_argument("--type", choices=["wordpiece", "bpe", "unigram"], default="wordpiece",
+                   help="WordPiece (BERT, lower-cased), byte-level BPE (GPT-2) or SentencePiece unigram")
+    p.add_argument("--vocab-size", type=int, default=8192, help="tokens in the vocabulary, special ones included")
+    p.add_argument("--name", help="directory name under tokenizers/ (or $LMSSL_TOKENIZERS)")
     p.add_argument("--out", help="output directory (instead of tokenizers/NAME)")
-    p.add_argument("--format", choices=["auto", "text", "jsonl", "parquet"], default="auto")
-    p.add_argument("--doc-split", choices=["auto", "blank_line", "line", "wikitext"], default="auto")
-    p.add_argument("--text-field", default="text")
+    p.add_argument("--format", choices=["auto", "text", "jsonl", "parquet"], default="auto",
+                   help="corpus format; auto = from the file suffix")
+    p.add_argument("--doc-split", choices=["auto", "blank_line", "line", "wikitext"], default="auto",
+                   help="how plain text splits into documents; auto = detected")
+    p.add_argument("--text-field", default="text", help="field holding the text in .jsonl / .parquet")
     p.add_argument("--overwrite", action="store_true", help="replace an existing tokenizer there")
     p.set_defaults(func=_tokenizer_train)
 
@@ -318,12 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="continue a prompt with a causal checkpoint (JSON line per sample)")
     p.add_argument("checkpoint", help="causal checkpoint, run directory (its latest checkpoint) or Hugging Face dir")
     p.add_argument("prompt", nargs="?", help="text to continue (default: one prompt per line of stdin)")
-    p.add_argument("--max-new-tokens", type=_positive, default=50, help="tokens to add (default: 50)")
-    p.add_argument("--temperature", type=float, default=1.0, help="divides the logits; 0 = greedy (default: 1)")
+    p.add_argument("--max-new-tokens", type=_positive, default=50, help="tokens to add")
+    p.add_argument("--temperature", type=float, default=1.0, help="divides the logits; 0 = greedy")
     p.add_argument("--top-k", type=_non_negative, default=0, help="sample among the k most likely (0 = all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: probability mass kept (default: 1)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: probability mass kept")
     p.add_argument("--seed", type=int, default=0, help="sampling seed: the same seed gives the same samples")
-    p.add_argument("--num-samples", type=_positive, default=1, help="samples per prompt (default: 1)")
+    p.add_argument("--num-samples", type=_positive, default=1, help="samples per prompt")
     p.add_argument("--unconditional", action="store_true", help="no prompt: start from the end-of-text token")
     p.add_argument("--no-cache", action="store_true", help="recompute the whole prefix every token (for timing)")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: cuda when available)")
@@ -332,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fill-mask", help="the likeliest tokens for each [MASK] of a text (masked checkpoints)")
     p.add_argument("checkpoint", help="masked checkpoint (MLM, ELECTRA: its generator), run or Hugging Face dir")
     p.add_argument("text", help='text with one or more [MASK], e.g. "the capital of france is [MASK] ."')
-    p.add_argument("--top-k", type=_positive, default=5, help="predictions per mask (default: 5)")
+    p.add_argument("--top-k", type=_positive, default=5, help="predictions per mask")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: cuda when available)")
     p.set_defaults(func=_fill_mask)
 
@@ -340,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("finetuned", help="a fine-tuned model directory (lmssl finetune's OUTPUT/best)")
     p.add_argument("file", help="examples with the task card's text columns (a label column is not needed)")
     p.add_argument("--out", help="write the JSON lines here instead of stdout")
-    p.add_argument("--batch-size", type=_positive, default=64, help="examples per forward pass (default: 64)")
+    p.add_argument("--batch-size", type=_positive, default=64, help="examples per forward pass")
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: cuda when available)")
     p.set_defaults(func=_predict)
 
@@ -351,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="finetune.key=value, e.g. finetune.epochs=3 finetune.seeds=3 "
                                                 "finetune.max_train_examples=8000 finetune.probe=true")
     p.set_defaults(func=_finetune)
-    return parser
+    return _formatted(parser)
 
 
 def main(argv: list[str] | None = None) -> int:

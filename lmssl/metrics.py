@@ -10,6 +10,13 @@ from lmssl.atomic import write_text
 from lmssl.errors import storage_error
 
 
+def tensorboard_tag(key: str) -> str:
+    """TensorBoard groups by the part before '/': training scalars under train/, evaluations under val/."""
+    if key.startswith("val_"):
+        return f"val/{key[4:]}"
+    return f"val/{key}" if key.endswith("_spearman") else f"train/{key}"
+
+
 class MetricsLogger:
     def __init__(self, output_dir: Path, tensorboard: bool = True, truncate_after: int = 0):
         self.path = Path(output_dir) / "metrics.jsonl"
@@ -46,7 +53,7 @@ class MetricsLogger:
             try:
                 for k, v in values.items():
                     if isinstance(v, (int, float)):
-                        self.writer.add_scalar(k, v, step)
+                        self.writer.add_scalar(tensorboard_tag(k), v, step)
             except OSError as e:  # TensorBoard is a view of metrics.jsonl: losing it never stops a run
                 print(f"warning: TensorBoard logging stopped ({e}); metrics.jsonl goes on", file=sys.stderr)
                 self.writer = None

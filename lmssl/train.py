@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from lmssl.objectives import build_objective
 from lmssl.pretrained import init_encoder
 from lmssl.resolve import run_tokenizer, with_vocab
 from lmssl.rng import seed_everything, set_rng_state
-from lmssl.runlock import RunLock
+from lmssl.rundir import RunDirectory
 
 
 def masking_generator(seed: int, step: int, micro: int) -> torch.Generator:
@@ -69,7 +68,7 @@ def resume_point(cfg: Config, out: Path, dist) -> tuple[Path | None, dict | None
     if not cfg.train.resume:
         if latest_checkpoint(out) is not None:
             raise ConfigError(f"key 'train.output_dir': {out} already holds checkpoints; set train.resume=true to "
-                              f"continue it or choose another train.output_dir")
+                              f"continue it, train.overwrite=true to replace it, or choose another train.output_dir")
         return None, None, None
     found = intact_checkpoint(out)
     if found is None:
@@ -103,22 +102,18 @@ def train(cfg: Config) -> dict:
             if detect_format(path, cfg.data.format) != "parquet":
                 check_text(path, limit=STREAMING_CHECK_BYTES)
     require_engine(cfg.train)
-    created = not out.exists()
-    lock = RunLock(out).acquire() if dist.is_main else None
+    run_dir = RunDirectory(out, cfg.train.overwrite, dist.is_main).open()
     try:
-        return _train(cfg, dist, out)
+        return _train(cfg, dist, run_dir)
     except ConfigError:
-        if lock is not None and created and not any(p.name != lock.path.name for p in out.iterdir()):
-            lock.release()
-            lock = None
-            shutil.rmtree(out, ignore_errors=True)  # a bad input leaves nothing behind
+        run_dir.discard_if_new()  # a bad input leaves nothing behind
         raise
     finally:
-        if lock is not None:
-            lock.release()
+        run_dir.close()
 
 
-def _train(cfg: Config, dist, out: Path) -> dict:
+def _train(cfg: Config, dist, run_dir: RunDirectory) -> dict:
+    out = run_dir.path
     if dist.is_main:
         removed = remove_stale(checkpoints_dir(out)) + remove_stale(out)
         if removed:
@@ -175,8 +170,15 @@ def _train(cfg: Config, dist, out: Path) -> dict:
         logger = _NoLogger()
 
     def checkpoint() -> Path | None:
+        nonlocal out
         state = {"loader": loader.state_dict(), "skipped_steps": guard.total}
-        return save_training_checkpoint(out, step, engine, cfg, tokenizer, state, cfg.train.keep_checkpoints, dist)
+        written = save_training_checkpoint(out, step, engine, cfg, tokenizer, state, cfg.train.keep_checkpoints,
+                                           dist)
+        if written is not None and run_dir.committed():  # train.overwrite: the new run now takes the old one's place
+            out = run_dir.path
+            best.relocate(out)
+            written = out / written.relative_to(written.parent.parent)
+        return written
 
     def validate() -> dict:
         """The objective's loss and metrics on data.valid, plus PPL / pseudo-PPL on its first words."""

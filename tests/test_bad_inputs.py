@@ -257,8 +257,8 @@ CASES = [
     Case("config-output-dir-is-a-file", mlm("train.output_dir={tmp}/file.txt/run"),
          "key 'train.output_dir': {tmp}/file.txt is a file, not a directory", write("file.txt", "a file\n")),
     Case("config-output-dir-holds-checkpoints", mlm("train.output_dir={tmp}/run"),
-         "key 'train.output_dir': {tmp}/run already holds checkpoints; set train.resume=true to continue it or "
-         "choose another train.output_dir", copy("mlm", "run")),
+         "key 'train.output_dir': {tmp}/run already holds checkpoints; set train.resume=true to continue it, "
+         "train.overwrite=true to replace it, or choose another train.output_dir", copy("mlm", "run")),
     Case("config-vocab-size-too-small", mlm("model.vocab_size=100"),
          "key 'model.vocab_size': 100 is smaller than the tokenizer's 8192"),
     Case("config-simcse-with-valid", ("train", "configs/simcse.yaml", *TINY, *SIMCSE, "data.valid=wikitext-2/test.txt",

@@ -35,6 +35,8 @@ def validate(cfg: Config, source: str) -> None:
     _check(0.0 <= t.final_lr_ratio <= 1.0, source, "train.final_lr_ratio", "must be in [0, 1]")
     _check(t.clip_grad >= 0, source, "train.clip_grad", "must be >= 0 (0 = no clipping)")
     _check(bool(t.output_dir), source, "train.output_dir", "must not be empty")
+    _check(not (t.resume and t.overwrite), source, "train.overwrite", "and train.resume=true contradict each other: "
+           "continue the run (resume) or replace it (overwrite)")
     _check(0 <= t.zero_stage <= 3, source, "train.zero_stage", f"must be 0, 1, 2 or 3, got {t.zero_stage}")
     if t.engine == "torch":
         for key, value, default in (("zero_stage", t.zero_stage, 0), ("offload_optimizer", t.offload_optimizer, False),

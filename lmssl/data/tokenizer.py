@@ -6,9 +6,11 @@ with the `sentencepiece` library and converted (pieces and scores) into a `token
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -155,15 +157,30 @@ def _unigram(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     return tok
 
 
+@contextlib.contextmanager
+def progress_on_stderr():
+    """The tokenizers / sentencepiece trainers draw their progress on file descriptor 1; stdout is for JSON."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int) -> TextTokenizer:
     """Train a tokenizer of `kind` on an iterable of documents."""
     if kind not in KINDS:
         raise ValueError(f"unknown tokenizer type {kind!r}; choose one of {', '.join(KINDS)}")
-    if kind == "unigram":
-        tok = _unigram(texts, vocab_size)
-    else:
-        tok, trainer = _wordpiece(vocab_size) if kind == "wordpiece" else _bpe(vocab_size)
-        tok.train_from_iterator(_lines(texts), trainer=trainer)
+    with progress_on_stderr():
+        if kind == "unigram":
+            tok = _unigram(texts, vocab_size)
+        else:
+            tok, trainer = _wordpiece(vocab_size) if kind == "wordpiece" else _bpe(vocab_size)
+            tok.train_from_iterator(_lines(texts), trainer=trainer)
     if kind != "bpe":
         _bert_post_processor(tok)
     return TextTokenizer(tok)

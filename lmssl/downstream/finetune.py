@@ -30,7 +30,7 @@ from lmssl.data.tokenizer import TextTokenizer
 from lmssl.downstream.encoding import EncodedSet, encode_texts
 from lmssl.downstream.metrics import compute_metrics, mean_std
 from lmssl.downstream.probe import LinearProbe, compute_features, fold_standardization, freeze, standardize
-from lmssl.downstream.tasks import TaskCard, read_task_file, resolve_file
+from lmssl.downstream.tasks import TaskCard, infer_labels, read_task_file, resolve_file
 from lmssl.engine import TorchEngine
 from lmssl.engine.torch_engine import autocast
 from lmssl.errors import ConfigError
@@ -202,6 +202,7 @@ def run_task(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig, out: P
     """Fine-tune (or probe) on one task over `fcfg.seeds` seeds; write results.json and best/; return the results."""
     started, device = time.perf_counter(), resolve_device(fcfg.device)
     check_output(out, fcfg)
+    card = infer_labels(card, root_dir(fcfg.data_root))
     data = encode_task(source, card, fcfg)
     mode = "probe" if fcfg.probe else "finetune"
     seeds, best_overall, cached = [], None, None

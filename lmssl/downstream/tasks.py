@@ -21,6 +21,7 @@ Blank lines are skipped. Files are UTF-8; a byte-order mark (GLUE's MRPC) is dro
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -113,9 +114,11 @@ def card_from_dict(raw: dict, source: str) -> TaskCard:
     regression, labels = raw.get("regression", False), raw.get("labels")
     if not isinstance(regression, bool):
         fail("regression", "expected true or false")
-    if regression == (labels is not None):
+    if regression and labels is not None:
         fail("labels", "give either a label list (classification) or regression: true")
-    if labels is not None:
+    if not regression and labels is None:
+        labels = []  # classification with the labels found in the training file (infer_labels)
+    elif labels is not None:
         if not isinstance(labels, list) or len(labels) < 2 or any(isinstance(v, (list, dict)) for v in labels):
             fail("labels", "a list of at least two label values")
         labels = [str(v) for v in labels]
@@ -128,10 +131,35 @@ def card_from_dict(raw: dict, source: str) -> TaskCard:
         if m not in valid:
             fail("metrics", f"unknown {'regression' if regression else 'classification'} metric {m!r}"
                  + did_you_mean(str(m), list(valid)))
-    if "f1" in metrics and len(labels) != 2:
+    if "f1" in metrics and labels and len(labels) != 2:
         fail("metrics", f"f1 is binary (the second label is the positive class); this task has {len(labels)} labels")
     return TaskCard(name=name, train=str(raw["train"]), dev=dev, text_columns=columns, label_column=raw["label_column"],
                     labels=labels, metrics=list(metrics), format=fmt, header=header, quoting=quoting, source=source)
+
+
+def infer_labels(card: TaskCard, root: Path) -> TaskCard:
+    """A classification card without `labels`: its labels are the values of the training file's label column,
+    sorted (numerically when they all are numbers), so that they do not depend on the order of the rows."""
+    if card.labels != []:
+        return card
+    path = resolve_file(card, card.train, root)
+    fmt = card.format if card.format != "auto" else {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl",
+                                                      ".json": "jsonl"}.get(path.suffix.lower())
+    if fmt is None:
+        raise ConfigError(f"{card.source}: key 'format': cannot tell the format of {path} from its suffix; "
+                          f"set format: tsv, csv or jsonl")
+    rows = _jsonl_rows(path) if fmt == "jsonl" else _rows(path, card, fmt)
+    values = {str(_get(row, card.label_column, path, line, fmt)).strip() for line, row in rows}
+    try:
+        labels = sorted(values, key=float)
+    except ValueError:
+        labels = sorted(values)
+    if len(labels) < 2:
+        raise ConfigError(f"{path}: the label column {card.label_column!r} holds {len(labels)} distinct value(s); "
+                          f"a classification task needs two or more (or set regression: true)")
+    if "f1" in card.metrics and len(labels) != 2:
+        raise ConfigError(f"{card.source}: key 'metrics': f1 is binary; the training file has {len(labels)} labels")
+    return dataclasses.replace(card, labels=labels)
 
 
 def glue_card(task: str) -> TaskCard:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
 
 from lmssl.atomic import write_bytes, write_text
@@ -96,6 +97,15 @@ def per_word(row: dict) -> float:
     return row["word_ppl"] if row["quantity"] == "perplexity" else row["word_pppl"]
 
 
+def parameter_count(n: int) -> str:
+    """12.3M, 1.85M, 274K: three significant figures, whatever the size (a tiny model is not '0.0M')."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.{max(0, 2 - int(math.log10(value)))}f}{unit}"
+    return str(n)
+
+
 def _fmt(x: float | None, digits: int = 2) -> str:
     return "—" if x is None else f"{x:,.{digits}f}"
 
@@ -109,7 +119,7 @@ def markdown_table(rows: list[dict]) -> str:
         window = f"{r['max_length']} / {r['stride']}"
         lines.append(f"| {r['name']} | {r['objective']} | {LABELS[r['quantity']]} | {_fmt(per_token(r))} | "
                      f"{_fmt(per_word(r))} | {bpb} | {r['tokens']:,} | {r['words']:,} | {window} | "
-                     f"{r['parameters'] / 1e6:.1f}M |")
+                     f"{parameter_count(r['parameters'])} |")
     return "\n".join(lines)
 
 
