@@ -73,10 +73,7 @@ class AtomicDirectory:
             if self.exists == "keep":
                 shutil.rmtree(self.path, ignore_errors=True)
                 return
-            old = Path(tempfile.mkdtemp(prefix=f"{OLD_PREFIX}{self.final.name}-", dir=self.final.parent))
-            os.replace(self.final, old / self.final.name)
-            os.replace(self.path, self.final)
-            shutil.rmtree(old, ignore_errors=True)
+            replace_directory(self.path, self.final)
         else:
             try:
                 os.replace(self.path, self.final)
@@ -87,6 +84,16 @@ class AtomicDirectory:
 
     def abort(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def replace_directory(source: Path, final: Path) -> None:
+    """Put the complete directory `source` in place of the existing `final`: the old one is moved aside, then
+    deleted, so `final` is missing for no longer than one rename."""
+    old = Path(tempfile.mkdtemp(prefix=f"{OLD_PREFIX}{final.name}-", dir=final.parent))
+    os.replace(final, old / final.name)
+    os.replace(source, final)
+    fsync_path(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -3,12 +3,11 @@ in a staging directory beside it that replaces the previous run only once the ne
 checkpoint (before that, a failure leaves the previous run as it was)."""
 from __future__ import annotations
 
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
+from lmssl.atomic import replace_directory
 from lmssl.distributed import barrier
 from lmssl.runlock import LOCK_NAME, RunLock
 
@@ -39,11 +38,8 @@ class RunDirectory:
         if self.staging is None:
             return False
         if self.main:
-            old = Path(tempfile.mkdtemp(prefix=f".old-{self.out.name}-", dir=self.out.parent))
-            os.replace(self.out, old / self.out.name)
-            os.replace(self.staging, self.out)  # the run's own lock moves with it
-            self.locks.pop(0).release()
-            shutil.rmtree(old, ignore_errors=True)
+            self.locks.pop(0).release()  # the old run's lock goes with it
+            replace_directory(self.staging, self.out)  # the new run's lock moves with its directory
             print(f"note: train.overwrite=true: the previous run in {self.out} is replaced", file=sys.stderr)
         barrier()
         self.staging = None

@@ -28,7 +28,7 @@ from lmssl.config import Config, FinetuneConfig, TrainConfig
 from lmssl.data.paths import root_dir
 from lmssl.data.tokenizer import TextTokenizer
 from lmssl.downstream.encoding import EncodedSet, encode_texts
-from lmssl.downstream.metrics import compute_metrics, mean_std
+from lmssl.downstream.metrics import mean_std
 from lmssl.downstream.probe import LinearProbe, compute_features, fold_standardization, freeze, standardize
 from lmssl.downstream.tasks import TaskCard, infer_labels, read_task_file, resolve_file
 from lmssl.engine import TorchEngine
@@ -37,6 +37,7 @@ from lmssl.errors import ConfigError
 from lmssl.model.classifier import SequenceClassifier, predictions
 from lmssl.pretrained import load_pretrained, locate, resolve_device, save_finetuned
 from lmssl.rng import seed_everything
+from lmssl.scores import load_metric
 
 FINETUNE_ADAM = dict(adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-6, clip_grad=1.0)  # BERT's fine-tuning optimizer
 
@@ -76,7 +77,8 @@ def build_classifier(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig
 @torch.no_grad()
 def evaluate(model, dataset, card: TaskCard, batch_size: int, device: torch.device,
              precision: str = "fp32") -> dict[str, float]:
-    """The card's metrics (x 100) and their mean `score` on one dataset, without dropout."""
+    """The card's metrics (x 100) and their mean `score` on one dataset, without dropout, through the lmssl_glue
+    `evaluate` module (lmssl.scores)."""
     model.eval()
     order = dataset.eval_order()
     out = torch.empty(len(dataset), dtype=torch.float32 if card.regression else torch.long)
@@ -85,7 +87,8 @@ def evaluate(model, dataset, card: TaskCard, batch_size: int, device: torch.devi
         with autocast(device, precision):
             logits = model.logits(dataset.batch(rows).to(device))
         out[torch.from_numpy(rows)] = predictions(logits, card.regression).cpu()
-    return compute_metrics(card.metrics, out.numpy(), dataset.targets.numpy())
+    metric = load_metric("lmssl_glue", "regression" if card.regression else "classification")
+    return metric.compute(predictions=out.numpy(), references=dataset.targets.numpy(), metrics=card.metrics)
 
 
 def _flat(dev: dict[str, dict[str, float]]) -> dict[str, float]:
