@@ -48,6 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from lmssl.config import load_config  # noqa: E402
+from lmssl.data.corpus import Corpus  # noqa: E402
 from lmssl.data.tokenizer import TextTokenizer, tokenizer_path  # noqa: E402
 from lmssl.evaluation.pseudo_perplexity import (  # noqa: E402
     MaskingTokens,
@@ -163,7 +164,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     cfg = load_config(REPO / "configs" / "mlm.yaml")
     path = resolve_text_file(args.data, cfg)
-    documents = read_documents(path, args.max_words)
+    documents = read_documents(Corpus(str(path)), args.max_words)
     vocabs = [0] if args.checkpoint else args.vocab
     result = {
         "benchmark": "pseudo-perplexity throughput: exact sparse prediction vs full-vocabulary (mlm-scoring style)",

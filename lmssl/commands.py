@@ -65,6 +65,7 @@ def _load(value: str, device: str):
 
 def _eval_text(args, causal: bool):
     """The checkpoint and the documents to score, after checking the checkpoint is of the right kind."""
+    from lmssl.data.corpus import Corpus
     from lmssl.evaluation.likelihood import likelihood_kind
     from lmssl.evaluation.text import read_documents, resolve_text_file
 
@@ -76,7 +77,7 @@ def _eval_text(args, causal: bool):
                           + (f": use `lmssl eval {kind}`" if kind else
                              ", which declares none (Objective.language_model() is None)"))
     file = resolve_text_file(args.file, cfg)
-    documents = read_documents(file, args.max_words, text_field=args.text_field)
+    documents = read_documents(Corpus(str(file), text_field=args.text_field), args.max_words)
     head = {"checkpoint": str(path), "file": str(file), "max_words": args.max_words}
     return head, cfg, tokenizer, objective, documents
 

@@ -22,7 +22,7 @@ def with_init_from(raw: RawConfig) -> RawConfig:
         return raw
     source = init_model_fields(str(model["init_from"]))
     filled = {**{k: source[k] for k in ("preset", *SHAPE_FIELDS)}, **model}
-    return RawConfig({**raw.sections, "model": filled}, raw.source)
+    return dataclasses.replace(raw, sections={**raw.sections, "model": filled})
 
 
 def load_run_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Config:

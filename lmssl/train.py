@@ -20,13 +20,14 @@ from lmssl.checkpoint import (
     save_training_checkpoint,
 )
 from lmssl.config import Config
-from lmssl.data.corpus import STREAMING_CHECK_BYTES, check_text, detect_format
 from lmssl.data.loader import SequenceLoader
-from lmssl.data.paths import data_root, resolve_data_path
+from lmssl.data.paths import corpus_of, data_root
 from lmssl.data.tokenizer import TextTokenizer, tokenizer_path
+from lmssl.data.unigram import Unigram, UnigramBaselines
 from lmssl.downstream.sts import evaluate_sts
 from lmssl.engine import build_engine, require_engine
 from lmssl.errors import ConfigError
+from lmssl.evaluation.baselines import baseline_table
 from lmssl.evaluation.likelihood import ValidationLikelihood
 from lmssl.evaluation.validation import evaluate
 from lmssl.faults import SkipGuard, StopSignals, check_resumable
@@ -51,6 +52,21 @@ class _NoLogger:
 
     def close(self) -> None:
         pass
+
+
+def final_baselines(cfg: Config, objective, train_data, valid_data, likelihood, tokenizer: TextTokenizer,
+                    result: dict) -> dict[str, tuple[float, str]]:
+    """The baselines (`Objective.baselines`) of the final metrics in `result`: the training tokens' unigram model
+    scored on the validation tokens and on the text PPL / pseudo-PPL scores, the scored pairs' majority label.
+    None of them for a streamed corpus, whose tokens are not held."""
+    train, valid = getattr(train_data, "tokens", None), getattr(valid_data, "tokens", None)
+    if train is None or valid is None:
+        return {}
+    model = Unigram(train, tokenizer.vocab_size, tokenizer.special_ids)
+    unigram = UnigramBaselines.of(model, valid, likelihood.tokens() if likelihood else None)
+    evaluated = min(len(valid_data), cfg.eval.max_batches * cfg.eval.batch_size or len(valid_data))
+    return {k: (v, what) for k, (v, what) in objective.baselines(unigram, valid_data, evaluated).items()
+            if v is not None and k in result}
 
 
 def check_output_dir(out: Path) -> None:
@@ -96,11 +112,9 @@ def train(cfg: Config) -> dict:
     dist = distributed.setup(require_group=cfg.train.engine == "deepspeed")
     out = Path(cfg.train.output_dir)
     check_output_dir(out)
-    for split in ("train", "valid"):  # missing, empty, binary or non-UTF-8 corpora stop the run before any work
-        if getattr(cfg.data, split):
-            path = resolve_data_path(cfg, getattr(cfg.data, split), f"data.{split}")
-            if detect_format(path, cfg.data.format) != "parquet":
-                check_text(path, limit=STREAMING_CHECK_BYTES)
+    # missing, empty, binary, non-UTF-8 or uncached corpora stop the run before any work
+    for split in ("train", "valid") if cfg.data.valid not in ("", "auto") else ("train",):
+        corpus_of(cfg, split).check()
     require_engine(cfg.train)
     run_dir = RunDirectory(out, cfg.train.overwrite, dist.is_main).open()
     try:
@@ -243,6 +257,11 @@ def _train(cfg: Config, dist, run_dir: RunDirectory) -> dict:
         result.update(sts_eval())
         if best.dir.is_dir():
             result["best"] = str(best.dir)
+        baselines = final_baselines(cfg, objective, train_data, valid_data, likelihood, tokenizer, result) \
+            if dist.is_main else {}
+        if baselines:
+            result["baselines"] = {k: v for k, (v, _) in baselines.items()}
+            print(baseline_table(result, baselines, step), file=sys.stderr)
         return result
     finally:  # also on an error: the progress bar ends before the error line, metrics.jsonl is closed
         bar.close()

@@ -248,10 +248,10 @@ CASES = [
          "{tmp}/c.yaml: section 'train' must be a mapping of keys", write("c.yaml", "train: 5\n")),
     Case("config-data-train-missing", mlm("data.train={tmp}/nowhere.txt"),
          "key 'data.train': file not found: {tmp}/nowhere.txt (looked in the working directory and the data root "
-         "{data}; set LMSSL_DATA or data.root)"),
+         "{data}; set LMSSL_DATA or data.root; a Hub dataset is written name:config:split)"),
     Case("config-data-valid-missing", mlm("data.valid=wikitext-2/nowhere.txt"),
          "key 'data.valid': file not found: wikitext-2/nowhere.txt (looked in the working directory and the data root "
-         "{data}; set LMSSL_DATA or data.root)"),
+         "{data}; set LMSSL_DATA or data.root; a Hub dataset is written name:config:split)"),
     Case("config-tokenizer-file-missing", mlm("data.tokenizer={tmp}/nowhere/tokenizer.json"),
          "key 'data.tokenizer': tokenizer file not found: {tmp}/nowhere/tokenizer.json"),
     Case("config-output-dir-is-a-file", mlm("train.output_dir={tmp}/file.txt/run"),
@@ -298,7 +298,8 @@ CASES = [
     Case("corpus-only-whitespace", ("eval", "pppl", "{mlm}", "{tmp}/blank.txt"),
          "{tmp}/blank.txt: the file holds only whitespace", write("blank.txt", "  \n\t\n\n   \n")),
     Case("corpus-binary", ("eval", "ppl", "{clm}", "{tmp}/binary.txt"),
-         "{tmp}/binary.txt: not text (a NUL byte at byte 11, line 2); corpora are UTF-8 text, .jsonl or .parquet",
+         "{tmp}/binary.txt: not text (a NUL byte at byte 11, line 2); corpora are UTF-8 text, .jsonl, .csv/.tsv, "
+         ".parquet or .arrow",
          write("binary.txt", b"first line\n\x00\x01\x02binary\n")),
     Case("corpus-latin1", ("eval", "ppl", "{clm}", "{tmp}/latin1.txt"), "{tmp}/latin1.txt: " + LATIN1,
          write("latin1.txt", LATIN1_TEXT)),
@@ -315,7 +316,8 @@ CASES = [
     Case("corpus-train-only-whitespace", corpus("data.train={tmp}/blank.txt"),
          "{tmp}/blank.txt: the file holds only whitespace", write("blank.txt", "  \n\t\n\n   \n")),
     Case("corpus-train-binary", corpus("data.train={tmp}/binary.txt"),
-         "{tmp}/binary.txt: not text (a NUL byte at byte 11, line 2); corpora are UTF-8 text, .jsonl or .parquet",
+         "{tmp}/binary.txt: not text (a NUL byte at byte 11, line 2); corpora are UTF-8 text, .jsonl, .csv/.tsv, "
+         ".parquet or .arrow",
          write("binary.txt", b"first line\n\x00\x01\x02binary\n")),
     Case("corpus-train-latin1", corpus("data.train={tmp}/latin1.txt"), "{tmp}/latin1.txt: " + LATIN1,
          write("latin1.txt", LATIN1_TEXT)),
@@ -329,7 +331,8 @@ CASES = [
     Case("corpus-tokenizer-latin1", ("tokenizer", "train", "{tmp}/latin1.txt", "--out", "{tmp}/tok"),
          "{tmp}/latin1.txt: " + LATIN1, write("latin1.txt", LATIN1_TEXT)),
     Case("corpus-tokenizer-binary", ("tokenizer", "train", "{tmp}/binary.txt", "--out", "{tmp}/tok"),
-         "{tmp}/binary.txt: not text (a NUL byte at byte 11, line 2); corpora are UTF-8 text, .jsonl or .parquet",
+         "{tmp}/binary.txt: not text (a NUL byte at byte 11, line 2); corpora are UTF-8 text, .jsonl, .csv/.tsv, "
+         ".parquet or .arrow",
          write("binary.txt", b"first line\n\x00\x01\x02binary\n")),
     Case("corpus-train-shorter-than-a-sequence", corpus("data.train={tmp}/short.txt"),
          "key 'data.train' ({tmp}/short.txt): the corpus has 5 tokens, fewer than one sequence of 32",

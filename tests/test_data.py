@@ -5,7 +5,7 @@ import pytest
 
 from lmssl.config import ConfigError
 from lmssl.data import load_tokenizer, sequences
-from lmssl.data.corpus import detect_doc_split, group_lines, iter_documents
+from lmssl.data.corpus import Corpus, detect_doc_split, group_lines, iter_documents
 from lmssl.data.loader import SequenceLoader
 from lmssl.data.packing import PackedSequences, StreamingSequences, tokenize_corpus
 from lmssl.data.tokenizer import TextTokenizer, tokenizer_path
@@ -60,25 +60,25 @@ def wordpiece():
 
 def test_tokenization_is_cached(data_root, tmp_path, wordpiece, monkeypatch):
     path = data_root / "wikitext-2" / "valid.txt"
-    tokens, ends = tokenize_corpus(path, wordpiece, wordpiece.sep_id, tmp_path)
+    tokens, ends = tokenize_corpus(Corpus(str(path)), wordpiece, wordpiece.sep_id, tmp_path)
     assert ends[-1] == len(tokens) and (np.asarray(tokens)[ends - 1] == wordpiece.sep_id).all()
-    import lmssl.data.packing as packing
-    monkeypatch.setattr(packing, "iter_documents", lambda *a, **k: pytest.fail("re-tokenized a cached corpus"))
-    again, again_ends = tokenize_corpus(path, wordpiece, wordpiece.sep_id, tmp_path)
+    monkeypatch.setattr(Corpus, "documents", lambda *a, **k: pytest.fail("re-tokenized a cached corpus"))
+    again, again_ends = tokenize_corpus(Corpus(str(path)), wordpiece, wordpiece.sep_id, tmp_path)
     assert np.array_equal(tokens, again) and np.array_equal(ends, again_ends)
 
 
 def test_streaming_equals_cached_packing_and_resumes(data_root, tmp_path, wordpiece):
     path = data_root / "wikitext-2" / "valid.txt"
-    tokens, ends = tokenize_corpus(path, wordpiece, wordpiece.sep_id, tmp_path)
+    tokens, ends = tokenize_corpus(Corpus(str(path)), wordpiece, wordpiece.sep_id, tmp_path)
     packed = PackedSequences(tokens, ends, 64, wordpiece.cls_id)
-    stream = StreamingSequences(path, wordpiece, wordpiece.sep_id, 64, wordpiece.cls_id)
+    stream = StreamingSequences(Corpus(str(path)), wordpiece, wordpiece.sep_id, 64, wordpiece.cls_id)
     streamed = list(stream.iterate(seed=0))
     assert len(streamed) == len(packed)
     for i in (0, 1, len(packed) // 2, len(packed) - 1):
         assert streamed[i].input_ids.tolist() == packed[i].input_ids.tolist()
         assert streamed[i].doc_lengths == packed[i].doc_lengths
-    shuffled = StreamingSequences(path, wordpiece, wordpiece.sep_id, 64, wordpiece.cls_id, shuffle_buffer=50)
+    shuffled = StreamingSequences(Corpus(str(path)), wordpiece, wordpiece.sep_id, 64, wordpiece.cls_id,
+                                  shuffle_buffer=50)
     first = SequenceLoader(shuffled, 4, seed=3)
     for _ in range(5):
         first.next_batch()

@@ -8,7 +8,10 @@ import pytest
 import torch
 from conftest import tiny_config
 
+from lmssl.checkpoint import latest_checkpoint
 from lmssl.cli import main
+from lmssl.data.tokenizer import TextTokenizer
+from lmssl.evaluation.likelihood import ValidationLikelihood
 from lmssl.train import train
 
 WORDS = "150"
@@ -57,6 +60,10 @@ def test_training_logs_the_evaluator_that_the_cli_runs(runs, capsys, objective, 
     assert result["words"] == int(WORDS) and result["tokens"] == rows[-1]["val_likelihood_tokens"]
     for key, field in keys.items():
         assert rows[-1][key] == pytest.approx(result[field], rel=1e-6)
+    # the unigram baseline of the final validation scores the same tokens
+    cfg = tiny_config(objective, runs[objective], f"eval.likelihood_max_words={WORDS}")
+    tokenizer = TextTokenizer.from_file(latest_checkpoint(runs[objective]) / "tokenizer.json")
+    assert len(ValidationLikelihood(cfg, tokenizer).tokens()) == rows[-1]["val_likelihood_tokens"]
 
 
 def test_ppl_and_pppl_print_their_fields(runs, capsys, tmp_path):
@@ -108,6 +115,32 @@ def test_compare_writes_a_table_and_a_plot_that_keep_ppl_and_pseudo_ppl_apart(ru
     curves = {m["name"]: m["curves"] for m in results["models"]}
     assert [s for s, _ in curves["mlm@2"]["loss"]] == [1, 2]
     assert [s for s, _ in curves["clm@2"]["val_sliding_ppl"]] == [1, 2]
+    # the legend names what each training loss sums
+    assert {m["name"]: m["loss_terms"] for m in results["models"]} == {"mlm@2": ["MLM", "NSP"], "clm@2": ["CLM"]}
+
+
+def test_report_axes_have_integer_steps_and_plain_labels_on_narrow_log_ranges():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lmssl.evaluation.report import loss_label, readable_axes
+
+    fig, (narrow, wide) = plt.subplots(1, 2)
+    for ax, values in ((narrow, [900, 700, 400]), (wide, [9000, 300, 40])):
+        ax.plot([1, 2, 3], values)
+        ax.set_yscale("log")
+        readable_axes(ax, log_y=True)
+    fig.canvas.draw()
+    steps = [t.get_text() for t in narrow.get_xticklabels() if t.get_visible() and t.get_text()]
+    assert steps and all(t.lstrip("−-").isdigit() for t in steps), steps  # no 1.5, 2.5
+    labels = [t.get_text() for t in narrow.get_yticklabels(minor=True) + narrow.get_yticklabels() if t.get_text()]
+    assert "500" in labels and not any("10^" in t for t in labels), labels
+    assert any("10^" in t.get_text() for t in wide.get_yticklabels())  # over decades: powers of ten stay
+    plt.close(fig)
+    assert loss_label({"name": "mlm@300", "loss_terms": ["MLM", "NSP"]}) == "mlm@300: MLM + NSP"
+    assert loss_label({"name": "clm@300", "loss_terms": ["CLM"]}) == "clm@300"
 
 
 def test_likelihood_cap_is_validated():

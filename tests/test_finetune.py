@@ -1,6 +1,7 @@
 """GLUE-style fine-tuning and linear probing: metrics, task cards, inputs and pooling, training, CLI."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -291,6 +292,19 @@ def test_every_objective_fine_tunes(checkpoints, toy_task, tmp_path, kind):
         kind, "[CLS] + fresh pooler")
     scratch = build_classifier(source, c, finetune_config(["finetune.from_scratch=true"]))
     assert not torch.equal(scratch.encoder.embeddings.word.weight, model.encoder.embeddings.word.weight)
+
+
+def test_fine_tuning_dropout_is_its_own_whatever_pretraining_used(checkpoints, toy_task):
+    source = load_source(checkpoints["mlm_nsp"])
+    source = dataclasses.replace(source, cfg=dataclasses.replace(
+        source.cfg, model=dataclasses.replace(source.cfg.model, dropout=0.0, attention_dropout=0.0)))
+    for p in (0.1, 0.0, 0.3):
+        model = build_classifier(source, load_task_card(toy_task), finetune_config([f"finetune.dropout={p}"]))
+        rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+        rates |= {m.attention_dropout for m in model.modules() if hasattr(m, "attention_dropout")}
+        assert rates == {p}
+    with pytest.raises(ConfigError, match=r"key 'finetune.dropout': must be in \[0, 1\)"):
+        finetune_config(["finetune.dropout=1"])
 
 
 def test_probe_leaves_the_encoder_bit_identical_and_trains_the_head(checkpoints, toy_task, tmp_path):

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from lmssl.config import ConfigError
+from lmssl.data.corpus import Corpus
 from lmssl.data.pairs import (
     PairExample,
     SegmentedCorpus,
@@ -129,11 +130,10 @@ def wordpiece():
 
 def test_wikitext_pairs_are_well_formed(data_root, tmp_path, wordpiece, monkeypatch):
     path = data_root / "wikitext-2" / "valid.txt"
-    c = tokenize_segments(path, wordpiece, tmp_path)
+    c = tokenize_segments(Corpus(str(path)), wordpiece, tmp_path)
     assert len(c.doc_ends) == 60 and c.segment_ends[-1] == len(c.tokens)
-    import lmssl.data.pairs as pairs_mod
-    monkeypatch.setattr(pairs_mod, "iter_documents", lambda *a, **k: pytest.fail("re-tokenized a cached corpus"))
-    again = tokenize_segments(path, wordpiece, tmp_path)
+    monkeypatch.setattr(Corpus, "documents", lambda *a, **k: pytest.fail("re-tokenized a cached corpus"))
+    again = tokenize_segments(Corpus(str(path)), wordpiece, tmp_path)
     assert np.array_equal(c.tokens, again.tokens) and np.array_equal(c.segment_ends, again.segment_ends)
 
     pairs = SentencePairs(c, 64, wordpiece.cls_id, wordpiece.sep_id, wordpiece.pad_id, "nsp", seed=3)

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from lmssl.checkpoint import BestCheckpoint, latest_checkpoint, save_checkpoint
 from lmssl.config import ConfigError, load_config
 from lmssl.data import load_tokenizer
+from lmssl.data.corpus import Corpus
 from lmssl.data.loader import SequenceLoader
 from lmssl.data.sentences import SentenceDataset, iter_sentences, pad_sentences, split_sentences, tokenize_sentences
 from lmssl.objectives import OBJECTIVES, build_objective
@@ -128,24 +129,26 @@ def test_iter_sentences_skips_headings_and_fragments(tmp_path):
     wiki = tmp_path / "wiki.txt"
     wiki.write_text(" \n = Title = \n \n A role @-@ playing game . Short . It sold 1 @,@ 000 copies . \n"
                     " = = Section = = \n Next paragraph here .\n")
-    assert list(iter_sentences(wiki)) == ["A role-playing game .", "It sold 1,000 copies .", "Next paragraph here ."]
+    assert list(iter_sentences(Corpus(str(wiki)))) == ["A role-playing game .", "It sold 1,000 copies .",
+                                                       "Next paragraph here ."]
     lines = tmp_path / "lines.txt"
     lines.write_text("First sentence. Still first.\n\nOk\n")
-    assert list(iter_sentences(lines)) == ["First sentence. Still first.", "Ok"]  # one sentence per line, as is
+    # one sentence per line, as is
+    assert list(iter_sentences(Corpus(str(lines)))) == ["First sentence. Still first.", "Ok"]
 
 
 def test_sentence_examples_are_cached_truncated_and_padded(tmp_path, monkeypatch):
     tok = load_tokenizer(load_config(None, []))
     lines = tmp_path / "s.txt"
     lines.write_text("a b c d e f g h\nthe city\n")
-    tokens, offsets = tokenize_sentences(lines, tok, tmp_path / "cache")
+    tokens, offsets = tokenize_sentences(Corpus(str(lines)), tok, tmp_path / "cache")
     assert list(offsets) == [0, 8, 10]
 
     def no_reading(*args, **kwargs):
         raise AssertionError("re-tokenized instead of reading the cache")
 
     monkeypatch.setattr("lmssl.data.sentences.iter_sentences", no_reading)
-    cached_tokens, cached_offsets = tokenize_sentences(lines, tok, tmp_path / "cache")
+    cached_tokens, cached_offsets = tokenize_sentences(Corpus(str(lines)), tok, tmp_path / "cache")
     assert np.array_equal(cached_tokens, tokens) and np.array_equal(cached_offsets, offsets)
     data = SentenceDataset(tokens, offsets, tok.cls_id, tok.sep_id, max_len=6)
     assert len(data) == 2
@@ -161,7 +164,8 @@ def test_sentence_examples_are_cached_truncated_and_padded(tmp_path, monkeypatch
 def test_config_checks(tmp_path):
     base = ["objective.name=simcse", "data.valid="]
     with pytest.raises(ConfigError, match=r"key 'data.valid': simcse is validated on STS"):
-        load_config(None, ["objective.name=simcse"])
+        load_config(None, ["objective.name=simcse", "data.valid=wikitext-2/valid.txt"])
+    assert load_config(None, ["objective.name=simcse"]).data.valid == ""  # simcse's default: validated on STS
     with pytest.raises(ConfigError, match=r"key 'objective.temperature': must be positive"):
         load_config(None, [*base, "objective.temperature=0"])
     with pytest.raises(ConfigError, match=r"key 'model.dropout': must be > 0"):

@@ -8,7 +8,10 @@ from safetensors.torch import load_file
 
 from lmssl.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint_config
 from lmssl.config import ConfigError
+from lmssl.data import load_tokenizer
 from lmssl.engine.torch_engine import TorchEngine
+from lmssl.objectives import build_objective
+from lmssl.resolve import with_vocab
 from lmssl.train import train
 
 
@@ -20,9 +23,10 @@ def read_metrics(output_dir):
 @pytest.mark.slow
 @pytest.mark.parametrize("objective, extra", [("mlm", []), ("clm", []),
                                               ("mlm", ["data.document_mask=true", "objective.whole_word=true"])])
-def test_training_on_wikitext_lowers_the_loss(objective, extra, data_root, tmp_path):
+def test_training_on_wikitext_lowers_the_loss(objective, extra, data_root, tmp_path, capsys):
     out = tmp_path / "run"
-    result = train(tiny_config(objective, out, "train.max_steps=100", "train.lr=3e-3", "train.save_every=50", *extra))
+    cfg = tiny_config(objective, out, "train.max_steps=100", "train.lr=3e-3", "train.save_every=50", *extra)
+    result = train(cfg)
     steps, evals = read_metrics(out)
     assert [r["step"] for r in steps] == list(range(1, 101))
     for key in ("loss", "lr", "tokens_per_s", "grad_norm"):
@@ -34,6 +38,17 @@ def test_training_on_wikitext_lowers_the_loss(objective, extra, data_root, tmp_p
     assert evals[-1] == {k: v for k, v in result.items() if k.startswith("val_")} | {"step": 100}
     # the LM loss (configs/mlm.yaml adds NSP, whose loss is part of val_loss)
     assert result[f"val_{objective}_loss"] < 7.0 and result[acc] > 0.03, result  # chance accuracy is 1/8192
+    # each final metric beside its baseline (the unigram model of the training tokens, or chance)
+    expected = {"mlm": {"val_mlm_acc", "val_mlm_loss", "val_pppl", "val_nsp_acc"},
+                "clm": {"val_clm_acc", "val_clm_loss", "val_ppl", "val_sliding_ppl"}}[objective]
+    assert set(result["baselines"]) == expected
+    assert 0.01 < result["baselines"][acc] < 0.2 and 5.0 < result["baselines"][f"val_{objective}_loss"] < 8.0
+    if objective == "mlm":  # the majority label's share among the pairs validation scored (eval.max_batches)
+        tokenizer = load_tokenizer(cfg)
+        labels = build_objective(with_vocab(cfg, tokenizer.vocab_size), tokenizer).dataset("valid", tokenizer).labels
+        scored = labels[:cfg.eval.max_batches * cfg.eval.batch_size or len(labels)]
+        assert result["baselines"]["val_nsp_acc"] == pytest.approx(max(scored.mean(), 1 - scored.mean()))
+    assert "final validation at step 100" in capsys.readouterr().err
     assert [p.name for p in list_checkpoints(out)] == ["step-0000050", "step-0000100"]
     ckpt = latest_checkpoint(out)
     assert {p.name for p in ckpt.iterdir()} == {"model.safetensors", "config.yaml", "tokenizer.json",

@@ -20,6 +20,7 @@ class FinetuneConfig:
     max_length: int = 128  # tokens per example after truncation (BERT's GLUE runs: 128), at most model.max_positions
     warmup_ratio: float = 0.1  # share of the steps with linear warmup, then linear decay to 0 (BERT)
     weight_decay: float = 0.01  # AdamW decay, never on norms, biases and embeddings (BERT)
+    dropout: float = 0.1  # hidden, attention and head dropout while fine-tuning (BERT: 0.1), whatever pretraining used
     seeds: int = 1  # runs with seeds seed, seed+1, ...; results give their mean and std
     seed: int = 0  # the first seed (head initialisation, dropout, example order)
     max_train_examples: int = 0  # 0 = all; else a uniform random subsample of this size (data_seed)
@@ -59,6 +60,8 @@ def finetune_config(overrides: list[str], source: str = "overrides") -> Finetune
         raise ConfigError(f"{source}: key 'finetune.{'lr' if cfg.lr <= 0 else 'probe_lr'}': must be positive")
     if not 0.0 <= cfg.warmup_ratio < 1.0:
         raise ConfigError(f"{source}: key 'finetune.warmup_ratio': must be in [0, 1)")
+    if not 0 <= cfg.dropout < 1:
+        raise ConfigError(f"{source}: key 'finetune.dropout': must be in [0, 1)")
     if cfg.max_length < 8:
         raise ConfigError(f"{source}: key 'finetune.max_length': must be at least 8")
     if cfg.probe and cfg.from_scratch:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from lmssl.config.sections import Config, ModelConfig, ObjectiveConfig
 
@@ -97,6 +97,7 @@ class SimCSEConfig(ObjectiveConfig):
     sentence_split: Literal["auto", "line", "wikitext"] = "auto"
     # STS set scored every eval.every steps and at the end; best weights kept in output_dir/best ("" = none)
     sts_eval: str = "stsb_dev"
+    default_valid: ClassVar[str] = ""  # validated on STS, not on a text split
 
     def check(self, cfg: Config, check) -> None:
         check(self.temperature > 0, "objective.temperature", "must be positive")

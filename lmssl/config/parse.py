@@ -27,6 +27,7 @@ class RawConfig:
     """The sections as written in the file and the overrides, before presets, types and validation."""
     sections: dict[str, dict[str, Any]]
     source: str  # where they came from, for error messages ("configs/mlm.yaml + overrides")
+    overridden: frozenset[str] = frozenset()  # 'section.key' set by key=value overrides
 
     def model_keys(self) -> dict[str, Any]:
         return dict(self.sections.get("model", {}))
@@ -126,12 +127,23 @@ def read_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Ra
             if not isinstance(body, dict):
                 raise ConfigError(f"{path}: section '{section}' must be a mapping of keys")
             sections[section] = dict(body)
+    overridden = set()
     for text in overrides:
         (section, key), value = parse_override(text)
         if section not in SECTIONS:
             raise ConfigError(f"override '{text}': unknown section '{section}'" + did_you_mean(section, list(SECTIONS)))
         sections.setdefault(section, {})[key] = value
-    return RawConfig(sections, source if not overrides else f"{source} + overrides")
+        overridden.add(f"{section}.{key}")
+    return RawConfig(sections, source if not overrides else f"{source} + overrides", frozenset(overridden))
+
+
+def data_keys(raw: RawConfig, objective_cls: type[ObjectiveConfig]) -> dict[str, Any]:
+    """The data section, with data.valid defaulted by the objective where the config leaves it out, and also
+    where only data.train was overridden: validation never silently comes from another corpus."""
+    data = dict(raw.sections.get("data", {}))
+    if "valid" not in data or ("data.train" in raw.overridden and "data.valid" not in raw.overridden):
+        data["valid"] = objective_cls.default_valid
+    return data
 
 
 def build_config(raw: RawConfig) -> Config:
@@ -151,8 +163,8 @@ def build_config(raw: RawConfig) -> Config:
     cfg = Config(
         model=build_section(ModelConfig, model_raw, "model", source),
         objective=build_section(objective_cls, objective_raw, "objective", source),
-        **{name: build_section(SECTIONS[name], raw.sections.get(name, {}), name, source)
-           for name in ("data", "train", "eval")},
+        data=build_section(SECTIONS["data"], data_keys(raw, objective_cls), "data", source),
+        **{name: build_section(SECTIONS[name], raw.sections.get(name, {}), name, source) for name in ("train", "eval")},
     )
     validate(cfg, source)
     return cfg

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -50,6 +50,9 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
 @dataclass
 class ObjectiveConfig:
     name: str = "mlm"  # registered objective: see lmssl.objectives.OBJECTIVES
+    # data.valid when the config does not set it (or sets data.train by an override only): validation comes from the
+    # training corpus unless the user names another
+    default_valid: ClassVar[str] = "auto"
 
     def check(self, cfg: "Config", check) -> None:
         """Cross-field validation: call check(condition, key, message) for each rule (see validate.py)."""
@@ -58,11 +61,15 @@ class ObjectiveConfig:
 @dataclass
 class DataConfig:
     root: str = ""  # data root for relative paths; "" = $LMSSL_DATA, else ../shared/data beside the repo
-    train: str = "wikitext-2/train.txt"  # training corpus (text, .jsonl or .parquet), relative to the data root
-    valid: str = "wikitext-2/valid.txt"  # validation corpus; "" = none
-    format: Literal["auto", "text", "jsonl", "parquet"] = "auto"  # corpus format; auto = from the file suffix
-    doc_split: Literal["auto", "blank_line", "line", "wikitext"] = "auto"  # how plain text splits into documents
-    text_field: str = "text"  # column holding the text in JSONL/Parquet
+    # training corpus: file (text/.jsonl/.csv/.tsv/.parquet/.arrow), save_to_disk dir, or cached Hub name:config:split
+    train: str = "wikitext-2/train.txt"
+    # validation corpus, as data.train; auto = hold out data.valid_fraction of data.train's documents; "" = none
+    valid: str = "auto"
+    valid_fraction: float = 0.01  # share of data.train's documents held out when data.valid=auto
+    # file format; auto = from the file suffix
+    format: Literal["auto", "text", "jsonl", "csv", "tsv", "parquet", "arrow"] = "auto"
+    doc_split: Literal["auto", "blank_line", "line", "wikitext"] = "auto"  # how lines (or rows) group into documents
+    text_field: str = "text"  # column holding the text in every format but plain text
     tokenizer: str = "wikitext2-wordpiece"  # name under tokenizers/ or path to a tokenizer.json
     tokenizer_type: Literal["wordpiece", "bpe", "unigram"] = "wordpiece"  # recipe if the tokenizer must be trained
     tokenizer_vocab_size: int = 8192  # vocabulary size if the tokenizer must be trained

@@ -27,6 +27,7 @@ def validate(cfg: Config, source: str) -> None:
            f"{d.seq_len} exceeds model.max_positions={m.max_positions}")
     _check(d.tokenizer_vocab_size >= 100, source, "data.tokenizer_vocab_size", "must be at least 100")
     _check(bool(d.train), source, "data.train", "a training corpus is required")
+    _check(0.0 < d.valid_fraction < 1.0, source, "data.valid_fraction", "must be in (0, 1)")
     for key in ("max_steps", "batch_size", "grad_accum", "log_every", "max_skipped_steps"):
         _check(getattr(t, key) > 0, source, f"train.{key}", "must be positive")
     for key in ("warmup_steps", "save_every", "keep_checkpoints", "num_threads", "seed"):

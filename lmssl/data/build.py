@@ -5,10 +5,9 @@ import sys
 from pathlib import Path
 
 from lmssl.config import Config
-from lmssl.data.corpus import iter_documents
 from lmssl.data.packing import PackedSequences, StreamingSequences, tokenize_corpus
 from lmssl.data.pairs import SentencePairs, tokenize_segments
-from lmssl.data.paths import cache_dir, resolve_data_path
+from lmssl.data.paths import cache_dir, corpus_of
 from lmssl.data.tokenizer import TextTokenizer, save_tokenizer, tokenizer_path, train_tokenizer
 from lmssl.errors import ConfigError
 
@@ -22,11 +21,10 @@ def load_tokenizer(cfg: Config) -> TextTokenizer:
         return TextTokenizer.from_file(path)
     if Path(cfg.data.tokenizer).suffix == ".json" or "/" in cfg.data.tokenizer:
         raise ConfigError(f"key 'data.tokenizer': tokenizer file not found: {cfg.data.tokenizer}")
-    corpus = resolve_data_path(cfg, cfg.data.train, "data.train")
+    corpus = corpus_of(cfg, "train")  # with data.valid=auto, without the held-out documents
     print(f"tokenizer '{cfg.data.tokenizer}' not found; training a {cfg.data.tokenizer_type} tokenizer "
-          f"(vocab {cfg.data.tokenizer_vocab_size}) on {corpus} -> {path.parent}", file=sys.stderr)
-    docs = iter_documents(corpus, cfg.data.format, cfg.data.doc_split, cfg.data.text_field)
-    tok = train_tokenizer(cfg.data.tokenizer_type, docs, cfg.data.tokenizer_vocab_size)
+          f"(vocab {cfg.data.tokenizer_vocab_size}) on {corpus.location} -> {path.parent}", file=sys.stderr)
+    tok = train_tokenizer(cfg.data.tokenizer_type, corpus.documents(), cfg.data.tokenizer_vocab_size)
     recipe = {"type": cfg.data.tokenizer_type, "vocab_size": cfg.data.tokenizer_vocab_size,
               "corpus": str(cfg.data.train)}
     return TextTokenizer.from_file(save_tokenizer(tok, path.parent, recipe))
@@ -35,32 +33,29 @@ def load_tokenizer(cfg: Config) -> TextTokenizer:
 def sequences(cfg: Config, split: str, tokenizer: TextTokenizer, sep_id: int, prefix_id: int | None,
               streaming: bool = False) -> PackedSequences | StreamingSequences:
     """Packed sequences of `data.train` or `data.valid`."""
-    key = f"data.{split}"
-    path = resolve_data_path(cfg, getattr(cfg.data, split), key)
-    options = dict(fmt=cfg.data.format, doc_split=cfg.data.doc_split, text_field=cfg.data.text_field)
+    corpus = corpus_of(cfg, split)
     if streaming:
-        return StreamingSequences(path, tokenizer, sep_id, cfg.data.seq_len, prefix_id,
-                                  shuffle_buffer=cfg.data.shuffle_buffer, **options)
-    tokens, doc_ends = tokenize_corpus(path, tokenizer, sep_id, cache_dir(cfg), **options)
+        return StreamingSequences(corpus, tokenizer, sep_id, cfg.data.seq_len, prefix_id,
+                                  shuffle_buffer=cfg.data.shuffle_buffer)
+    tokens, doc_ends = tokenize_corpus(corpus, tokenizer, sep_id, cache_dir(cfg))
     try:
         return PackedSequences(tokens, doc_ends, cfg.data.seq_len, prefix_id)
     except ValueError as e:
-        raise ConfigError(f"key '{key}' ({path}): {e}") from None
+        raise ConfigError(f"key 'data.{split}' ({corpus.location}): {e}") from None
 
 
 def sentence_pairs(cfg: Config, split: str, tokenizer: TextTokenizer, task: str,
                    short_seq_prob: float) -> SentencePairs:
     """`[CLS] A [SEP] B [SEP]` pairs of `data.train` or `data.valid` for NSP/SOP (see lmssl.data.pairs)."""
-    key = f"data.{split}"
-    path = resolve_data_path(cfg, getattr(cfg.data, split), key)
-    corpus = tokenize_segments(path, tokenizer, cache_dir(cfg), fmt=cfg.data.format, doc_split=cfg.data.doc_split,
-                               text_field=cfg.data.text_field)
+    corpus = corpus_of(cfg, split)
+    segments = tokenize_segments(corpus, tokenizer, cache_dir(cfg))
     seed = cfg.train.seed if split == "train" else VALID_PAIRS_SEED
     try:
-        return SentencePairs(corpus, cfg.data.seq_len, tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id, task,
+        return SentencePairs(segments, cfg.data.seq_len, tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id, task,
                              short_seq_prob, seed)
     except ValueError as e:
-        raise ConfigError(f"key '{key}' ({path}): objective.sentence_task={task} cannot build sentence pairs: {e}. "
+        raise ConfigError(f"key 'data.{split}' ({corpus.location}): objective.sentence_task={task} cannot build "
+                          f"sentence pairs: {e}. "
                           f"Use a corpus whose documents hold several sentences or paragraphs (data.doc_split="
                           f"{cfg.data.doc_split}; blank_line or wikitext group lines into documents), or set "
                           f"objective.sentence_task=none") from None

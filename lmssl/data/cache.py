@@ -1,15 +1,17 @@
 """Tokenize once, memory-map afterwards: the one cache every tokenized corpus (packed streams, sentence pairs'
-segments, SimCSE's sentences) goes through, keyed by the file, the tokenizer's contents and the options."""
+segments, SimCSE's sentences) goes through, keyed by the corpus's contents, the tokenizer's and the options."""
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
 from lmssl.atomic import atomic_directory
+from lmssl.data.corpus import Corpus
 from lmssl.data.tokenizer import TextTokenizer
 
 ENCODE_CHUNK = 1000  # texts per encode_batch call
@@ -34,10 +36,8 @@ def encode_in_chunks(tokenizer: TextTokenizer, items: Iterable[T],
         yield from zip(batch, tokenizer.encode_batch([text(x) for x in batch]))
 
 
-def cache_key(path: Path, tokenizer: TextTokenizer, **options) -> str:
-    st = path.stat()
-    ident = json.dumps({"path": str(path.resolve()), "size": st.st_size, "mtime": st.st_mtime_ns,
-                        "tokenizer": tokenizer.fingerprint(), **options}, sort_keys=True)
+def cache_key(corpus: Corpus, tokenizer: TextTokenizer, **options) -> str:
+    ident = json.dumps({**corpus.identity(), "tokenizer": tokenizer.fingerprint(), **options}, sort_keys=True)
     return hashlib.sha1(ident.encode()).hexdigest()[:20]
 
 
@@ -50,13 +50,14 @@ def save_cache(target: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
         (tmp / "meta.json").write_text(json.dumps(meta))
 
 
-def cached_arrays(path: Path, tokenizer: TextTokenizer, cache_root: Path, label: str, names: tuple[str, ...],
+def cached_arrays(corpus: Corpus, tokenizer: TextTokenizer, cache_root: Path, label: str, names: tuple[str, ...],
                   build: Callable[[], tuple[dict[str, np.ndarray], dict]], **options) -> dict[str, np.ndarray]:
-    """The arrays `names` tokenized from `path`: built by `build()` (arrays and meta) the first time, then read
-    from `cache_root/<stem>-<label>-<key>`; `tokens` is memory-mapped."""
-    key = cache_key(path, tokenizer, **options)
-    target = Path(cache_root) / f"{path.stem}-{label + '-' if label else ''}{key}"
+    """The arrays `names` tokenized from `corpus`: built by `build()` (arrays and meta) the first time, then read
+    from `cache_root/<corpus label>-<label>-<key>`; `tokens` is memory-mapped."""
+    key = cache_key(corpus, tokenizer, **options)
+    stem = re.sub(r"[^\w.-]+", "_", corpus.label)
+    target = Path(cache_root) / f"{stem}-{label + '-' if label else ''}{key}"
     if not (target / "meta.json").exists():
         arrays, meta = build()
-        save_cache(target, arrays, {"source": str(path), **meta})
+        save_cache(target, arrays, {"source": corpus.location, "part": corpus.part, **meta})
     return {name: np.load(target / f"{name}.npy", mmap_mode="r" if name == "tokens" else None) for name in names}

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lmssl.data.cache import cached_arrays, encode_in_chunks, stream_dtype
-from lmssl.data.corpus import iter_documents
+from lmssl.data.corpus import Corpus
 from lmssl.data.tokenizer import TextTokenizer
 
 
@@ -66,25 +66,24 @@ def separated(tokenizer: TextTokenizer, docs, sep_id: int) -> Iterator[list[int]
     return (ids + [sep_id] for _, ids in encode_in_chunks(tokenizer, docs))
 
 
-def tokenize_corpus(path: Path, tokenizer: TextTokenizer, sep_id: int, cache_root: Path, *, fmt: str = "auto",
-                    doc_split: str = "auto", text_field: str = "text") -> tuple[np.ndarray, np.ndarray]:
-    """(tokens, doc_ends) of a corpus, from the cache when the same file was tokenized the same way."""
+def tokenize_corpus(corpus: Corpus, tokenizer: TextTokenizer, sep_id: int,
+                    cache_root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, doc_ends) of a corpus, from the cache when the same corpus was tokenized the same way."""
 
     def build():
         chunks, ends, total = [], [], 0
-        with tqdm(desc=f"tokenizing {path.name}", unit=" docs", leave=False) as bar:
-            for ids in separated(tokenizer, iter_documents(path, fmt, doc_split, text_field), sep_id):
+        with tqdm(desc=f"tokenizing {corpus.label}", unit=" docs", leave=False) as bar:
+            for ids in separated(tokenizer, corpus.documents(), sep_id):
                 chunks.append(np.asarray(ids, dtype=stream_dtype(tokenizer.vocab_size)))
                 total += len(ids)
                 ends.append(total)
                 bar.update()
         if not chunks:
-            raise ValueError(f"{path}: no documents found (is the file empty?)")
+            raise ValueError(f"{corpus.location}: no documents found (is the file empty?)")
         arrays = {"tokens": np.concatenate(chunks), "doc_ends": np.asarray(ends, dtype=np.int64)}
         return arrays, {"tokens": total, "documents": len(ends)}
 
-    arrays = cached_arrays(path, tokenizer, cache_root, "", ("tokens", "doc_ends"), build, sep=sep_id, fmt=fmt,
-                           doc_split=doc_split, text_field=text_field)
+    arrays = cached_arrays(corpus, tokenizer, cache_root, "", ("tokens", "doc_ends"), build, sep=sep_id)
     return arrays["tokens"], arrays["doc_ends"]
 
 
@@ -93,15 +92,14 @@ class StreamingSequences:
 
     With shuffle_buffer=0 the order equals PackedSequences over the same corpus."""
 
-    def __init__(self, path: Path, tokenizer: TextTokenizer, sep_id: int, seq_len: int, prefix_id: int | None, *,
-                 fmt: str = "auto", doc_split: str = "auto", text_field: str = "text", shuffle_buffer: int = 0):
-        self.path, self.tokenizer, self.sep_id, self.prefix_id = path, tokenizer, sep_id, prefix_id
+    def __init__(self, corpus: Corpus, tokenizer: TextTokenizer, sep_id: int, seq_len: int, prefix_id: int | None,
+                 *, shuffle_buffer: int = 0):
+        self.corpus, self.tokenizer, self.sep_id, self.prefix_id = corpus, tokenizer, sep_id, prefix_id
         self.chunk = seq_len - (prefix_id is not None)
-        self.options = dict(fmt=fmt, doc_split=doc_split, text_field=text_field)
         self.shuffle_buffer = shuffle_buffer
 
     def _in_order(self) -> Iterator[Example]:
-        docs = iter_documents(self.path, streaming=True, **self.options)
+        docs = self.corpus.documents(streaming=True)
         buf: list[int] = []
         ends: list[int] = []  # document end offsets relative to the start of buf
         for ids in separated(self.tokenizer, docs, self.sep_id):

@@ -34,7 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lmssl.data.cache import cached_arrays, encode_in_chunks, stream_dtype
-from lmssl.data.corpus import iter_documents
+from lmssl.data.corpus import Corpus
 from lmssl.data.packing import Example
 from lmssl.data.sentences import split_sentences
 from lmssl.data.tokenizer import TextTokenizer
@@ -55,17 +55,16 @@ class SegmentedCorpus:
     doc_ends: np.ndarray  # (D,) index in the segments where each document ends (exclusive)
 
 
-def tokenize_segments(path: Path, tokenizer: TextTokenizer, cache_root: Path, *, fmt: str = "auto",
-                      doc_split: str = "auto", text_field: str = "text") -> SegmentedCorpus:
-    """The segmented corpus, from the cache when the same file was tokenized the same way."""
+def tokenize_segments(corpus: Corpus, tokenizer: TextTokenizer, cache_root: Path) -> SegmentedCorpus:
+    """The segmented corpus, from the cache when the same corpus was tokenized the same way."""
 
     def segments():  # (document index, segment text)
-        for d, doc in enumerate(iter_documents(path, fmt, doc_split, text_field)):
+        for d, doc in enumerate(corpus.documents()):
             yield from ((d, s) for s in split_segments(doc))
 
     def build():
         chunks, segment_ends, doc_ends, total, current = [], [], [], 0, None
-        with tqdm(desc=f"tokenizing segments of {path.name}", unit=" segments", leave=False) as bar:
+        with tqdm(desc=f"tokenizing segments of {corpus.label}", unit=" segments", leave=False) as bar:
             for (d, _), ids in encode_in_chunks(tokenizer, segments(), text=lambda item: item[1]):
                 bar.update()
                 if not ids:
@@ -77,15 +76,14 @@ def tokenize_segments(path: Path, tokenizer: TextTokenizer, cache_root: Path, *,
                 total += len(ids)
                 segment_ends.append(total)
         if not chunks:
-            raise ValueError(f"{path}: no documents found (is the file empty?)")
+            raise ValueError(f"{corpus.location}: no documents found (is the file empty?)")
         doc_ends.append(len(segment_ends))
         arrays = {"tokens": np.concatenate(chunks), "segment_ends": np.asarray(segment_ends, dtype=np.int64),
                   "doc_ends": np.asarray(doc_ends, dtype=np.int64)}
         return arrays, {"tokens": total, "segments": len(segment_ends), "documents": len(doc_ends)}
 
-    arrays = cached_arrays(path, tokenizer, cache_root, "segments", ("tokens", "segment_ends", "doc_ends"), build,
-                           kind="segments", version=SEGMENTS_VERSION, fmt=fmt, doc_split=doc_split,
-                           text_field=text_field)
+    arrays = cached_arrays(corpus, tokenizer, cache_root, "segments", ("tokens", "segment_ends", "doc_ends"), build,
+                           kind="segments", version=SEGMENTS_VERSION)
     return SegmentedCorpus(arrays["tokens"], arrays["segment_ends"], arrays["doc_ends"])
 
 
@@ -197,6 +195,11 @@ class SentencePairs:
 
     def __len__(self) -> int:
         return len(self.plans)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(N,) every pair's label, in order."""
+        return self.plans[:, 4]
 
     def __getitem__(self, i: int) -> PairExample:
         a_lo, a_hi, b_lo, b_hi, label = (int(v) for v in self.plans[i])

@@ -9,6 +9,7 @@ An example is `[CLS] sentence [SEP]` truncated to `max_len` (ids as a 1-D int64 
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Iterator
@@ -18,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lmssl.data.cache import cached_arrays, encode_in_chunks, stream_dtype
-from lmssl.data.corpus import WIKITEXT_TITLE, iter_documents
+from lmssl.data.corpus import WIKITEXT_TITLE, Corpus
 from lmssl.data.tokenizer import TextTokenizer
 
 TERMINALS = {".", "!", "?"}
@@ -55,9 +56,9 @@ def detect_sentence_split(first_line: str) -> str:
     return "wikitext" if WIKITEXT_TITLE.match(first_line) else "line"
 
 
-def iter_sentences(path: Path, split: str = "auto", fmt: str = "auto", text_field: str = "text") -> Iterator[str]:
-    """Sentences of a corpus file, in file order (see the module docstring for `split`)."""
-    lines = iter_documents(path, fmt, "line", text_field)  # non-empty lines (rows), stripped
+def iter_sentences(corpus: Corpus, split: str = "auto") -> Iterator[str]:
+    """Sentences of a corpus, in order (see the module docstring for `split`)."""
+    lines = dataclasses.replace(corpus, doc_split="line").documents()  # non-empty lines (rows), stripped
     first = next(lines, None)
     if first is None:
         return
@@ -77,27 +78,27 @@ def _chain(head: list[str], rest: Iterator[str]) -> Iterator[str]:
     yield from rest
 
 
-def tokenize_sentences(path: Path, tokenizer: TextTokenizer, cache_root: Path, *, split: str = "auto",
-                       fmt: str = "auto", text_field: str = "text") -> tuple[np.ndarray, np.ndarray]:
+def tokenize_sentences(corpus: Corpus, tokenizer: TextTokenizer, cache_root: Path, *,
+                       split: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """(tokens, offsets): sentence i is tokens[offsets[i]:offsets[i+1]], from the cache when possible.
     Sentences that tokenize to nothing are dropped."""
 
     def build():
         chunks, offsets, total = [], [0], 0
-        with tqdm(desc=f"tokenizing sentences of {path.name}", unit=" sentences", leave=False) as bar:
-            for _, ids in encode_in_chunks(tokenizer, iter_sentences(path, split, fmt, text_field)):
+        with tqdm(desc=f"tokenizing sentences of {corpus.label}", unit=" sentences", leave=False) as bar:
+            for _, ids in encode_in_chunks(tokenizer, iter_sentences(corpus, split)):
                 bar.update()
                 if ids:
                     chunks.append(np.asarray(ids, dtype=stream_dtype(tokenizer.vocab_size)))
                     total += len(ids)
                     offsets.append(total)
         if len(offsets) == 1:
-            raise ValueError(f"{path}: no sentences found (is the file empty?)")
+            raise ValueError(f"{corpus.location}: no sentences found (is the file empty?)")
         arrays = {"tokens": np.concatenate(chunks), "offsets": np.asarray(offsets, dtype=np.int64)}
         return arrays, {"tokens": total, "sentences": len(offsets) - 1}
 
-    arrays = cached_arrays(path, tokenizer, cache_root, "sentences", ("tokens", "offsets"), build, kind="sentences",
-                           split=split, fmt=fmt, text_field=text_field)
+    arrays = cached_arrays(corpus, tokenizer, cache_root, "sentences", ("tokens", "offsets"), build, kind="sentences",
+                           split=split)
     return arrays["tokens"], arrays["offsets"]
 
 

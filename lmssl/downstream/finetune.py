@@ -13,6 +13,7 @@ dev sets (RTE, MRPC, WNLI). Metrics: lmssl.downstream.metrics (scikit-learn / sc
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import time
@@ -66,7 +67,8 @@ def load_source(path: str | Path) -> EncoderSource:
 def build_classifier(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig) -> SequenceClassifier:
     """The task model of one seed (call after seeding): pretrained encoder (and pooler) unless from_scratch."""
     use_pooler = not source.causal and not fcfg.probe
-    model = SequenceClassifier(source.cfg.model, source.causal, card.num_outputs, card.regression, use_pooler)
+    shape = dataclasses.replace(source.cfg.model, dropout=fcfg.dropout, attention_dropout=fcfg.dropout)
+    model = SequenceClassifier(shape, source.causal, card.num_outputs, card.regression, use_pooler)
     if not fcfg.from_scratch:
         model.encoder.load_state_dict(source.encoder_state)
         if use_pooler and source.pooler_state is not None and fcfg.reuse_pooler:

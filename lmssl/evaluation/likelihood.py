@@ -2,8 +2,10 @@
 objective declares with `Objective.language_model()`), on texts, and on data.valid during training."""
 from __future__ import annotations
 
+import numpy as np
+
 from lmssl.config import Config
-from lmssl.data.paths import resolve_data_path
+from lmssl.data.paths import corpus_of
 from lmssl.errors import ConfigError
 from lmssl.evaluation import perplexity, pseudo_perplexity
 from lmssl.evaluation.text import NonFiniteScore, read_documents
@@ -53,9 +55,11 @@ class ValidationLikelihood:
 
     def __init__(self, cfg: Config, tokenizer):
         self.cfg, self.tokenizer = cfg, tokenizer
-        path = resolve_data_path(cfg, cfg.data.valid, "data.valid")
-        self.documents = read_documents(path, cfg.eval.likelihood_max_words, cfg.data.format, cfg.data.doc_split,
-                                        cfg.data.text_field)
+        self.documents = read_documents(corpus_of(cfg, "valid"), cfg.eval.likelihood_max_words)
+
+    def tokens(self) -> np.ndarray:
+        """The token ids it scores (for the unigram baseline of the same text)."""
+        return np.concatenate([np.asarray(ids, dtype=np.int64) for ids in self.tokenizer.encode_batch(self.documents)])
 
     def __call__(self, objective) -> dict[str, float]:
         was_training = objective.training

@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 from lmssl.atomic import write_bytes, write_text
+from lmssl.data.corpus import Corpus
 from lmssl.errors import ConfigError
 from lmssl.evaluation.likelihood import evaluate_text, likelihood_kind
 from lmssl.evaluation.text import read_documents, resolve_text_file
@@ -50,6 +51,32 @@ def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return curves
 
 
+def loss_terms(run_dir: Path) -> list[str]:
+    """What a run's training loss combines, from its first training row: ["MLM", "NSP"], ["GEN", "DISC"], ..."""
+    path = run_dir / "metrics.jsonl"
+    rows = (json.loads(line) for line in path.read_text().splitlines() if line.strip()) if path.is_file() else ()
+    first = next((row for row in rows if "loss" in row), {})
+    return [k.removesuffix("_loss").upper() for k in first if k.endswith("_loss")]
+
+
+def loss_label(row: dict) -> str:
+    """A training-loss curve's legend: the run, and what its loss sums where that is more than one term."""
+    terms = row.get("loss_terms", [])
+    return f"{row['name']}: {' + '.join(terms)}" if len(terms) > 1 else row["name"]
+
+
+def readable_axes(ax, log_y: bool) -> None:
+    """Integer step ticks; on a log axis spanning less than a decade, plain numbers instead of 10^x labels."""
+    from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if log_y:
+        low, high = ax.get_ylim()
+        if low > 0 and high / low < 10:
+            ax.yaxis.set_major_formatter(ScalarFormatter())
+            ax.yaxis.set_minor_formatter(ScalarFormatter() if high / low > 2 else NullFormatter())
+
+
 def compare(checkpoints: list[str], data: str, out: Path, *, max_words: int = 0, text_field: str = "text",
             batch_size: int = 16, batch_tokens: int = 8192, device: str = "auto", progress: bool = False) -> dict:
     """Score every checkpoint on the same documents; write results.json, report.md and report.png to `out`."""
@@ -66,7 +93,7 @@ def compare(checkpoints: list[str], data: str, out: Path, *, max_words: int = 0,
                               f"(pseudo-PPL) checkpoints")
         if documents is None:  # read once: the same text for every model, whatever its tokenizer
             file = resolve_text_file(data, cfg)
-            documents = read_documents(file, max_words, text_field=text_field)
+            documents = read_documents(Corpus(str(file), text_field=text_field), max_words)
         result = evaluate_text(objective, tokenizer, cfg, documents, batch_size=batch_size, batch_tokens=batch_tokens,
                                progress=progress)
         run = run_directory(path)
@@ -77,7 +104,7 @@ def compare(checkpoints: list[str], data: str, out: Path, *, max_words: int = 0,
         rows.append({"name": name, "checkpoint": str(path), "objective": cfg.objective.name,
                      "tokenizer": Path(cfg.data.tokenizer).name, "step": step,
                      "parameters": sum(p.numel() for p in objective.parameters()), **result,
-                     "curves": read_curves(run)})
+                     "curves": read_curves(run), "loss_terms": loss_terms(run)})
     text = {"file": str(file), "max_words": max_words, "words": rows[0]["words"], "bytes": rows[0]["bytes"],
             "documents": rows[0]["documents"]}
     report = {"text": text, "models": rows, "caveat": CAVEAT}
@@ -173,7 +200,8 @@ def plot(rows: list[dict], path: Path) -> None:
             for r in group:
                 points = r["curves"].get(key, [])
                 if points:
-                    line, = ax.plot(*zip(*points), marker="o" if len(points) < 20 else None, label=r["name"])
+                    name = loss_label(r) if row == 1 else r["name"]
+                    line, = ax.plot(*zip(*points), marker="o" if len(points) < 20 else None, label=name)
                     if row == 1 and r["curves"].get("val_loss"):
                         ax.plot(*zip(*r["curves"]["val_loss"]), "s", color=line.get_color(),
                                 label=f"{r['name']} validation")
@@ -187,6 +215,7 @@ def plot(rows: list[dict], path: Path) -> None:
                 ax.legend(fontsize=8)
                 if row == 2:
                     ax.set_yscale("log")
+                readable_axes(ax, log_y=row == 2)
             title = "training loss (line), validation loss (squares)" if row == 1 else ylabel
             ax.set_title(f"{title} ({'causal' if kind == 'perplexity' else 'masked'})", fontsize=10)
     fig.suptitle("PPL (causal) and pseudo-PPL (masked) are different quantities: compare within a column, "

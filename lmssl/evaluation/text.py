@@ -1,6 +1,6 @@
 """What the likelihood evaluators share: the text to score, its size, the summary of a score, the windows.
 
-Texts are read as documents (`lmssl.data.corpus.iter_documents`: WikiText headings, blank lines,
+Texts are read as documents (`lmssl.data.corpus.Corpus`: WikiText headings, blank lines,
 one per line, JSONL/Parquet rows) and every document is scored on its own, as the models were
 trained with document boundaries. Normalisers that make scores comparable across tokenizers are
 computed on the scored text itself: UTF-8 bytes, and whitespace-separated words.
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Iterable
 
 from lmssl.config import Config
-from lmssl.data.corpus import iter_documents
+from lmssl.data.corpus import Corpus
 from lmssl.data.paths import data_root
 from lmssl.errors import ConfigError
 
@@ -35,12 +35,11 @@ def resolve_text_file(value: str, cfg: Config) -> Path:
     return candidate
 
 
-def read_documents(path: Path, max_words: int = 0, fmt: str = "auto", doc_split: str = "auto",
-                   text_field: str = "text") -> list[str]:
-    """The documents of a corpus file (`iter_documents`), cut after `max_words` words (0 = all)."""
-    documents = first_words(iter_documents(path, fmt, doc_split, text_field), max_words)
+def read_documents(corpus: Corpus, max_words: int = 0) -> list[str]:
+    """The documents of a corpus, cut after `max_words` words (0 = all)."""
+    documents = first_words(corpus.documents(), max_words)
     if not documents:
-        raise ConfigError(f"{path}: no text to score")
+        raise ConfigError(f"{corpus.location}: no text to score")
     return documents
 
 

@@ -17,6 +17,7 @@ from lmssl.config import Config
 from lmssl.data import sequences
 from lmssl.data.packing import Example
 from lmssl.data.tokenizer import TextTokenizer
+from lmssl.data.unigram import UnigramBaselines
 from lmssl.errors import ConfigError
 from lmssl.model.attention import AttnSpec
 from lmssl.model.batch import IGNORE_INDEX, Batch, Output
@@ -77,6 +78,12 @@ class Objective(nn.Module):
     def pretrained_pooler(self) -> nn.Module | None:
         """A pretrained pooler (dense + tanh on [CLS], BERT's) that fine-tuning may start from, or None."""
         return None
+
+    def baselines(self, unigram: UnigramBaselines, valid_data, evaluated: int) -> dict[str, tuple[float | None, str]]:
+        """The final validation metrics a model must beat to have learned anything: metric -> (value, what it is),
+        from the training corpus's unigram model (lmssl.data.unigram) or the majority class of the `evaluated`
+        first examples of `valid_data` (those validation scores); value None where it was not scored."""
+        return {}
 
     def sts_sets(self) -> tuple[str, ...]:
         """STS sets the training loop scores every eval.every steps and at the end (logged as <set>_spearman)."""

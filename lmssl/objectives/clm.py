@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from lmssl.config import Config
 from lmssl.data.packing import Example
 from lmssl.data.tokenizer import TextTokenizer
+from lmssl.data.unigram import UnigramBaselines
 from lmssl.interop.hf.adapter import HFAdapter, ImportPart, Target, refuse
 from lmssl.interop.hf.rules import Rule, gpt2_trunk_rules
 from lmssl.interop.hf.source import HFSource
@@ -38,6 +39,12 @@ class CausalLM(Objective):
 
     def language_model(self) -> LanguageModel:
         return LanguageModel("causal", self.trunk, self.head)
+
+    def baselines(self, unigram: UnigramBaselines, valid_data, evaluated: int) -> dict[str, tuple[float | None, str]]:
+        return {"val_clm_acc": (unigram.top1_accuracy, "always the most frequent training token"),
+                "val_clm_loss": (unigram.cross_entropy, "the training corpus's unigram model"),
+                "val_ppl": (unigram.perplexity, "the unigram perplexity"),
+                "val_sliding_ppl": (unigram.text_perplexity, "the unigram perplexity of the same text")}
 
     def packing_ids(self, tokenizer: TextTokenizer) -> tuple[int, int | None]:
         return tokenizer.eos_id, None

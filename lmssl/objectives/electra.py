@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from lmssl.config import Config, ElectraConfig, ModelConfig, generator_config
 from lmssl.data.packing import Example
 from lmssl.data.tokenizer import TextTokenizer
+from lmssl.data.unigram import UnigramBaselines
 from lmssl.errors import ConfigError
 from lmssl.interop.hf.adapter import HFAdapter, ImportPart, Target, check_bert_like, electra_generator_target
 from lmssl.interop.hf.rules import Rule, bert_trunk_rules, copy_rules
@@ -96,6 +97,11 @@ class Electra(Objective):
 
     def language_model(self) -> LanguageModel:
         return LanguageModel("masked", self.generator.trunk, self.generator.head)  # the discriminator has no LM
+
+    def baselines(self, unigram: UnigramBaselines, valid_data, evaluated: int) -> dict[str, tuple[float | None, str]]:
+        return {"val_gen_acc": (unigram.top1_accuracy, "always the most frequent training token"),
+                "val_gen_loss": (unigram.cross_entropy, "the training corpus's unigram model"),
+                "val_disc_auc": (0.5, "chance (logits that do not rank replaced tokens higher)")}
 
     def packing_ids(self, tokenizer: TextTokenizer) -> tuple[int, int | None]:
         return tokenizer.sep_id, tokenizer.cls_id

@@ -20,6 +20,7 @@ from lmssl.data import sentence_pairs
 from lmssl.data.packing import Example
 from lmssl.data.pairs import PairExample
 from lmssl.data.tokenizer import TextTokenizer
+from lmssl.data.unigram import UnigramBaselines
 from lmssl.interop.hf.adapter import HFAdapter, ImportPart, Target, check_bert_like, electra_generator_target, refuse
 from lmssl.interop.hf.rules import bert_trunk_rules, copy_rules, masked_lm_head_rules
 from lmssl.interop.hf.source import HFSource
@@ -74,6 +75,16 @@ class MaskedLM(Objective):
 
     def pretrained_pooler(self) -> nn.Module | None:
         return self.pooler if self.sentence_task != "none" else None
+
+    def baselines(self, unigram: UnigramBaselines, valid_data, evaluated: int) -> dict[str, tuple[float | None, str]]:
+        found = {"val_mlm_acc": (unigram.top1_accuracy, "always the most frequent training token"),
+                 "val_mlm_loss": (unigram.cross_entropy, "the training corpus's unigram model"),
+                 "val_pppl": (unigram.text_perplexity, "the unigram perplexity of the same text")}
+        if self.sentence_task != "none":
+            share = float(np.mean(valid_data.labels[:evaluated]))
+            found[f"val_{self.sentence_task}_acc"] = (max(share, 1 - share), "always the majority label of the "
+                                                      "scored pairs (about half)")
+        return found
 
     def packing_ids(self, tokenizer: TextTokenizer) -> tuple[int, int | None]:
         return tokenizer.sep_id, tokenizer.cls_id

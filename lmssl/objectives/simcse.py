@@ -16,7 +16,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from lmssl.config import Config, SimCSEConfig
-from lmssl.data.paths import cache_dir, resolve_data_path
+from lmssl.data.paths import cache_dir, corpus_of
 from lmssl.data.sentences import SentenceDataset, pad_sentences, tokenize_sentences
 from lmssl.data.tokenizer import TextTokenizer
 from lmssl.errors import ConfigError
@@ -79,13 +79,11 @@ class SimCSE(Objective):
         return (self.ocfg.sts_eval,) if self.ocfg.sts_eval else ()
 
     def dataset(self, split: str, tokenizer: TextTokenizer) -> SentenceDataset:
-        key = f"data.{split}"
-        path = resolve_data_path(self.cfg, getattr(self.cfg.data, split), key)
         try:
-            tokens, offsets = tokenize_sentences(path, tokenizer, cache_dir(self.cfg), split=self.ocfg.sentence_split,
-                                                 fmt=self.cfg.data.format, text_field=self.cfg.data.text_field)
+            tokens, offsets = tokenize_sentences(corpus_of(self.cfg, split), tokenizer, cache_dir(self.cfg),
+                                                 split=self.ocfg.sentence_split)
         except ValueError as e:
-            raise ConfigError(f"key '{key}': {e}") from None
+            raise ConfigError(f"key 'data.{split}': {e}") from None
         return SentenceDataset(tokens, offsets, tokenizer.cls_id, tokenizer.sep_id, self.cfg.data.seq_len)
 
     def collate(self, examples: list[np.ndarray], generator: torch.Generator) -> Batch:
