@@ -10,6 +10,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import DATA_ROOT
 from datasets.arrow_writer import ArrowWriter
 
 from lmssl.cli import main
@@ -164,7 +165,7 @@ def test_valid_defaults_to_auto_when_only_train_is_overridden(tmp_path):
 @pytest.mark.slow
 def test_train_on_a_hub_dataset_and_a_csv_with_held_out_validation(hub_cache, tmp_path):
     """`lmssl train` end to end on a Hub name from the cache and on a CSV file, validated on held-out documents."""
-    lines = (REPO.parent / "shared" / "data" / "wikitext-2" / "valid.txt").read_text().splitlines()[:400]
+    lines = (DATA_ROOT / "wikitext-2" / "valid.txt").read_text().splitlines()[:400]
     fake_hub_cache(hub_cache, "someone/wiki-lines", "default", {"train": lines})
     datasets.Dataset.from_dict({"body": [line for line in lines if line.strip()]}).to_csv(
         str(tmp_path / "lines.csv"), index=False)

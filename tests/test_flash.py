@@ -6,6 +6,7 @@ checked against the SDPA backend. The `gpu` tests run flash-attn's own kernel ag
 """
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import types
@@ -270,14 +271,70 @@ def test_backend_selection_without_cuda():
         build_attention_backend("flex")
 
 
-def test_flash_requested_but_not_importable(cuda_without_a_gpu, monkeypatch):
+def fake_torch_varlen(monkeypatch, signature: str):
+    """PyTorch's varlen_attn, computed by the reference kernel, in the call style of a PyTorch version: 2.9-2.10
+    take `is_causal`, later ones `window_size` ((-1, 0) = causal)."""
+    calls = []
+
+    def is_causal_style(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
+        calls.append(is_causal)
+        return varlen_reference(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, causal=is_causal)
+
+    def window_style(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                     window_size=(-1, -1)):
+        calls.append(window_size == (-1, 0))
+        assert window_size in ((-1, -1), (-1, 0))
+        return varlen_reference(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, causal=window_size == (-1, 0))
+
+    module = types.SimpleNamespace(varlen_attn=is_causal_style if signature == "is_causal" else window_style)
+    monkeypatch.setitem(sys.modules, "torch.nn.attention.varlen", module)
+    return calls
+
+
+def test_flash_requested_but_no_kernel_importable(cuda_without_a_gpu, monkeypatch):
     monkeypatch.setitem(sys.modules, "flash_attn", None)  # `import flash_attn` raises ImportError
+    monkeypatch.setitem(sys.modules, "torch.nn.attention.varlen", None)  # a PyTorch older than 2.9
     with pytest.raises(ConfigError) as err:
         build_attention_backend("flash")
     message = str(err.value)
     assert "model.attention_backend" in message and "flash_attn cannot be imported" in message
-    assert "pip install -e .[gpu]" in message
+    assert "has no torch.nn.attention.varlen (2.9 or newer does)" in message
     assert isinstance(build_attention_backend("auto"), SdpaAttention)
+
+
+@pytest.mark.parametrize("signature", ["is_causal", "window_size"])
+def test_without_flash_attn_the_kernel_is_pytorchs_own(cuda_without_a_gpu, monkeypatch, signature):
+    """No flash_attn: `flash` and `auto` take torch.nn.attention.varlen.varlen_attn, called as its PyTorch version
+    wants, with causal masking passed through; it equals the reference kernel."""
+    monkeypatch.setitem(sys.modules, "flash_attn", None)
+    calls = fake_torch_varlen(monkeypatch, signature)
+    for name in ("flash", "auto"):
+        backend = build_attention_backend(name)
+        assert isinstance(backend, VarlenAttention) and backend.provider == "torch"
+    torch.manual_seed(0)
+    cu = torch.tensor([0, 5, 7, 12], dtype=torch.int32)
+    q, k, v = (torch.randn(12, 2, 8) for _ in range(3))
+    for causal in (False, True):
+        got = backend.kernel(q, k, v, cu, cu, 5, 5, dropout_p=0.0, causal=causal)
+        torch.testing.assert_close(got, varlen_reference(q, k, v, cu, cu, 5, 5, causal=causal), atol=0, rtol=0)
+    assert calls == [False, True]
+
+
+def test_pytorchs_kernel_has_no_attention_dropout(cuda_without_a_gpu, monkeypatch):
+    """A model trained with attention dropout: `auto` uses SDPA (which has dropout) rather than PyTorch's varlen
+    kernel, `flash` says why it cannot; flash-attn itself has dropout and is taken either way."""
+    monkeypatch.setitem(sys.modules, "flash_attn", None)
+    fake_torch_varlen(monkeypatch, "window_size")
+    assert isinstance(build_attention_backend("auto", attention_dropout=0.1), SdpaAttention)
+    with pytest.raises(ConfigError, match=r"no attention dropout and model.attention_dropout is 0.1: set it to 0, or "
+                                          r"install flash-attn"):
+        build_attention_backend("flash", attention_dropout=0.1)
+    model = Transformer(tiny_cfg(attention_backend="auto", attention_dropout=0.1))
+    assert isinstance(model.backend, SdpaAttention)
+    assert Transformer(tiny_cfg(attention_backend="auto", attention_dropout=0.0)).backend.provider == "torch"
+    monkeypatch.setitem(sys.modules, "flash_attn", types.SimpleNamespace(flash_attn_varlen_func=varlen_reference))
+    backend = build_attention_backend("auto", attention_dropout=0.1)
+    assert backend.provider == "flash_attn" and backend.kernel is varlen_reference
 
 
 def test_flash_head_size_and_gpu_generation_limits(cuda_without_a_gpu, monkeypatch):
@@ -410,9 +467,10 @@ def test_gpu_flash_padded_mlm_matches_sdpa():
 
 @pytest.mark.gpu
 def test_gpu_flash_dropout_and_fallbacks():
-    """Training mode: forward_at draws as forward (flash's in-kernel dropout included). fp32: `flash` refuses,
-    `auto` falls back to SDPA."""
-    flash, _ = _gpu_pair("bert", dropout=0.1, attention_dropout=0.1)
+    """Training mode: forward_at draws as forward (flash-attn's in-kernel dropout included; PyTorch's own kernel
+    has none, so without flash_attn only hidden dropout). fp32: `flash` refuses, `auto` falls back to SDPA."""
+    attention_dropout = 0.1 if importlib.util.find_spec("flash_attn") is not None else 0.0
+    flash, _ = _gpu_pair("bert", dropout=0.1, attention_dropout=attention_dropout)
     flash.train()
     real = right_padding([512, 100, 7, 300], 512).cuda()
     spec = AttnSpec.padded(False, real)

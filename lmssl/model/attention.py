@@ -165,8 +165,10 @@ class VarlenAttention:
     `dtype` (None = it can); such a forward runs on `fallback` (SDPA on the (B, T) grid) when there is one,
     else stops with that reason. `prepare` decides once per forward: a `Varlen` means the unpadded path."""
 
-    def __init__(self, kernel, name: str = "varlen", check=None, fallback: SdpaAttention | None = None):
+    def __init__(self, kernel, name: str = "varlen", check=None, fallback: SdpaAttention | None = None,
+                 provider: str = ""):
         self.kernel, self.name, self.check, self.fallback = kernel, name, check, fallback
+        self.provider = provider  # whose kernel it is (flash: flash_attn or torch)
 
     def prepare(self, spec: AttnSpec, batch: int, length: int, device: torch.device, dtype: torch.dtype | None = None):
         reason = self.check(device, dtype) if self.check is not None else None

@@ -212,7 +212,7 @@ class Transformer(nn.Module):
             raise ValueError("ModelConfig.vocab_size must be set (it is filled from the tokenizer)")
         self.cfg = cfg
         self.backend = backend if backend is not None else build_attention_backend(
-            cfg.attention_backend, head_dim=cfg.hidden_size // cfg.num_heads)
+            cfg.attention_backend, head_dim=cfg.hidden_size // cfg.num_heads, attention_dropout=cfg.attention_dropout)
         self.embeddings = embeddings if embeddings is not None else Embeddings(cfg)
         width = self.embeddings.word.embedding_dim
         self.embed_proj = nn.Linear(width, cfg.hidden_size) if width != cfg.hidden_size else None
