@@ -7,7 +7,8 @@ what reaches the vocabulary:
             masked position of each copy only (sparse prediction);
   baseline  what mlm-scoring / Hugging Face BertForMaskedLM do: the full trunk, then the MLM head on
             every position of every copy (B x T x V logits), then the masked position is picked.
-Both are fp32 in inference mode; their total PLLs agree to float rounding (reported).
+Both run in inference mode, fp32 by default (--dtype bf16: autocast); their total PLLs agree to float
+rounding in fp32 (reported).
 
 What bounds the ratio: exact PLL needs one forward pass per scored token, and every block but the
 last must run on every position of every copy (a copy differs from its window in one input row,
@@ -28,6 +29,7 @@ the per-round ratios. Progress on stderr, one JSON object on stdout.
 
     python bench/pppl.py                                  # random init, vocab 8192 and 30522
     python bench/pppl.py --checkpoint runs/mlm            # a trained mini BERT (its own vocabulary)
+    python bench/pppl.py --shape bert-base --vocab 30522 --device cuda --dtype bf16   # BERT-base on a GPU
 """
 from __future__ import annotations
 
@@ -62,6 +64,9 @@ from lmssl.evaluation.text import read_documents, resolve_text_file  # noqa: E40
 from lmssl.objectives import build_objective  # noqa: E402
 from lmssl.pretrained import load_pretrained  # noqa: E402
 
+SHAPES = {"mini": {},  # configs/mlm.yaml's
+          "bert-base": dict(hidden_size=768, num_layers=12, num_heads=12, ffn_size=3072, max_positions=512)}
+
 
 def full_vocabulary_predictor(trunk, head):
     """mlm-scoring style: logits for every position of every copy, then the masked one is picked."""
@@ -74,7 +79,9 @@ def build_model(args, vocab: int):
         return cfg, tokenizer, objective
     cfg = load_config(REPO / "configs" / "mlm.yaml")
     tokenizer = TextTokenizer.from_file(tokenizer_path(cfg.data.tokenizer))
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=max(vocab, tokenizer.vocab_size)))
+    shape = SHAPES[args.shape]
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=max(vocab, tokenizer.vocab_size),
+                                                             **shape))
     torch.manual_seed(0)
     return cfg, tokenizer, build_objective(cfg, tokenizer).eval()
 
@@ -101,6 +108,8 @@ def flops_per_copy(cfg, width: int) -> dict:
 
 def bench(args, vocab: int, documents: list[str]) -> dict:
     cfg, tokenizer, objective = build_model(args, vocab)
+    device = torch.device(args.device)
+    objective.to(device)
     trunk, head = masked_lm_modules(objective)
     tokens = MaskingTokens.of(tokenizer)
     docs = tokenizer.encode_batch(documents)
@@ -110,7 +119,11 @@ def bench(args, vocab: int, documents: list[str]) -> dict:
 
     def run(name):
         t0 = time.perf_counter()
-        totals, counts = masked_log_likelihood(methods[name], windows, len(docs), tokens, args.batch_tokens)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
+            totals, counts = masked_log_likelihood(methods[name], windows, len(docs), tokens, args.batch_tokens,
+                                                   device=device)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         return time.perf_counter() - t0, float(totals.sum()), int(counts.sum())
 
     times = {"ours": [], "baseline": []}
@@ -131,7 +144,7 @@ def bench(args, vocab: int, documents: list[str]) -> dict:
     return {
         "model": {"vocab_size": m.vocab_size, "hidden_size": m.hidden_size, "num_layers": m.num_layers,
                   "ffn_size": m.ffn_size, "parameters": sum(p.numel() for p in objective.parameters()),
-                  "weights": args.checkpoint or "random init (configs/mlm.yaml shape, seed 0)"},
+                  "weights": args.checkpoint or f"random init ({args.shape} shape, seed 0)"},
         "scored_tokens": scored, "copies": copies, "windows": len(windows),
         "batches": len(copy_batches(windows, args.batch_tokens)),
         "ours": {"tokens_per_s": round(scored / statistics.median(times["ours"]), 1), "pll": plls["ours"],
@@ -159,6 +172,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch-tokens", type=int, default=8192)
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--shape", choices=list(SHAPES), default="mini", help="random init: configs/mlm.yaml or BERT-base")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast, fp32 weights")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -171,7 +187,7 @@ def main(argv=None) -> int:
         "text": {"file": str(path), "words": args.max_words, "documents": len(documents)},
         "max_length": args.max_length, "stride": args.stride, "batch_tokens": args.batch_tokens, "rounds": args.rounds,
         "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "machine": platform.machine(), "device": "cpu",
+        "machine": platform.machine(), "device": args.device, "dtype": args.dtype, "shape": args.shape,
         "load_average_before": [round(x, 2) for x in os.getloadavg()],
         "runs": [bench(args, v, documents) for v in vocabs],
     }

@@ -123,13 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     tok = sub.add_parser("tokenizer", help="tokenizer tools").add_subparsers(dest="tokenizer_command", required=True)
     p = tok.add_parser("train", help="train a tokenizer into tokenizers/NAME/")
-    p.add_argument("files", nargs="+", help="corpus files (text, .jsonl, .parquet)")
+    p.add_argument("files", nargs="+", help="corpus files (text, .jsonl, .csv, .tsv, .parquet, .arrow)")
     p.add_argument("--type", choices=["wordpiece", "bpe", "unigram"], default="wordpiece",
                    help="WordPiece (BERT, lower-cased), byte-level BPE (GPT-2) or SentencePiece unigram")
     p.add_argument("--vocab-size", type=int, default=8192, help="tokens in the vocabulary, special ones included")
     p.add_argument("--name", help="directory name under tokenizers/ (or $LMSSL_TOKENIZERS)")
     p.add_argument("--out", help="output directory (instead of tokenizers/NAME)")
-    p.add_argument("--format", choices=["auto", "text", "jsonl", "parquet"], default="auto",
+    p.add_argument("--format", choices=["auto", "text", "jsonl", "csv", "tsv", "parquet", "arrow"], default="auto",
                    help="corpus format; auto = from the file suffix")
     p.add_argument("--doc-split", choices=["auto", "blank_line", "line", "wikitext"], default="auto",
                    help="how plain text splits into documents; auto = detected")

@@ -76,6 +76,40 @@ def test_ddp_under_torchrun_matches_one_process(reference, tmp_path):
     assert_same_weights(final_weights(tmp_path / "ddp"), final_weights(ref_out))
 
 
+def run_nodes(out: Path, nodes: int, per_node: int, *extra: str) -> list[float]:
+    """Train as `nodes` machines of `per_node` processes: one torchrun agent per "node", all on this machine,
+    meeting at a localhost c10d rendezvous (what `torchrun --nnodes N --rdzv-backend c10d --rdzv-endpoint
+    HOST:PORT` does across machines); the losses the main process logs."""
+    args = ["configs/clm.yaml", *TINY, f"train.output_dir={out}",
+            f"train.batch_size={GLOBAL_BATCH // (nodes * per_node)}", *extra]
+    endpoint = f"localhost:{random.randint(20000, 40000)}"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--nproc_per_node",
+               str(per_node), "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", out.name,
+               "train.py", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    agents = [subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True) for _ in range(nodes)]
+    for agent in agents:
+        _, err = agent.communicate(timeout=600)
+        assert agent.returncode == 0, err[-3000:]
+    return losses(out)
+
+
+@pytest.mark.slow
+def test_two_nodes_match_one_process_and_resume_on_one_node(reference, tmp_path):
+    """2 nodes x 1 process give the one-process losses and weights (same global batch); the checkpoint they wrote
+    at step 2 resumes on 1 node x 2 processes to the same end."""
+    ref_out, ref = reference
+    out = tmp_path / "nodes"
+    assert run_nodes(out, 2, 1) == pytest.approx(ref, abs=ATOL)
+    assert_same_weights(final_weights(out), final_weights(ref_out))
+    import shutil
+
+    shutil.rmtree(out / "checkpoints" / "step-0000004")
+    assert run_nodes(out, 1, 2, "train.resume=true") == pytest.approx(ref, abs=ATOL)  # steps 3-4 retrained
+    assert_same_weights(final_weights(out), final_weights(ref_out))
+
+
 deepspeed_available = pytest.mark.skipif(
     subprocess.run([sys.executable, "-c", "import deepspeed"], capture_output=True).returncode != 0,
     reason="deepspeed is not installed (.ci/setup installs it)")

@@ -19,7 +19,7 @@ def test_the_gpu_check_dry_run_passes_every_step(tmp_path):
     report = json.loads(out.read_text())
     steps = report["steps"]
     assert report["dry_run"] and report["ok"], json.dumps(steps, indent=1)[-3000:]
-    assert list(steps) == ["environment", "gpu_tests", "mfu", "zero2"]
+    assert list(steps) == ["environment", "gpu_tests", "mfu", "zero2", "pppl", "finetune"]
     assert sum(report["budgets_s"].values()) <= 8 * 60
     env_found = steps["environment"]["result"]
     assert env_found["torch"] and env_found["auto_backend"] == "sdpa"  # no CUDA here
@@ -29,6 +29,11 @@ def test_the_gpu_check_dry_run_passes_every_step(tmp_path):
     zero2 = steps["zero2"]["result"]
     assert zero2["loss_falls"] and zero2["steps_after_resume"] == list(range(31, 41))
     assert zero2["checkpoints"][-1] == "step-0000040"
+    pppl = steps["pppl"]["result"]["summary"][0]
+    assert pppl["ours_tokens_per_s"] > 0 and pppl["pll_max_abs_diff"] < 1e-3
+    finetuned = steps["finetune"]["result"]
+    assert finetuned["train_examples"] == 64 and finetuned["train_examples_per_s"] > 0
+    assert 0 <= finetuned["metrics"]["accuracy"] <= 100
 
 
 def test_the_gpu_scripts_parse():

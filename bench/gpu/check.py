@@ -7,8 +7,10 @@ runs out is recorded and the next one still runs. One JSON file (--out) says wha
 Steps: the environment (versions, GPU, the flash provider `auto` picks, DeepSpeed); the `gpu` tests (flash vs
 SDPA in bf16, forward and backward); bench/mfu.py (GPT-2 124M at 1024, BERT-base MLM at 512, ours vs
 transformers' SDPA); a DeepSpeed ZeRO-2 bf16 run of configs/gpu/gpt2-124m-clm.yaml with the flash backend (loss
-falls, a checkpoint is written, a resume from it continues). The dry run keeps the steps' plumbing alive on CPU:
-the gpu tests skip, MFU runs --small, and the training step uses the torch engine (DeepSpeed's first start
+falls, a checkpoint is written, a resume from it continues); bench/pppl.py at the BERT-base shape in bf16 (ours vs
+the mlm-scoring-style baseline); `lmssl finetune` on SST-2 (4,000 examples, one epoch, bf16) from a randomly
+initialised BERT-base checkpoint (examples/s). The dry run keeps the steps' plumbing alive on CPU: the gpu tests
+skip, the benchmarks run at tiny shapes, and the training step uses the torch engine (DeepSpeed's first start
 compiles for minutes) with a tiny model and the shipped 8k tokenizer.
 """
 from __future__ import annotations
@@ -28,7 +30,8 @@ sys.path.insert(0, str(REPO))
 
 from lmssl.atomic import write_text  # noqa: E402
 
-BUDGETS = {"environment": 60, "gpu_tests": 120, "mfu": 150, "zero2": 150}  # seconds: 8 minutes in all
+# seconds: 8 minutes in all
+BUDGETS = {"environment": 30, "gpu_tests": 90, "mfu": 120, "zero2": 120, "pppl": 50, "finetune": 70}
 
 ENVIRONMENT = """
 import json, torch
@@ -132,6 +135,51 @@ def zero2(out: Path, budget: float, env: dict, dry: bool) -> dict:
             **({"stderr_tail": stderr} if stderr else {})}
 
 
+def pppl_command(dry: bool) -> list[str]:
+    shape = ["--vocab", "8192", "--rounds", "1", "--max-words", "30"] if dry else \
+        ["--shape", "bert-base", "--vocab", "30522", "--device", "cuda", "--dtype", "bf16", "--rounds", "2"]
+    return [sys.executable, "bench/pppl.py", *shape]
+
+
+# a randomly initialised BERT-base (MLM + NSP) checkpoint for the fine-tuning step: its tokenizer is trained on
+# WikiText-2 the first time (configs/gpu/bert-base-mlm.yaml)
+MAKE_CHECKPOINT = """
+import sys
+from pathlib import Path
+from lmssl.checkpoint import write_model_files
+from lmssl.config import load_config
+from lmssl.data import load_tokenizer
+from lmssl.objectives import build_objective
+from lmssl.resolve import with_vocab
+config, out, overrides = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
+cfg = load_config(config, overrides)
+tokenizer = load_tokenizer(cfg)
+cfg = with_vocab(cfg, tokenizer.vocab_size)
+out.mkdir(parents=True)
+write_model_files(out, build_objective(cfg, tokenizer), cfg, tokenizer)
+"""
+
+
+def finetune(work: Path, budget: float, env: dict, dry: bool) -> dict:
+    ckpt = work / "bert"
+    shape = ["model.hidden_size=64", "model.num_layers=2", "model.num_heads=2", "model.ffn_size=128",
+             "model.vocab_size=0", "data.tokenizer=wikitext2-wordpiece", "data.seq_len=128"] if dry else []
+    made = run("finetune (checkpoint)", [sys.executable, "-c", MAKE_CHECKPOINT, "configs/gpu/bert-base-mlm.yaml",
+                                         str(ckpt), *shape], budget * 0.4, env)
+    if made["status"] != "ok":
+        return made
+    options = ["finetune.max_train_examples=64", "finetune.device=cpu"] if dry else \
+        ["finetune.max_train_examples=4000", "finetune.device=cuda", "finetune.precision=bf16"]
+    command = [sys.executable, "-m", "lmssl", "finetune", str(ckpt), "sst2", "finetune.epochs=1",
+               f"finetune.output_dir={work / 'sst2'}", *options]
+    result = run("finetune", command, budget * 0.6, env)
+    written = work / "sst2" / "results.json"
+    found = json.loads(written.read_text()) if written.is_file() else {}
+    result["result"] = {k: found.get(k) for k in ("train_examples_per_s", "train_examples", "max_length", "metrics",
+                                                  "elapsed_s")}
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="the JSON file to write")
@@ -150,6 +198,8 @@ def main() -> None:
     steps["mfu"] = run("mfu", mfu, BUDGETS["mfu"], env)
     with tempfile.TemporaryDirectory() as tmp:
         steps["zero2"] = zero2(Path(tmp) / "gpt2", BUDGETS["zero2"], env, args.dry_run)
+        steps["pppl"] = run("pppl", pppl_command(args.dry_run), BUDGETS["pppl"], env)
+        steps["finetune"] = finetune(Path(tmp), BUDGETS["finetune"], env, args.dry_run)
     report["ok"] = all(s["status"] == "ok" for s in steps.values())
     write_text(Path(args.out), json.dumps(report, indent=1) + "\n")
     print(json.dumps({name: s["status"] for name, s in steps.items()}))

@@ -3,7 +3,8 @@
 # x86-64: DeepSpeed built here as a wheel from its source distribution without compiled ops (its Python engine is
 # what ZeRO-2 uses), the pure-Python or manylinux packages it, `datasets` and `evaluate` need and that machine
 # does not have (see /work/.library/device/KINDS.md), at the versions this checkout's .venv runs; and WikiText-2
-# (the ZeRO-2 run's corpus) into bench/gpu/data. Both folders are git-ignored: carry them. Prints JSON.
+# and SST-2 into bench/gpu/data, and the GPU configs' tokenizers into bench/gpu/tokenizers. The three folders are
+# git-ignored: carry them. Prints JSON.
 #   bash bench/gpu/wheels.sh [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,13 +22,21 @@ for p in "${PACKAGES[@]}"; do pins+=("$p==$(version "$p")"); done
 "$PY" -m pip download -q --no-deps --only-binary :all: --python-version 3.12 --implementation cp --abi cp312 \
     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform any -d "$OUT" "${pins[@]}"
 DATA=${LMSSL_DATA:-../shared/data}
-rm -rf bench/gpu/data && mkdir -p bench/gpu/data && cp -r "$DATA/wikitext-2" bench/gpu/data/
+rm -rf bench/gpu/data && mkdir -p bench/gpu/data/glue && cp -r "$DATA/wikitext-2" bench/gpu/data/
+cp -r "$DATA/glue/SST-2" bench/gpu/data/glue/
+# the GPU configs' tokenizers, trained here once so the GPU minutes go to the GPU (LMSSL_TOKENIZERS there)
+rm -rf bench/gpu/tokenizers && cp -r tokenizers bench/gpu/tokenizers
+train=bench/gpu/data/wikitext-2/train.txt
+.venv/bin/lmssl tokenizer train "$train" --type bpe --vocab-size 50257 --out bench/gpu/tokenizers/wikitext2-bpe-50257 >/dev/null
+.venv/bin/lmssl tokenizer train "$train" --type wordpiece --vocab-size 30522 \
+    --out bench/gpu/tokenizers/wikitext2-wordpiece-30522 >/dev/null
 "$PY" - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
 files = sorted(Path(sys.argv[1]).glob("*.whl"))
 total = sum(f.stat().st_size for f in files)
-data = sum(f.stat().st_size for f in Path("bench/gpu/data").rglob("*") if f.is_file())
+data = sum(f.stat().st_size for d in ("bench/gpu/data", "bench/gpu/tokenizers") for f in Path(d).rglob("*")
+           if f.is_file())
 print(json.dumps({"wheels": [f.name for f in files], "wheels_mib": round(total / 2**20, 2),
                   "data_mib": round(data / 2**20, 2), "fits_64_mib": total + data < 64 * 2**20}, indent=1))
 PY

@@ -210,7 +210,7 @@ def run_task(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig, out: P
     card = infer_labels(card, root_dir(fcfg.data_root))
     data = encode_task(source, card, fcfg)
     mode = "probe" if fcfg.probe else "finetune"
-    seeds, best_overall, cached = [], None, None
+    seeds, best_overall, cached, train_seconds = [], None, None, 0.0
     for seed in range(fcfg.seed, fcfg.seed + fcfg.seeds):
         seed_everything(seed)
         model = build_classifier(source, card, fcfg).to(device)
@@ -224,7 +224,9 @@ def run_task(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig, out: P
                 cached = (features, dev_features, standardize(features, list(dev_features.values())))
             train_data, dev_data, scale = cached
             trained = LinearProbe(model.head, card.regression)
+        seed_started = time.perf_counter()
         records, (best, state) = train_seed(trained, train_data, dev_data, card, fcfg, seed, device)
+        train_seconds += time.perf_counter() - seed_started
         trained.load_state_dict(state)
         if fcfg.probe:
             fold_standardization(model.head, *scale)  # the saved head reads raw features
@@ -250,6 +252,8 @@ def run_task(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig, out: P
         "best": best_overall, "seeds": seeds, "card": card.to_dict(),
         "finetune": {**asdict(fcfg), "lr_used": fcfg.probe_lr if fcfg.probe else fcfg.lr},
         "elapsed_s": round(time.perf_counter() - started, 1),
+        # training examples per second of the training loops (their per-epoch dev evaluations included)
+        "train_examples_per_s": round(len(data.train) * fcfg.epochs * fcfg.seeds / max(train_seconds, 1e-9), 1),
     }
     write_text(out / "results.json", json.dumps(finite(results), indent=1) + "\n")
     return results
