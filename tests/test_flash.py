@@ -320,6 +320,22 @@ def test_without_flash_attn_the_kernel_is_pytorchs_own(cuda_without_a_gpu, monke
     assert calls == [False, True]
 
 
+@pytest.mark.skipif(importlib.util.find_spec("torch.nn.attention.varlen") is None,
+                    reason="this PyTorch has no torch.nn.attention.varlen")
+def test_the_adapter_speaks_the_installed_pytorchs_call_style():
+    """The real varlen_attn of the installed PyTorch accepts the adapter's call (its kernel is CUDA-only, so on CPU
+    tensors the call gets as far as the dispatcher: NotImplementedError, not a TypeError about the arguments)."""
+    from lmssl.model.flash import torch_varlen_kernel
+
+    kernel = torch_varlen_kernel()
+    assert callable(kernel), kernel
+    q = torch.randn(12, 2, 8, dtype=torch.bfloat16)
+    cu = torch.tensor([0, 5, 12], dtype=torch.int32)
+    for causal in (False, True):
+        with pytest.raises(NotImplementedError, match="_flash_attention_forward|CPU"):
+            kernel(q, q, q, cu, cu, 7, 7, dropout_p=0.0, causal=causal)
+
+
 def test_pytorchs_kernel_has_no_attention_dropout(cuda_without_a_gpu, monkeypatch):
     """A model trained with attention dropout: `auto` uses SDPA (which has dropout) rather than PyTorch's varlen
     kernel, `flash` says why it cannot; flash-attn itself has dropout and is taken either way."""
