@@ -116,9 +116,13 @@ class Corpus:
         location = self.location if self.kind == "hub" else str(Path(self.location).resolve())
         return {**asdict(self), "location": location, "files": stats}  # the same entry from any working directory
 
+    def file_format(self) -> str:
+        """The format a file corpus is read in: data.format, else from the suffix."""
+        return detect_format(Path(self.location), self.fmt)
+
     def check(self) -> None:
         """Fail now, in one line, on a source that cannot be read (missing from the cache, empty, not UTF-8)."""
-        if self.kind == "file" and detect_format(Path(self.location), self.fmt) in TEXT_FORMATS:
+        if self.kind == "file" and self.file_format() in TEXT_FORMATS:
             check_text(Path(self.location), limit=STREAMING_CHECK_BYTES)
         elif self.kind != "file":
             self._rows()
@@ -150,7 +154,7 @@ class Corpus:
 
     def _documents(self, streaming: bool) -> Iterator[str]:
         rows = self._rows(streaming)
-        text_file = self.kind == "file" and detect_format(Path(self.location), self.fmt) == "text"
+        text_file = self.kind == "file" and self.file_format() == "text"
         lines = (row["text"] for row in rows) if text_file else self._texts(rows)
         doc_split = self.doc_split
         if doc_split == "auto":
@@ -183,7 +187,7 @@ class Corpus:
         if self.kind == "hub":
             return _load_hub(self.location)
         path = Path(self.location)
-        fmt = detect_format(path, self.fmt)
+        fmt = self.file_format()
         if fmt in TEXT_FORMATS:
             check_text(path, STREAMING_CHECK_BYTES if streaming else 0)
         kwargs = {"text": {"keep_linebreaks": False}, "tsv": {"sep": "\t"}}.get(fmt, {})

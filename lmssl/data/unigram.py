@@ -13,9 +13,8 @@ class Unigram:
     no loss is taken on them."""
 
     def __init__(self, train_tokens: np.ndarray, vocab_size: int, special: list[int]):
-        counts = np.bincount(np.asarray(train_tokens, dtype=np.int64), minlength=vocab_size).astype(np.float64)
-        counts[special] = 0.0
         self.vocab_size, self.special = vocab_size, special
+        counts = self._counts(train_tokens)
         self.most_frequent = int(counts.argmax())
         p = (counts + 1.0) / (counts.sum() + vocab_size - len(special))
         p[special] = 1.0  # never scored; keeps the log finite
