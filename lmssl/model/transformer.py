@@ -220,7 +220,7 @@ class Transformer(nn.Module):
         self.final_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps) if cfg.norm == "pre" else None
         self.apply(self._init)
         if cfg.norm == "pre":
-            # GPT-2 §2.3: residual projections scaled by 1/sqrt(2 * layers) so pre-LN activations do not grow with depth
+            # GPT-2 §2.3: residual projections scaled by 1/sqrt(2 * layers): pre-LN activations do not grow with depth
             for layer in self.layers:
                 for proj in (layer.attn.out, layer.ffn.fc_out):
                     nn.init.normal_(proj.weight, std=cfg.init_std / math.sqrt(2 * cfg.num_layers))
