@@ -208,4 +208,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if args.command == "train":
             print("interrupted; resume with train.resume=true (the latest checkpoint is intact)", file=sys.stderr)
+        elif args.command == "finetune":
+            print("interrupted; the same command again reuses the finished tasks and grid cells", file=sys.stderr)
         return 130

@@ -4,11 +4,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+from lmssl.checkpoint import write_model_files
+from lmssl.cli import main
 from lmssl.config import REPO_ROOT
-from lmssl.resolve import load_run_config
+from lmssl.data import load_tokenizer
+from lmssl.objectives import build_objective
+from lmssl.resolve import load_run_config, with_vocab
 
 DATA_ROOT = Path(os.environ.get("LMSSL_DATA", REPO_ROOT.parent / "shared" / "data"))
 
@@ -43,3 +48,61 @@ def tiny_config(objective: str, output_dir: Path, *extra: str):
         "data.seq_len=64", "data.train=wikitext-2/valid.txt", "data.valid=wikitext-2/test.txt",
         f"train.output_dir={output_dir}", "train.batch_size=8", "train.log_every=1", "train.tensorboard=false",
         "train.warmup_steps=5", "eval.max_batches=4", *extra])
+
+
+# --- fine-tuning (test_finetune*.py) ----------------------------------------------------------------
+
+TINY = ["finetune.num_threads=1", "finetune.eval_batch_size=32"]
+
+def write(path, text: str):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+KINDS = {  # objective kind -> tiny_config arguments
+    "mlm": ("mlm", "objective.sentence_task=none"),
+    "mlm_nsp": ("mlm",),
+    "clm": ("clm",),
+    "electra": ("electra",),
+    "simcse": ("simcse", "data.valid=", "model.init_from=", "data.seq_len=32"),
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, data_root):
+    """A tiny random checkpoint of every objective kind (what load_pretrained reads)."""
+    root = tmp_path_factory.mktemp("ckpts")
+    out = {}
+    for kind, (objective, *extra) in KINDS.items():
+        cfg = tiny_config(objective, root / kind, "model.hidden_size=32", "model.ffn_size=64", *extra)
+        tok = load_tokenizer(cfg)
+        cfg = with_vocab(cfg, tok.vocab_size)
+        torch.manual_seed(0)
+        out[kind] = root / kind
+        out[kind].mkdir()
+        write_model_files(out[kind], build_objective(cfg, tok), cfg, tok)
+    return out
+
+
+@pytest.fixture(scope="module")
+def toy_task(tmp_path_factory):
+    """A learnable pair task: label 1 when the second text repeats the first word."""
+    root = tmp_path_factory.mktemp("toy")
+    rng = np.random.default_rng(0)
+    words = ["river", "music", "city", "war", "film", "album", "game", "king"]
+    rows = []
+    for _ in range(96):
+        a, b = rng.choice(words, 2, replace=False)
+        same = int(rng.integers(2))
+        rows.append(f"the {a} is old\t{a if same else b}\t{same}")
+    write(root / "train.tsv", "first\tsecond\tlabel\n" + "\n".join(rows[:64]) + "\n")
+    write(root / "dev.tsv", "first\tsecond\tlabel\n" + "\n".join(rows[64:]) + "\n")
+    return write(root / "toy.yaml", "name: toy\ntrain: train.tsv\ndev: dev.tsv\ntext_columns: [first, second]\n"
+                                    "label_column: label\nlabels: [0, 1]\nmetrics: [accuracy, f1]\n")

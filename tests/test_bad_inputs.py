@@ -493,7 +493,7 @@ CASES = [
          write("toy.yaml", CARD.replace("label_column", "lable_column"))),
     Case("finetune-card-not-a-mapping", ("finetune", "{mlm}", "{tmp}/toy.yaml", FT),
          "{tmp}/toy.yaml: a task card is a mapping with the keys name, train, dev, format, header, quoting, "
-         "text_columns, label_column, labels, regression, metrics", write("toy.yaml", "- train.csv\n")),
+         "text_columns, label_column, labels, regression, metrics, grid", write("toy.yaml", "- train.csv\n")),
     Case("finetune-card-bad-format", ("finetune", "{mlm}", "{tmp}/toy.yaml", FT),
          "{tmp}/toy.yaml: key 'format': invalid value 'xlsx'; choose one of auto, tsv, csv, jsonl",
          write("toy.yaml", CARD + "format: xlsx\n")),

@@ -8,14 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import KINDS, TINY, cli, tiny_config, write
 
-from lmssl.checkpoint import write_model_files
-from lmssl.cli import main
 from lmssl.config import ConfigError, finetune_config
 from lmssl.data import load_tokenizer
 from lmssl.downstream.encoding import EncodedSet, encode_texts, truncate_pair
-from lmssl.downstream.finetune import _selectable, build_classifier, evaluate, load_source, run_task, subsample_rows
+from lmssl.downstream.finetune import build_classifier, evaluate, load_source, run_task, selectable, subsample_rows
 from lmssl.downstream.metrics import compute_metric, compute_metrics, glue_average, glue_table, mean_std
 from lmssl.downstream.probe import fold_standardization
 from lmssl.downstream.tasks import GLUE_TASKS, card_from_dict, glue_card, load_task_card, read_task_file, resolve_file
@@ -25,8 +23,6 @@ from lmssl.objectives import build_objective
 from lmssl.pretrained import load_finetuned, load_pretrained
 from lmssl.resolve import with_vocab
 from lmssl.rng import seed_everything
-
-TINY = ["finetune.num_threads=1", "finetune.eval_batch_size=32"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -52,7 +48,7 @@ def test_metrics_against_hand_computed_values():
     # Spearman of ranks (1,2,3,4) and (1,3,2,4): 1 - 6 * sum d^2 / (n (n^2 - 1)) = 1 - 12 / 60
     assert compute_metric("spearman", np.array([.1, .2, .3, .4]), np.array([1., 3, 2, 4])) == pytest.approx(80.0)
     assert math.isnan(compute_metric("pearson", np.ones(4), np.array([1., 2, 3, 4])))  # constant predictions
-    assert _selectable(math.nan) == -math.inf < _selectable(-5.0)  # an undefined score never wins a selection
+    assert selectable(math.nan) == -math.inf < selectable(-5.0)  # an undefined score never wins a selection
     assert compute_metrics(["accuracy", "f1"], pred, gold) == pytest.approx(
         {"accuracy": 75.0, "f1": 80.0, "score": 77.5})
     assert mean_std([70.0, 74.0]) == pytest.approx((72.0, math.sqrt(8.0)))  # sample std (ddof 1)
@@ -91,12 +87,6 @@ def test_glue_average_by_hand_and_berts_table_1():
 
 
 # --- task cards and files --------------------------------------------------------------------------
-
-def write(path, text: str):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
-
 
 def card(tmp_path, **overrides):
     raw = {"train": "train.tsv", "dev": "dev.tsv", "text_columns": ["a", "b"], "label_column": "label",
@@ -230,48 +220,6 @@ def test_pooled_state_is_the_last_real_token_or_cls_whatever_the_padding(tmp_pat
 
 # --- training --------------------------------------------------------------------------------------
 
-KINDS = {  # objective kind -> tiny_config arguments
-    "mlm": ("mlm", "objective.sentence_task=none"),
-    "mlm_nsp": ("mlm",),
-    "clm": ("clm",),
-    "electra": ("electra",),
-    "simcse": ("simcse", "data.valid=", "model.init_from=", "data.seq_len=32"),
-}
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, data_root):
-    """A tiny random checkpoint of every objective kind (what load_pretrained reads)."""
-    root = tmp_path_factory.mktemp("ckpts")
-    out = {}
-    for kind, (objective, *extra) in KINDS.items():
-        cfg = tiny_config(objective, root / kind, "model.hidden_size=32", "model.ffn_size=64", *extra)
-        tok = load_tokenizer(cfg)
-        cfg = with_vocab(cfg, tok.vocab_size)
-        torch.manual_seed(0)
-        out[kind] = root / kind
-        out[kind].mkdir()
-        write_model_files(out[kind], build_objective(cfg, tok), cfg, tok)
-    return out
-
-
-@pytest.fixture(scope="module")
-def toy_task(tmp_path_factory):
-    """A learnable pair task: label 1 when the second text repeats the first word."""
-    root = tmp_path_factory.mktemp("toy")
-    rng = np.random.default_rng(0)
-    words = ["river", "music", "city", "war", "film", "album", "game", "king"]
-    rows = []
-    for _ in range(96):
-        a, b = rng.choice(words, 2, replace=False)
-        same = int(rng.integers(2))
-        rows.append(f"the {a} is old\t{a if same else b}\t{same}")
-    write(root / "train.tsv", "first\tsecond\tlabel\n" + "\n".join(rows[:64]) + "\n")
-    write(root / "dev.tsv", "first\tsecond\tlabel\n" + "\n".join(rows[64:]) + "\n")
-    return write(root / "toy.yaml", "name: toy\ntrain: train.tsv\ndev: dev.tsv\ntext_columns: [first, second]\n"
-                                    "label_column: label\nlabels: [0, 1]\nmetrics: [accuracy, f1]\n")
-
-
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_every_objective_fine_tunes(checkpoints, toy_task, tmp_path, kind):
     source = load_source(checkpoints[kind])
@@ -333,7 +281,7 @@ def test_bf16_fine_tuning_learns_and_evaluates_like_fp32(checkpoints, toy_task, 
     fcfg = finetune_config([*TINY, "finetune.precision=bf16", "finetune.epochs=20", "finetune.batch_size=8",
                             "finetune.lr=2e-3"])
     results = run_task(source, c, fcfg, tmp_path / "bf16")
-    losses = [e["train_loss"] for e in results["seeds"][0]["epochs"]]
+    losses = [e["train_loss"] for e in results["seeds"][0]["evaluations"]]
     assert losses[-1] < losses[0] - 0.1, losses
     model, tok, info = load_finetuned(tmp_path / "bf16" / "best")
     dev = read_task_file(c, resolve_file(c, c.dev["dev"], toy_task.parent))
@@ -369,9 +317,9 @@ def test_sst2_subsample_loss_falls_and_seeds_give_mean_and_std(checkpoints, data
     seeds = saved["seeds"]
     assert [s["seed"] for s in seeds] == [3, 4]
     for s in seeds:
-        losses = [e["train_loss"] for e in s["epochs"]]
+        losses = [e["train_loss"] for e in s["evaluations"]]
         assert losses[-1] < losses[0] - 0.1, losses  # training loss falls
-        assert s["metrics"]["accuracy"] == max(e["accuracy"] for e in s["epochs"])  # best epoch kept
+        assert s["metrics"]["accuracy"] == max(e["accuracy"] for e in s["evaluations"])  # best epoch kept
     accs = [s["metrics"]["accuracy"] for s in seeds]
     assert saved["metrics"]["accuracy"] == pytest.approx(np.mean(accs))
     assert saved["std"]["accuracy"] == pytest.approx(np.std(accs, ddof=1))
@@ -396,12 +344,6 @@ def test_subsample_is_seeded():
 
 
 # --- command line ----------------------------------------------------------------------------------
-
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
 
 def test_cli_prints_json_last_and_writes_results(checkpoints, toy_task, tmp_path, capsys):
     out = tmp_path / "cli"

@@ -1,6 +1,6 @@
 """Config as plain data: dataclasses, YAML + `key=value` overrides, validation. Imports no torch and reads
 nothing but the YAML file; filling keys from the world (model.init_from, the tokenizer) is lmssl.resolve."""
-from lmssl.config.finetune import FinetuneConfig, finetune_config
+from lmssl.config.finetune import FinetuneConfig, Grid, finetune_config, finetune_grid
 from lmssl.config.objectives import (
                                      OBJECTIVE_CONFIGS,
                                      STS_SETS,
@@ -37,8 +37,9 @@ from lmssl.config.sections import (
 )
 from lmssl.errors import ConfigError
 
-__all__ = ["CLMConfig", "Config", "ConfigError", "DataConfig", "ElectraConfig", "EvalConfig", "FinetuneConfig",
+__all__ = ["CLMConfig", "Config", "ConfigError", "DataConfig", "ElectraConfig", "EvalConfig", "FinetuneConfig", "Grid",
            "INIT_FREE_FIELDS", "MLMConfig", "MODEL_PRESETS", "ModelConfig", "OBJECTIVE_CONFIGS", "ObjectiveConfig",
            "REPO_ROOT", "RawConfig", "SECTIONS", "STS_SETS", "STS_TEST_SETS", "SimCSEConfig", "TrainConfig",
-           "build_config", "build_section", "config_from_dict", "config_yaml", "finetune_config", "generator_config",
-           "load_config", "objective_config_class", "parse_override", "read_config", "register_objective_config"]
+           "build_config", "build_section", "config_from_dict", "config_yaml", "finetune_config", "finetune_grid",
+           "generator_config", "load_config", "objective_config_class", "parse_override", "read_config",
+           "register_objective_config"]

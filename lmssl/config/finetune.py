@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import sys
 from dataclasses import dataclass
 from typing import Literal
@@ -12,16 +13,22 @@ from lmssl.errors import ConfigError, did_you_mean
 
 @dataclass
 class FinetuneConfig:
-    epochs: int = 3  # passes over the training set (BERT §4.1: 3 for GLUE)
+    epochs: int = 3  # passes over the training set (BERT §4.1: 3 for GLUE); a list [3, 10] makes a grid
+    min_steps: int = 0  # at least this many optimizer steps: epochs are added for small training sets
     # peak learning rate: BERT's small models search 3e-5..3e-4 and ELECTRA-Small uses 3e-4 (small models, big steps)
-    lr: float = 1e-4
+    lr: float = 1e-4  # a list [1e-4, 3e-4] makes a grid searched on dev (see search)
     probe_lr: float = 1e-3  # peak learning rate with probe=true (only a linear head trains, on fixed features)
-    batch_size: int = 32  # examples per optimizer step (BERT: 32)
+    batch_size: int = 32  # examples per optimizer step (BERT: 32); a list makes a grid
     max_length: int = 128  # tokens per example after truncation (BERT's GLUE runs: 128), at most model.max_positions
     warmup_ratio: float = 0.1  # share of the steps with linear warmup, then linear decay to 0 (BERT)
     weight_decay: float = 0.01  # AdamW decay, never on norms, biases and embeddings (BERT)
     dropout: float = 0.1  # hidden, attention and head dropout while fine-tuning (BERT: 0.1), whatever pretraining used
-    seeds: int = 1  # runs with seeds seed, seed+1, ...; results give their mean and std
+    seeds: int = 1  # runs with seeds seed, seed+1, ...; mean and std in results (a grid ranks cells by the mean)
+    eval_every: int = 0  # dev evaluation every this many optimizer steps (and at the end); 0 = after every epoch
+    patience: int = 0  # early stopping: stop after this many dev evaluations without a better score; 0 = never
+    search: bool = False  # run the task card's grid (its lr / epochs / batch_size lists) for the keys not set here
+    compare_scratch: bool = False  # also run from_scratch with the same grid and seeds; report the difference
+    baselines: bool = True  # majority class (mean) and TF-IDF + logistic regression (ridge) beside the results
     seed: int = 0  # the first seed (head initialisation, dropout, example order)
     max_train_examples: int = 0  # 0 = all; else a uniform random subsample of this size (data_seed)
     data_seed: int = 0  # seed of that subsample: every training seed sees the same examples
@@ -37,8 +44,41 @@ class FinetuneConfig:
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast in training and evaluation, weights fp32
 
 
+GRID_KEYS = ("lr", "epochs", "batch_size")  # the keys a list turns into a grid (searched on dev)
+
+
+@dataclass
+class Grid:
+    """The grid part of the overrides: lists given for GRID_KEYS, and the keys given one value."""
+    lists: dict[str, list] = dataclasses.field(default_factory=dict)  # key -> its values, in the order given
+    fixed: tuple[str, ...] = ()  # GRID_KEYS set to a single value: a task card's list does not replace them
+
+    def cells(self, cfg: FinetuneConfig, card_grid: dict[str, list]) -> list[FinetuneConfig]:
+        """Every combination (lr varies slowest): the lists given, else with finetune.search the card's lists for
+        the keys not fixed, else cfg's single value."""
+        axes = {}
+        for key in GRID_KEYS:
+            if key in self.lists:
+                axes[key] = self.lists[key]
+            elif cfg.search and key in card_grid and key not in self.fixed:
+                axes[key] = card_grid[key]
+            else:
+                axes[key] = [getattr(cfg, key)]
+        return [dataclasses.replace(cfg, **dict(zip(axes, values))) for values in itertools.product(*axes.values())]
+
+
 def finetune_config(overrides: list[str], source: str = "overrides") -> FinetuneConfig:
-    """`finetune.key=value` overrides -> FinetuneConfig; unknown keys suggest the nearest one."""
+    """`finetune.key=value` overrides -> FinetuneConfig (one value per key); unknown keys suggest the nearest one."""
+    cfg, grid = finetune_grid(overrides, source)
+    if grid.lists:
+        key = next(iter(grid.lists))
+        raise ConfigError(f"{source}: key 'finetune.{key}': expected one value here, got a list")
+    return cfg
+
+
+def finetune_grid(overrides: list[str], source: str = "overrides") -> tuple[FinetuneConfig, Grid]:
+    """`lmssl finetune`'s overrides -> (FinetuneConfig with the first value of each list, Grid); every value of a
+    list is checked as a single one would be."""
     raw = {}
     names = [f"finetune.{f.name}" for f in dataclasses.fields(FinetuneConfig)]
     for text in overrides:
@@ -49,11 +89,28 @@ def finetune_config(overrides: list[str], source: str = "overrides") -> Finetune
             raise ConfigError(f"override '{text}': `lmssl finetune` takes finetune.* keys, not '{section}.*'"
                               + did_you_mean(f"finetune.{key}", names))
         raw[key] = value
-    cfg = build_section(FinetuneConfig, raw, "finetune", source)
+    lists = {k: v for k, v in raw.items() if isinstance(v, list)}
+    scalars = {**raw, **{k: v[0] for k, v in lists.items() if v}}
+    for key, values in lists.items():
+        if key not in GRID_KEYS:
+            raise ConfigError(f"{source}: key 'finetune.{key}': expected one value; lists make a grid only for "
+                              f"{', '.join(f'finetune.{k}' for k in GRID_KEYS)}")
+        if not values or len(set(map(str, values))) != len(values):
+            raise ConfigError(f"{source}: key 'finetune.{key}': a grid needs distinct values, got {values}")
+        lists[key] = [getattr(check(build_section(FinetuneConfig, {**scalars, key: v}, "finetune", source), source),
+                              key) for v in values]
+    cfg = check(build_section(FinetuneConfig, scalars, "finetune", source), source)
+    if cfg.probe and cfg.from_scratch:
+        print("note: probe with from_scratch probes a random encoder (a baseline for probing)", file=sys.stderr)
+    return cfg, Grid(lists, tuple(k for k in GRID_KEYS if k in raw and k not in lists))
+
+
+def check(cfg: FinetuneConfig, source: str) -> FinetuneConfig:
+    """Range checks of one setting (also applied to each value of a grid list and of a task card's grid)."""
     for key in ("epochs", "batch_size", "seeds", "eval_batch_size"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{source}: key 'finetune.{key}': must be positive")
-    for key in ("seed", "max_train_examples", "data_seed", "num_threads"):
+    for key in ("seed", "max_train_examples", "data_seed", "num_threads", "min_steps", "eval_every", "patience"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{source}: key 'finetune.{key}': must be >= 0")
     if not (cfg.lr > 0 and cfg.probe_lr > 0):
@@ -64,6 +121,7 @@ def finetune_config(overrides: list[str], source: str = "overrides") -> Finetune
         raise ConfigError(f"{source}: key 'finetune.dropout': must be in [0, 1)")
     if cfg.max_length < 8:
         raise ConfigError(f"{source}: key 'finetune.max_length': must be at least 8")
-    if cfg.probe and cfg.from_scratch:
-        print("note: probe with from_scratch probes a random encoder (a baseline for probing)", file=sys.stderr)
+    if cfg.compare_scratch and cfg.from_scratch:
+        raise ConfigError(f"{source}: key 'finetune.compare_scratch': runs both pretrained and from scratch; "
+                          f"leave finetune.from_scratch=false")
     return cfg

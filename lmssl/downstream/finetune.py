@@ -100,40 +100,57 @@ def _flat(dev: dict[str, dict[str, float]]) -> dict[str, float]:
     return {f"{name}_{k}": v for name, metrics in dev.items() for k, v in metrics.items()}
 
 
+def schedule(examples: int, fcfg: FinetuneConfig) -> tuple[int, int, int]:
+    """(steps per epoch, epochs, total steps): finetune.epochs, raised until there are finetune.min_steps."""
+    per_epoch = math.ceil(examples / fcfg.batch_size)
+    epochs = max(fcfg.epochs, math.ceil(fcfg.min_steps / per_epoch))
+    return per_epoch, epochs, per_epoch * epochs
+
+
 def train_seed(model, train_set, dev_sets: dict, card: TaskCard, fcfg: FinetuneConfig, seed: int,
                device: torch.device) -> tuple[list[dict], dict]:
-    """Train `model` (a SequenceClassifier, or a LinearProbe on features); evaluate after every epoch.
-    Returns the per-epoch records and the best epoch's (record, state_dict)."""
-    steps = math.ceil(len(train_set) / fcfg.batch_size)
-    total = steps * fcfg.epochs
+    """Train `model` (a SequenceClassifier, or a LinearProbe on features), evaluating on dev after every epoch (or
+    every finetune.eval_every steps) and stopping after finetune.patience evaluations without a better score.
+    Returns the evaluation records and the best one's (record, state_dict)."""
+    per_epoch, epochs, total = schedule(len(train_set), fcfg)
+    every = fcfg.eval_every or per_epoch
     tcfg = TrainConfig(max_steps=total, batch_size=fcfg.batch_size, lr=fcfg.probe_lr if fcfg.probe else fcfg.lr,
                        weight_decay=fcfg.weight_decay, warmup_steps=round(fcfg.warmup_ratio * total),
                        schedule="linear", final_lr_ratio=0.0, seed=seed, precision=fcfg.precision, **FINETUNE_ADAM)
     engine = TorchEngine(model, tcfg, device=device)
     order_rng = np.random.default_rng(seed)
-    records, best = [], None
+    records, best, losses, step, waited = [], None, [], 0, 0
     with tqdm(total=total, desc=f"{card.name} seed {seed}", unit="step", dynamic_ncols=True, leave=False) as bar:
-        for epoch in range(1, fcfg.epochs + 1):
-            order, losses = order_rng.permutation(len(train_set)), []
+        for epoch in range(1, epochs + 1):
+            order = order_rng.permutation(len(train_set))
             for start in range(0, len(order), fcfg.batch_size):
-                stats = engine.train_step([train_set.batch(order[start:start + fcfg.batch_size])])
-                losses.append(stats["loss"])
+                losses.append(engine.train_step([train_set.batch(order[start:start + fcfg.batch_size])])["loss"])
+                step += 1
                 bar.update()
                 bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-20:]):.3f}")
-            dev = {name: evaluate(model, data, card, fcfg.eval_batch_size, engine.device, fcfg.precision)
-                   for name, data in dev_sets.items()}
-            record = {"epoch": epoch, "train_loss": float(np.mean(losses)),
-                      "train_loss_first_steps": float(np.mean(losses[:10])),
-                      "train_loss_last_steps": float(np.mean(losses[-10:])), **_flat(dev)}
-            records.append(record)
-            score = _selectable(next(iter(dev.values()))["score"])
-            if best is None or score > best[0]["score_selection"]:
-                state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-                best = ({**record, "score_selection": score}, state)
+                if step % every and step < total:
+                    continue
+                dev = {name: evaluate(model, data, card, fcfg.eval_batch_size, engine.device, fcfg.precision)
+                       for name, data in dev_sets.items()}
+                at = step / per_epoch
+                record = {"step": step, "epoch": int(at) if at.is_integer() else round(at, 3),
+                          "train_loss": float(np.mean(losses)), "train_loss_first_steps": float(np.mean(losses[:10])),
+                          "train_loss_last_steps": float(np.mean(losses[-10:])), **_flat(dev)}
+                records.append(record)
+                losses = []
+                score = selectable(next(iter(dev.values()))["score"])
+                if best is None or score > best[0]["score_selection"]:
+                    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                    best, waited = ({**record, "score_selection": score}, state), 0
+                else:
+                    waited += 1
+                if fcfg.patience and waited >= fcfg.patience:
+                    records[-1]["stopped_early"] = True  # the linear decay was planned for `total` steps
+                    return records, best
     return records, best
 
 
-def _selectable(score: float) -> float:
+def selectable(score: float) -> float:
     """A score to maximise: an undefined one (NaN: constant predictions) ranks below every defined one."""
     return score if math.isfinite(score) else -math.inf
 
@@ -171,6 +188,7 @@ class TaskData:
     total: int  # training examples in the file
     subsample: dict | None  # how the training subsample was drawn (None = all examples)
     max_length: int  # tokens per example after truncation
+    texts: dict[str, list[tuple[str, ...]]]  # the raw examples of "train" (the subsample) and of each dev set
 
 
 def encode_task(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig) -> TaskData:
@@ -190,8 +208,9 @@ def encode_task(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig) -> 
         ids, types = encode_texts(tok, [data.texts[i] for i in index], source.causal, max_length)
         return EncodedSet(ids, types, data.targets[index], pad_id, source.causal, use_types)
 
+    texts = {"train": [train.texts[i] for i in rows], **{name: d.texts for name, d in devs.items()}}
     return TaskData(encoded(train, rows), {name: encoded(d, np.arange(len(d))) for name, d in devs.items()},
-                    len(train), subsample, max_length)
+                    len(train), subsample, max_length, texts)
 
 
 def pooling_description(source: EncoderSource, fcfg: FinetuneConfig) -> str:
@@ -203,14 +222,17 @@ def pooling_description(source: EncoderSource, fcfg: FinetuneConfig) -> str:
     return "[CLS] + " + ("pretrained pooler" if pretrained else "fresh pooler")
 
 
-def run_task(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig, out: Path) -> dict:
-    """Fine-tune (or probe) on one task over `fcfg.seeds` seeds; write results.json and best/; return the results."""
+def run_task(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig, out: Path, data: TaskData | None = None,
+             extra: dict | None = None) -> dict:
+    """Fine-tune (or probe) on one task over `fcfg.seeds` seeds; write results.json (with `extra`, e.g. the
+    baselines) and best/; return the results. `data`: the task already encoded (a grid's cells share it)."""
     started, device = time.perf_counter(), resolve_device(fcfg.device)
     check_output(out, fcfg)
     card = infer_labels(card, root_dir(fcfg.data_root))
-    data = encode_task(source, card, fcfg)
+    data = data or encode_task(source, card, fcfg)
+    per_epoch, epochs, _ = schedule(len(data.train), fcfg)
     mode = "probe" if fcfg.probe else "finetune"
-    seeds, best_overall, cached, train_seconds = [], None, None, 0.0
+    seeds, best_overall, cached, train_seconds, steps_done = [], None, None, 0.0, 0
     for seed in range(fcfg.seed, fcfg.seed + fcfg.seeds):
         seed_everything(seed)
         model = build_classifier(source, card, fcfg).to(device)
@@ -227,13 +249,16 @@ def run_task(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig, out: P
         seed_started = time.perf_counter()
         records, (best, state) = train_seed(trained, train_data, dev_data, card, fcfg, seed, device)
         train_seconds += time.perf_counter() - seed_started
+        steps_done += records[-1]["step"]
         trained.load_state_dict(state)
         if fcfg.probe:
             fold_standardization(model.head, *scale)  # the saved head reads raw features
         metrics = {k: v for k, v in best.items()
-                   if k not in ("epoch", "score_selection") and not k.startswith("train_")}
-        seeds.append({"seed": seed, "best_epoch": best["epoch"], "metrics": metrics, "epochs": records})
-        if best_overall is None or best["score_selection"] > _selectable(best_overall["score"]):
+                   if k not in ("epoch", "step", "stopped_early", "score_selection") and not k.startswith("train_")}
+        seeds.append({"seed": seed, "best_epoch": best["epoch"], "best_step": best["step"], "metrics": metrics,
+                      "stopped_early_at_step": records[-1]["step"] if records[-1].get("stopped_early") else None,
+                      "evaluations": records})
+        if best_overall is None or best["score_selection"] > selectable(best_overall["score"]):
             best_overall = {"seed": seed, "epoch": best["epoch"], "score": best["score_selection"],
                             "dir": str(out / "best")}
             save_finetuned(out / "best", model, source.cfg, source.tokenizer, finite({
@@ -248,12 +273,14 @@ def run_task(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig, out: P
         "metrics": {k: m for k, (m, _) in summary.items()}, "std": {k: s for k, (_, s) in summary.items()},
         "train_examples": len(data.train), "train_examples_total": data.total, "subsample": data.subsample,
         "dev_examples": {name: len(d) for name, d in data.dev.items()}, "max_length": data.max_length,
-        "selection": f"best epoch per seed on the {next(iter(card.dev))} set's score (mean of its metrics)",
+        "selection": f"best evaluation per seed on the {next(iter(card.dev))} set's score (mean of its metrics)",
+        "steps_per_epoch": per_epoch, "epochs_planned": epochs,
         "best": best_overall, "seeds": seeds, "card": card.to_dict(),
         "finetune": {**asdict(fcfg), "lr_used": fcfg.probe_lr if fcfg.probe else fcfg.lr},
         "elapsed_s": round(time.perf_counter() - started, 1),
         # training examples per second of the training loops (their per-epoch dev evaluations included)
-        "train_examples_per_s": round(len(data.train) * fcfg.epochs * fcfg.seeds / max(train_seconds, 1e-9), 1),
+        "train_examples_per_s": round(len(data.train) * steps_done / per_epoch / max(train_seconds, 1e-9), 1),
+        **(extra or {}),
     }
     write_text(out / "results.json", json.dumps(finite(results), indent=1) + "\n")
     return results

@@ -5,48 +5,39 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from lmssl.atomic import write_text
-from lmssl.config import FinetuneConfig, finetune_config
+from lmssl.config import FinetuneConfig, Grid, finetune_grid
 from lmssl.data.paths import root_dir
-from lmssl.downstream.finetune import check_output, finite, load_source, run_task
+from lmssl.downstream.finetune import check_output, finite, load_source
 from lmssl.downstream.metrics import glue_table
+from lmssl.downstream.search import finished_result, grid_axes, run_finetune, score_key
 from lmssl.downstream.tasks import GLUE_TASKS, TaskCard, glue_card, load_task_card, missing_files
 from lmssl.errors import ConfigError, did_you_mean
 from lmssl.pretrained import locate
 
-RUN_ONLY_KEYS = ("output_dir", "overwrite", "num_threads", "device", "eval_batch_size")  # change speed, not results
 
-
-def finished_result(out: Path, fcfg: FinetuneConfig, checkpoint_dir: str) -> dict | None:
-    """The results.json in `out` when it came from the same checkpoint and settings (an interrupted `glue`
-    run picks up where it stopped); None when `out` holds none (or overwrite is set); else refuse as
-    `check_output` does."""
-    path = out / "results.json"
-    if path.exists() and not fcfg.overwrite:
-        try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            old = {}
-        same = {k: v for k, v in asdict(fcfg).items() if k not in RUN_ONLY_KEYS}
-        stored = {k: v for k, v in old.get("finetune", {}).items() if k in same}
-        if old.get("checkpoint_dir") == checkpoint_dir and stored == same:
-            return old
-    check_output(out, fcfg)
-    return None
-
-
-def summary_line(results: dict) -> dict:
-    """The CLI's last line: the task, mean dev metrics (x 100), their std over seeds, and where it all is."""
-    line = {"task": results["task"], **{k: round(v, 2) for k, v in results["metrics"].items()}}
+def summary_line(results: dict, out: Path) -> dict:
+    """The CLI's last line: the task, mean dev metrics (x 100), their std over seeds, the chosen cell of a grid,
+    from scratch and the baselines' task scores, and where it all is."""
+    finite_results = finite(results)
+    line = {"task": results["task"], **{k: _round(v) for k, v in finite_results["metrics"].items()}}
     if len(results["seeds"]) > 1:
-        line.update({f"{k}_std": round(v, 2) for k, v in results["std"].items()})
+        line.update({f"{k}_std": _round(v) for k, v in finite_results["std"].items()})
+    key = score_key(results["card"]["dev"])
+    if "chosen" in results:
+        line["chosen"] = results["chosen"]
+    if "scratch" in results:
+        line["scratch_" + key] = _round(finite_results["scratch"]["metrics"][key])
+        line["scratch_difference"] = _round(finite_results["scratch_difference"]["mean"])
+    for kind in ("majority", "bow"):
+        if "baselines" in results:
+            line[f"{kind}_{key}"] = _round(finite_results["baselines"][kind][key])
     line.update(seeds=len(results["seeds"]), train_examples=results["train_examples"], mode=results["mode"],
-                output_dir=str(Path(results["best"]["dir"]).parent))
+                output_dir=str(out))
     return finite(line)
 
 
@@ -74,9 +65,9 @@ def task_card(task: str, root: Path) -> TaskCard:
                       f"or the path of a task card (.yaml){hint}")
 
 
-def run_glue(checkpoint: str, fcfg: FinetuneConfig, root: Path) -> dict:
+def run_glue(checkpoint: str, fcfg: FinetuneConfig, grid: Grid, root: Path) -> dict:
     """Every GLUE task present under the data root (a task already done with the same checkpoint and settings is
-    reused), then glue.md and glue.json."""
+    reused, an unfinished grid resumes at its first unfinished cell), then glue.md and glue.json."""
     out = Path(fcfg.output_dir or "runs/finetune/glue")
     present, absent = [], {}
     for name in GLUE_TASKS:
@@ -89,12 +80,16 @@ def run_glue(checkpoint: str, fcfg: FinetuneConfig, root: Path) -> dict:
         raise ConfigError(f"no GLUE task under the data root {root} (expected glue/<TASK>/train.tsv and dev.tsv); "
                           f"set LMSSL_DATA or finetune.data_root")
     checkpoint_dir = str(locate(checkpoint))  # outputs are checked before the weights load
-    done = {name: finished_result(out / name, fcfg, checkpoint_dir) for name in present}
+    results, source = {}, None
     for name in present:
-        if done[name] is not None:
+        card = glue_card(name)
+        done = finished_result(out / name, fcfg, checkpoint_dir, grid_axes(grid.cells(fcfg, card.grid)))
+        if done is not None:
             sys.stderr.write(f"{name}: reusing {out / name / 'results.json'} (same checkpoint and settings)\n")
-    source = load_source(checkpoint) if None in done.values() else None
-    results = {name: done[name] or run_task(source, glue_card(name), fcfg, out / name) for name in present}
+            results[name] = done
+            continue
+        source = source or load_source(checkpoint)
+        results[name] = run_finetune(checkpoint, card, fcfg, grid, out / name, checkpoint_dir, source)
     title = (f"GLUE dev: {checkpoint} (data root {root})" + (" (random init)" if fcfg.from_scratch else "")
              + (" (linear probe)" if fcfg.probe else ""))
     markdown, table = glue_table(results, absent, title)
@@ -103,19 +98,24 @@ def run_glue(checkpoint: str, fcfg: FinetuneConfig, root: Path) -> dict:
     write_text(out / "glue.json", json.dumps(finite({"checkpoint": checkpoint, **table, "tasks": tasks}), indent=1)
                + "\n")
     sys.stderr.write(markdown)
-    return finite({"task": "glue", **{k: v for k, v in table.items() if k != "absent"},
-                    "absent": sorted(absent), "table": str(out / "glue.md")})
+    return finite({"task": "glue", **{k: v for k, v in table.items() if k not in ("absent", "rows")},
+                   "absent": sorted(absent), "table": str(out / "glue.md")})
+
+
+def _round(value):
+    return None if value is None else round(value, 2)
 
 
 def finetune(checkpoint: str, task: str, overrides: list[str]) -> dict:
     """`lmssl finetune CKPT TASK [finetune.key=value ...]`: TASK is a GLUE task, `glue`, or a task card path."""
-    fcfg = finetune_config(overrides)
+    fcfg, grid = finetune_grid(overrides)
     if fcfg.num_threads:
         torch.set_num_threads(fcfg.num_threads)
     root = root_dir(fcfg.data_root)
     if task.lower() == "glue":
-        return run_glue(checkpoint, fcfg, root)
+        return run_glue(checkpoint, fcfg, grid, root)
     card = task_card(task, root)
     out = Path(fcfg.output_dir or f"runs/finetune/{card.name}")
     check_output(out, fcfg)
-    return summary_line(run_task(load_source(checkpoint), card, fcfg, out))
+    checkpoint_dir = str(locate(checkpoint))
+    return summary_line(run_finetune(checkpoint, card, fcfg, grid, out, checkpoint_dir), out)

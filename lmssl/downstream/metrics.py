@@ -92,38 +92,68 @@ def _cell(metrics: dict, stds: dict, names: list[str], prefix: str) -> str:
     return "/".join(one(n) for n in names)
 
 
+def table_rows(results: dict[str, dict]) -> list[tuple[str, dict[str, dict]]]:
+    """The rows of the GLUE table, each {task: {"card", "metrics", "std"}}: the result, every cell of a grid
+    (the default settings are one of them), from scratch (compare_scratch), then the baselines."""
+    first = next(iter(results.values()), {})
+    label = ("linear probe" if first.get("mode") == "probe" else "fine-tuned") + (
+        ", from scratch" if first.get("from_scratch") else "")
+    searched = any("grid" in r for r in results.values())
+    rows = {f"{label}{' (grid: cell chosen on dev)' if searched else ''}": results}
+    for task, result in results.items():
+        for cell in result.get("grid", []):
+            cell_label = f"cell lr {cell['lr']:g}, {cell['epochs']} ep, batch {cell['batch_size']}"
+            rows.setdefault(cell_label, {})[task] = {**cell, "card": result["card"]}
+    for task, result in results.items():
+        if "scratch" in result:
+            rows.setdefault("from scratch (same grid and seeds)", {})[task] = result["scratch"]
+    for kind, name in (("majority", "majority class / train mean"), ("bow", "TF-IDF + logistic / ridge")):
+        for task, result in results.items():
+            if "baselines" in result:
+                rows.setdefault(name, {})[task] = {"card": result["card"], "metrics": result["baselines"][kind],
+                                                   "std": {}}
+    return list(rows.items())
+
+
 def glue_table(results: dict[str, dict], absent: dict[str, str], title: str) -> tuple[str, dict]:
-    """(Markdown, JSON summary) of the GLUE table from {task: results.json of `run_task`} and
-    {task: why it is absent}."""
-    header, cells, scores = [], [], {}
-    for column, task, dev in GLUE_COLUMNS:
-        header.append(column)
-        result = results.get(task)
-        if result is None:
-            cells.append("—")
-            scores[column] = None
-            continue
-        names = result["card"]["metrics"]
-        prefix = "" if len(result["card"]["dev"]) == 1 else f"{dev}_"
-        cells.append(_cell(result["metrics"], result["std"], names, prefix))
-        scores[column] = result["metrics"][f"{prefix}score"]
-    avg = glue_average(scores)
-    lines = [f"# {title}", "",
-             "| " + " | ".join(header + ["Avg", "Avg w/o WNLI"]) + " |",
-             "|" + "---:|" * (len(header) + 2),
-             "| " + " | ".join(cells + [f"{avg['glue_average']:.1f}", f"{avg['glue_average_no_wnli']:.1f}"]) + " |", ""]
+    """(Markdown, JSON summary) of the GLUE table from {task: results.json of `lmssl finetune`} and
+    {task: why it is absent}; the summary's scores and averages are the first row's, `rows` has every row's."""
+    header = [column for column, _, _ in GLUE_COLUMNS]
+    lines = [f"# {title}", "", "| | " + " | ".join(header + ["Avg", "Avg w/o WNLI"]) + " |",
+             "|---|" + "---:|" * (len(header) + 2)]
+    summaries = {}
+    for label, row in table_rows(results):
+        cells, scores = [], {}
+        for column, task, dev in GLUE_COLUMNS:
+            result = row.get(task)
+            if result is None:
+                cells.append("—")
+                scores[column] = None
+                continue
+            prefix = "" if len(result["card"]["dev"]) == 1 else f"{dev}_"
+            cells.append(_cell(result["metrics"], result["std"], result["card"]["metrics"], prefix))
+            scores[column] = result["metrics"].get(f"{prefix}score")
+        avg = glue_average({k: (None if v is None or math.isnan(v) else v) for k, v in scores.items()})
+        lines.append(f"| {label} | " + " | ".join(cells + [f"{avg['glue_average']:.1f}",
+                                                           f"{avg['glue_average_no_wnli']:.1f}"]) + " |")
+        summaries[label] = {"scores": scores, **avg}
+    lines.append("")
     metric_names = ", ".join(f"{column}: {'/'.join(SHORT[m] for m in results[task]['card']['metrics'])}"
                              for column, task, _ in GLUE_COLUMNS if task in results)
-    lines.append(f"Dev sets, metrics x 100 ({metric_names}); mean±std over seeds of the best epoch per seed. "
+    main = next(iter(summaries.values()))
+    lines.append(f"Dev sets, metrics x 100 ({metric_names}); mean±std over seeds of the best evaluation per seed. "
                  f"A task with two metrics scores their mean; MNLI-m and MNLI-mm are two columns (BERT's Table 1). "
-                 f"Averages over the {avg['columns_present']} of {avg['of_columns']} columns present.")
+                 f"Averages over the {main['columns_present']} of {main['of_columns']} columns present; an undefined "
+                 f"score (nan: a constant prediction has no correlation) is left out of them.")
     for task, result in results.items():
         sub = result.get("subsample")
         used = f"{result['train_examples']} of {result['train_examples_total']} training examples"
+        chosen = result.get("chosen")
+        setting = (f"chosen lr {chosen['lr']:g}, epochs {chosen['epochs']}, batch {chosen['batch_size']}" if chosen
+                   else f"epochs {result['finetune']['epochs']}, lr {result['finetune']['lr_used']:g}")
         lines.append(f"- {task}: {used}" + (f" (seeded subsample, data_seed={sub['data_seed']})" if sub else "")
-                     + f", {len(result['seeds'])} seed(s), epochs {result['finetune']['epochs']}, "
-                       f"lr {result['finetune']['lr_used']:g}, mode {result['mode']}")
+                     + f", {len(result['seeds'])} seed(s), {setting}, mode {result['mode']}")
     for task, why in absent.items():
         lines.append(f"- {task}: absent ({why})")
-    summary = {"scores": scores, **avg, "absent": absent}
+    summary = {**main, "absent": absent, "rows": summaries}
     return "\n".join(lines) + "\n", summary

@@ -13,6 +13,7 @@ A task card is YAML (configs/tasks/<task>.yaml for the nine GLUE tasks):
     labels: [entailment, not_entailment]   # classification: the label values (compared as strings), or
     regression: false                      # regression: true for a numeric score (no labels)
     metrics: [accuracy]                # accuracy, f1 (2 labels: the second is positive), mcc; pearson, spearman
+    grid: {lr: [1.0e-4, 3.0e-4]}       # optional: the lists `finetune.search=true` tries (lr, epochs, batch_size)
 
 Reading is strict: a missing file or column, a row with another number of fields than the header (or
 the first row), an empty text or a label outside the list stops with a ConfigError naming file and line.
@@ -30,6 +31,7 @@ import numpy as np
 import yaml
 
 from lmssl.config import REPO_ROOT
+from lmssl.config.finetune import GRID_KEYS
 from lmssl.config.parse import yaml_problem
 from lmssl.downstream.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
 from lmssl.errors import ConfigError, did_you_mean
@@ -52,6 +54,7 @@ class TaskCard:
     header: bool = True  # tsv/csv files start with a header row
     quoting: str | bool = "auto"  # csv quoting (auto: csv yes, tsv no)
     source: str = ""  # the card's path, for messages; relative files are looked up beside it first
+    grid: dict[str, list] = field(default_factory=dict)  # finetune.search's lists: lr, epochs, batch_size
 
     @property
     def regression(self) -> bool:
@@ -66,7 +69,7 @@ class TaskCard:
 
 
 CARD_KEYS = ("name", "train", "dev", "format", "header", "quoting", "text_columns", "label_column", "labels",
-             "regression", "metrics")
+             "regression", "metrics", "grid")
 
 
 def load_task_card(path: str | Path) -> TaskCard:
@@ -134,7 +137,28 @@ def card_from_dict(raw: dict, source: str) -> TaskCard:
     if "f1" in metrics and labels and len(labels) != 2:
         fail("metrics", f"f1 is binary (the second label is the positive class); this task has {len(labels)} labels")
     return TaskCard(name=name, train=str(raw["train"]), dev=dev, text_columns=columns, label_column=raw["label_column"],
-                    labels=labels, metrics=list(metrics), format=fmt, header=header, quoting=quoting, source=source)
+                    labels=labels, metrics=list(metrics), format=fmt, header=header, quoting=quoting, source=source,
+                    grid=card_grid(raw.get("grid") or {}, fail))
+
+
+def card_grid(grid, fail) -> dict[str, list]:
+    """A card's `grid`: lists of positive values for lr (numbers) and epochs / batch_size (integers)."""
+    if not isinstance(grid, dict):
+        fail("grid", f"a mapping of {', '.join(GRID_KEYS)} to lists of values")
+    out = {}
+    for key, values in grid.items():
+        if key not in GRID_KEYS:
+            fail("grid", f"unknown key {key!r}" + did_you_mean(str(key), list(GRID_KEYS)))
+        values = values if isinstance(values, list) else [values]
+        kind = float if key == "lr" else int
+        try:
+            values = [kind(float(v)) if kind is float else v for v in values]
+        except (TypeError, ValueError):
+            values = None
+        if not values or not all(isinstance(v, kind) and not isinstance(v, bool) and v > 0 for v in values):
+            fail("grid", f"{key}: a list of positive {'numbers' if kind is float else 'integers'}")
+        out[key] = values
+    return out
 
 
 def infer_labels(card: TaskCard, root: Path) -> TaskCard:
