@@ -60,6 +60,16 @@ def write(path, text: str):
     return path
 
 
+def fake_glue(root: Path) -> Path:
+    """A data root holding two tiny GLUE tasks, RTE and SST-2 (the same rows in train and dev)."""
+    rows = "\n".join(f"{i}\tthe {w} is here\tthe {w}\t{lab}" for i, (w, lab) in
+                     enumerate([("cat", "entailment"), ("dog", "not_entailment")] * 8))
+    for split in ("train", "dev"):
+        write(root / "glue" / "RTE" / f"{split}.tsv", "index\tsentence1\tsentence2\tlabel\n" + rows + "\n")
+        write(root / "glue" / "SST-2" / f"{split}.tsv", "sentence\tlabel\n" + "good\t1\nbad\t0\n" * 8)
+    return root
+
+
 def cli(capsys, *argv) -> tuple[int, str, str]:
     code = main(list(argv))
     captured = capsys.readouterr()

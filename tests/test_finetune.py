@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import KINDS, TINY, cli, tiny_config, write
+from conftest import KINDS, TINY, cli, fake_glue, tiny_config, write
 
 from lmssl.config import ConfigError, finetune_config
 from lmssl.data import load_tokenizer
@@ -375,13 +375,7 @@ def test_cli_errors_are_one_line(checkpoints, data_root, capsys, args, message):
 
 
 def test_cli_glue_runs_the_tasks_present_and_writes_the_table(checkpoints, tmp_path, capsys, monkeypatch):
-    root = tmp_path / "data"
-    rows = "\n".join(f"{i}\tthe {w} is here\tthe {w}\t{lab}" for i, (w, lab) in
-                     enumerate([("cat", "entailment"), ("dog", "not_entailment")] * 8))
-    for split in ("train", "dev"):
-        write(root / "glue" / "RTE" / f"{split}.tsv", "index\tsentence1\tsentence2\tlabel\n" + rows + "\n")
-        write(root / "glue" / "SST-2" / f"{split}.tsv", "sentence\tlabel\n" + "good\t1\nbad\t0\n" * 8)
-    monkeypatch.setenv("LMSSL_DATA", str(root))
+    monkeypatch.setenv("LMSSL_DATA", str(fake_glue(tmp_path / "data")))
     out = tmp_path / "glue"
     code, stdout, err = cli(capsys, "finetune", str(checkpoints["electra"]), "glue", *TINY, "finetune.epochs=1",
                             f"finetune.output_dir={out}")

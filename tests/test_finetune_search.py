@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, cli
+from conftest import TINY, cli, fake_glue
 from scipy.stats import pearsonr
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression, Ridge
@@ -224,3 +224,25 @@ def test_compare_scratch_runs_both_with_the_same_seeds_and_reports_the_paired_di
     code, _, err = cli(capsys, "finetune", str(checkpoints["mlm_nsp"]), str(toy_task), "finetune.from_scratch=true",
                        "finetune.compare_scratch=true")
     assert code == 2 and "key 'finetune.compare_scratch'" in err
+
+
+def test_glue_with_the_cards_grid_and_scratch_writes_every_row_and_resumes(checkpoints, tmp_path, capsys,
+                                                                           monkeypatch):
+    monkeypatch.setenv("LMSSL_DATA", str(fake_glue(tmp_path / "data")))
+    out = tmp_path / "glue"
+    args = ["finetune", str(checkpoints["mlm_nsp"]), "glue", *TINY, "finetune.epochs=1", "finetune.search=true",
+            "finetune.compare_scratch=true", f"finetune.output_dir={out}"]
+    code, stdout, err = cli(capsys, *args)
+    assert code == 0, err
+    rows = ["fine-tuned (grid: cell chosen on dev)", "cell lr 0.0001, 1 ep, batch 32", "cell lr 0.0003, 1 ep, batch 32",
+            "from scratch (same grid and seeds)", "majority class / train mean", "TF-IDF + logistic / ridge"]
+    table = (out / "glue.md").read_text()
+    assert all(f"| {row} |" in table for row in rows), table
+    saved = json.loads((out / "glue.json").read_text())
+    assert list(saved["rows"]) == rows and saved["scores"] == saved["rows"][rows[0]]["scores"]
+    rte = json.loads((out / "rte" / "results.json").read_text())
+    assert saved["rows"][rows[3]]["scores"]["RTE"] == rte["scratch"]["metrics"]["score"]
+    assert [c["cell"] for c in rte["grid"]] == ["lr0.0001-ep1-bs32", "lr0.0003-ep1-bs32"]
+    assert (out / "rte" / "scratch" / "grid" / "lr0.0003-ep1-bs32" / "best").is_dir()
+    code, _, err = cli(capsys, *args)
+    assert code == 0 and "rte: reusing" in err and "sst2: reusing" in err

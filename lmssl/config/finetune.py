@@ -16,7 +16,7 @@ class FinetuneConfig:
     epochs: int = 3  # passes over the training set (BERT §4.1: 3 for GLUE); a list [3, 10] makes a grid
     min_steps: int = 0  # at least this many optimizer steps: epochs are added for small training sets
     # peak learning rate: BERT's small models search 3e-5..3e-4 and ELECTRA-Small uses 3e-4 (small models, big steps)
-    lr: float = 1e-4  # a list [1e-4, 3e-4] makes a grid searched on dev (see search)
+    lr: float = 1e-4  # a list [1e-4, 3e-4] makes a grid searched on dev
     probe_lr: float = 1e-3  # peak learning rate with probe=true (only a linear head trains, on fixed features)
     batch_size: int = 32  # examples per optimizer step (BERT: 32); a list makes a grid
     max_length: int = 128  # tokens per example after truncation (BERT's GLUE runs: 128), at most model.max_positions

@@ -1,5 +1,5 @@
 """`lmssl finetune CKPT TASK`: a GLUE task, a task card, or `glue` (every GLUE task under the data root, a
-table, resumable per task), around the one-task loop of lmssl.downstream.finetune."""
+table, resumable per task and grid cell), around the per-task search of lmssl.downstream.search."""
 from __future__ import annotations
 
 import json
