@@ -1,14 +1,16 @@
-"""Fine-tuning and linear probing of one task from any pretrained checkpoint (`lmssl finetune`; lmssl.downstream.glue
-is the command around it).
+"""Fine-tuning and linear probing of one task with one setting from any pretrained checkpoint (`lmssl finetune`;
+lmssl.downstream.search runs grids and scratch comparisons around it, lmssl.downstream.glue is the command).
 
 For each seed: the pretrained encoder (`Objective.encoder()`: MLM/CLM/SimCSE trunk, ELECTRA
 discriminator) gets a pooled-representation head (lmssl.model.classifier), trains for
-`finetune.epochs` with AdamW, linear warmup over the first 10% of the steps and linear decay to 0 (BERT
-§A.3; the TorchEngine of pretraining), is evaluated on the dev set(s) after each epoch, and keeps its
-best epoch (the task score on the first dev set). Results are the mean and sample std over seeds of the
-best-epoch dev metrics; the best weights over all seeds and epochs are written to `output_dir/best`.
-Dev-set selection and reporting is what BERT/ELECTRA report as "dev" results; it is optimistic for small
-dev sets (RTE, MRPC, WNLI). Metrics: lmssl.downstream.metrics (scikit-learn / scipy).
+`finetune.epochs` (at least `finetune.min_steps` steps) with AdamW, linear warmup over the first 10% of the
+steps and linear decay to 0 (BERT §A.3; the TorchEngine of pretraining), is evaluated on the dev set(s)
+after each epoch (or every `finetune.eval_every` steps), stops early after `finetune.patience` evaluations
+without a better score, and keeps its best evaluation (the task score on the first dev set). Results are
+the mean and sample std over seeds of the best evaluations' dev metrics; the best weights over all seeds
+and evaluations are written to `output_dir/best`. Dev-set selection and reporting is what BERT/ELECTRA
+report as "dev" results; it is optimistic for small dev sets (RTE, MRPC, WNLI). Metrics:
+lmssl.downstream.metrics (scikit-learn / scipy).
 """
 from __future__ import annotations
 
