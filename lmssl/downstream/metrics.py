@@ -75,8 +75,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def glue_average(columns: dict[str, float]) -> dict[str, float | int]:
-    """From {GLUE column (see GLUE_COLUMNS): task score}: the averages over the columns present."""
-    present = {k: v for k, v in columns.items() if v is not None}
+    """From {GLUE column (see GLUE_COLUMNS): task score}: the averages over the columns present (an undefined
+    score, None or NaN, is left out)."""
+    present = {k: v for k, v in columns.items() if v is not None and not math.isnan(v)}
     no_wnli = [v for k, v in present.items() if k != "WNLI"]
     return {"glue_average": float(np.mean(list(present.values()))) if present else math.nan,
             "glue_average_no_wnli": float(np.mean(no_wnli)) if no_wnli else math.nan,
@@ -133,7 +134,7 @@ def glue_table(results: dict[str, dict], absent: dict[str, str], title: str) -> 
             prefix = "" if len(result["card"]["dev"]) == 1 else f"{dev}_"
             cells.append(_cell(result["metrics"], result["std"], result["card"]["metrics"], prefix))
             scores[column] = result["metrics"].get(f"{prefix}score")
-        avg = glue_average({k: (None if v is None or math.isnan(v) else v) for k, v in scores.items()})
+        avg = glue_average(scores)
         lines.append(f"| {label} | " + " | ".join(cells + [f"{avg['glue_average']:.1f}",
                                                            f"{avg['glue_average_no_wnli']:.1f}"]) + " |")
         summaries[label] = {"scores": scores, **avg}

@@ -25,6 +25,7 @@ from lmssl.data.paths import root_dir
 from lmssl.downstream.baselines import task_baselines
 from lmssl.downstream.finetune import (
     EncoderSource,
+    TaskData,
     check_output,
     encode_task,
     finite,
@@ -72,7 +73,8 @@ def grid_axes(cells: list[FinetuneConfig]) -> dict[str, list] | None:
     return {k: list(dict.fromkeys(getattr(c, k) for c in cells)) for k in GRID_KEYS}
 
 
-def run_cells(card: TaskCard, cells: list[FinetuneConfig], out: Path, checkpoint_dir: str, load, data) -> dict:
+def run_cells(source: EncoderSource, card: TaskCard, cells: list[FinetuneConfig], out: Path, checkpoint_dir: str,
+              data: TaskData) -> dict:
     """Every cell of one variant (pretrained or from scratch) into out/grid/<cell>, then the chosen cell's results
     with the grid's table; the cells already finished with these settings are reused."""
     ranked = []
@@ -82,7 +84,7 @@ def run_cells(card: TaskCard, cells: list[FinetuneConfig], out: Path, checkpoint
         if result is not None:
             sys.stderr.write(f"{card.name}: reusing cell {cell_out} (same checkpoint and settings)\n")
         else:
-            result = run_task(load(), card, dataclasses.replace(cell, output_dir=str(cell_out)), cell_out, data())
+            result = run_task(source, card, dataclasses.replace(cell, output_dir=str(cell_out)), cell_out, data)
         ranked.append((cell, result))
     key = score_key(card.dev)
     chosen_cell, chosen = max(ranked, key=lambda pair: selectable(pair[1]["metrics"][key]))
@@ -118,26 +120,15 @@ def scratch_difference(pretrained: dict, scratch: dict, key: str) -> dict:
 def run_finetune(checkpoint: str, card: TaskCard, fcfg: FinetuneConfig, grid: Grid, out: Path,
                  checkpoint_dir: str, source: EncoderSource | None = None) -> dict:
     """One task: the grid (or one setting) from the checkpoint, from scratch too with compare_scratch, the
-    baselines; writes out/results.json and returns it. `source` is loaded when the first run needs it."""
+    baselines; writes out/results.json and returns it. `source`: the checkpoint already loaded (else loaded here)."""
     card = infer_labels(card, root_dir(fcfg.data_root))
     cells = grid.cells(fcfg, card.grid)
-    cache = {"source": source}
-
-    def load() -> EncoderSource:
-        if cache["source"] is None:
-            cache["source"] = load_source(checkpoint)
-        return cache["source"]
-
-    def data():
-        if "data" not in cache:
-            cache["data"] = encode_task(load(), card, fcfg)
-        return cache["data"]
-
+    source = source or load_source(checkpoint)
+    data = encode_task(source, card, fcfg)  # shared by every cell and variant
     extra = {}
     if fcfg.baselines:
-        task = data()
-        targets = {"train": task.train.targets.numpy(), **{n: d.targets.numpy() for n, d in task.dev.items()}}
-        extra["baselines"] = task_baselines(card, task.texts, targets)
+        targets = {"train": data.train.targets.numpy(), **{n: d.targets.numpy() for n, d in data.dev.items()}}
+        extra["baselines"] = task_baselines(card, data.texts, targets)
     variants = {"pretrained": False, "scratch": True} if fcfg.compare_scratch else {"": fcfg.from_scratch}
     results = {}
     for name, scratch in variants.items():
@@ -146,9 +137,9 @@ def run_finetune(checkpoint: str, card: TaskCard, fcfg: FinetuneConfig, grid: Gr
         if len(cells) == 1:
             single = dataclasses.replace(variant_cells[0], output_dir=str(variant_out))
             done = finished_result(variant_out, single, checkpoint_dir) if name else None
-            results[name] = done or run_task(load(), card, single, variant_out, data(), None if name else extra)
+            results[name] = done or run_task(source, card, single, variant_out, data, None if name else extra)
         else:
-            results[name] = run_cells(card, variant_cells, variant_out, checkpoint_dir, load, data)
+            results[name] = run_cells(source, card, variant_cells, variant_out, checkpoint_dir, data)
     if "" in results and len(cells) == 1:
         return results[""]  # one setting: run_task wrote results.json with the baselines
     combined = dict(results.get("") or results["pretrained"])
