@@ -7,8 +7,9 @@ what reaches the vocabulary:
             masked position of each copy only (sparse prediction);
   baseline  what mlm-scoring / Hugging Face BertForMaskedLM do: the full trunk, then the MLM head on
             every position of every copy (B x T x V logits), then the masked position is picked.
-Both run in inference mode, fp32 by default (--dtype bf16: autocast); their total PLLs agree to float
-rounding in fp32 (reported).
+Both run in inference mode, fp32 by default (--dtype bf16: autocast, as `lmssl eval pppl --dtype bf16`; the
+JSON then also gives our fp32 PLL and the bf16 one's difference from it); their total PLLs agree to float
+rounding in fp32 (reported; the issue asks for 1e-6 relative).
 
 What bounds the ratio: exact PLL needs one forward pass per scored token, and every block but the
 last must run on every position of every copy (a copy differs from its window in one input row,
@@ -17,8 +18,15 @@ projection of all other positions and most of the last block, so the ratio is ab
 (trunk + head on every position) / (trunk - most of the last block + head on one row):
 `macs_per_copy` reports it, and the floor of any exact method (first block's q/k/v shared across
 copies, last block reduced to k/v). With the mini BERT's shape (4 x 256, FFN 1024, windows of 128)
-that is ~2x at vocabulary 8192 (floor 2.3x) and ~3.9x at 30522 (floor 4.5x): the speed-up grows
-with vocabulary / width, as the head's share of the baseline does.
+that is ~2.06x at vocabulary 8192 (floor 2.28x) and ~4.1x at 30522 (floor 4.5x): the speed-up grows
+with vocabulary / width, as the head's share of the baseline does. Our last block computes the query,
+attention, output projection and feed-forward of the masked row only (keys and values of every row). The
+target is 90% of the floor's ratio; the baseline's logits at every position are memory-bound, so at large
+vocabularies the measured ratio can pass the multiply-accumulate floor.
+
+The JSON also gives the machine's fp32/bf16 matmul peak measured in the same run (bench/common.py) and the
+share of it ours achieves (2 x its multiply-accumulates per copy x copies/s), and the peak resident memory of
+each side, measured alone in a child process.
 
 The model is a checkpoint (--checkpoint) or a random initialisation of configs/mlm.yaml's shape
 with the vocabulary size(s) of --vocab (the wordpiece tokenizer's 8192 ids are used; a larger
@@ -38,7 +46,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -48,6 +55,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from common import log, machine, matmul_peak_gflops, own_peak_rss_mb, peak_rss_mb  # noqa: E402
 
 from lmssl.config import load_config  # noqa: E402
 from lmssl.data.corpus import Corpus  # noqa: E402
@@ -99,14 +108,15 @@ def flops_per_copy(cfg, width: int) -> dict:
     row = H * H + 2 * H * F  # output projection + feed-forward of one row
     head_row = H * H + H * V  # MLM head of one row
     baseline = L * block + width * head_row
-    ours = (L - 1) * block + width * 3 * H * H + attention + row + head_row  # forward_at: last block sparse
+    last = width * 2 * H * H + H * H + 2 * width * H + row  # k/v of every row; query, attention, rest of one row
+    ours = (L - 1) * block + last + head_row  # forward_at: the last block at the masked row
     first_shared = attention + width * 2 * H * F + width * heads * H  # q/k/v shared, out-projection as a rank-1 update
     floor = first_shared + (L - 2) * block + width * 2 * H * H + 2 * width * H + H * H + row + head_row
     return {"baseline": baseline, "ours": ours, "ratio": round(baseline / ours, 3),
             "exact_floor": floor, "ratio_at_exact_floor": round(baseline / floor, 3)}
 
 
-def bench(args, vocab: int, documents: list[str]) -> dict:
+def setup(args, vocab: int, documents: list[str]):
     cfg, tokenizer, objective = build_model(args, vocab)
     device = torch.device(args.device)
     objective.to(device)
@@ -114,21 +124,25 @@ def bench(args, vocab: int, documents: list[str]) -> dict:
     tokens = MaskingTokens.of(tokenizer)
     docs = tokenizer.encode_batch(documents)
     windows = plan_windows(docs, tokens, args.max_length, args.stride)
-    copies = sum(len(w.positions) for w in windows)
     methods = {"ours": sparse_predictor(trunk, head), "baseline": full_vocabulary_predictor(trunk, head)}
 
-    def run(name):
+    def run(name: str, dtype: str = args.dtype):
         t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
-            totals, counts = masked_log_likelihood(methods[name], windows, len(docs), tokens, args.batch_tokens,
-                                                   device=device)
+        totals, counts = masked_log_likelihood(methods[name], windows, len(docs), tokens, args.batch_tokens,
+                                               device=device, dtype=dtype)
         if device.type == "cuda":
             torch.cuda.synchronize()
         return time.perf_counter() - t0, float(totals.sum()), int(counts.sum())
 
+    return cfg, objective, windows, run
+
+
+def bench(args, vocab: int, documents: list[str]) -> dict:
+    cfg, objective, windows, run = setup(args, vocab, documents)
+    copies = sum(len(w.positions) for w in windows)
     times = {"ours": [], "baseline": []}
     plls = {}
-    for name in methods:  # warm-up (allocator, kernels)
+    for name in times:  # warm-up (allocator, kernels)
         run(name)
     for r in range(args.rounds):
         order = ["ours", "baseline"] if r % 2 == 0 else ["baseline", "ours"]
@@ -136,28 +150,50 @@ def bench(args, vocab: int, documents: list[str]) -> dict:
             seconds, pll, scored = run(name)
             times[name].append(seconds)
             plls[name] = pll
-            print(f"vocab {cfg.model.vocab_size} round {r + 1}/{args.rounds} {name}: {scored / seconds:.0f} tokens/s",
-                  file=sys.stderr)
+            log(f"vocab {cfg.model.vocab_size} round {r + 1}/{args.rounds} {name}: {scored / seconds:.0f} tokens/s")
     ratios = [b / o for o, b in zip(times["ours"], times["baseline"])]
+    ratio = statistics.median(ratios)
     diff = abs(plls["ours"] - plls["baseline"])
+    macs = flops_per_copy(cfg, args.max_length)
+    target = round(0.9 * macs["ratio_at_exact_floor"], 3)
+    ours_rate = scored / statistics.median(times["ours"])
+    peak = matmul_peak_gflops(args.dtype) if args.device == "cpu" else None
     m = cfg.model
-    return {
+    result = {
         "model": {"vocab_size": m.vocab_size, "hidden_size": m.hidden_size, "num_layers": m.num_layers,
                   "ffn_size": m.ffn_size, "parameters": sum(p.numel() for p in objective.parameters()),
                   "weights": args.checkpoint or f"random init ({args.shape} shape, seed 0)"},
         "scored_tokens": scored, "copies": copies, "windows": len(windows),
         "batches": len(copy_batches(windows, args.batch_tokens)),
-        "ours": {"tokens_per_s": round(scored / statistics.median(times["ours"]), 1), "pll": plls["ours"],
-                 "pppl": math.exp(-plls["ours"] / scored)},
-        "baseline": {"tokens_per_s": round(scored / statistics.median(times["baseline"]), 1), "pll": plls["baseline"],
-                     "pppl": math.exp(-plls["baseline"] / scored)},
-        "ratio_ours_over_baseline": round(statistics.median(ratios), 3),
+        "ours": {"tokens_per_s": round(ours_rate, 1), "pll": plls["ours"], "pppl": math.exp(-plls["ours"] / scored)},
+        "baseline": {"tokens_per_s": round(scored / statistics.median(times["baseline"]), 1),
+                     "pll": plls["baseline"], "pppl": math.exp(-plls["baseline"] / scored)},
+        "ratio_ours_over_baseline": round(ratio, 3),
         "ratio_per_round": [round(x, 3) for x in ratios],
         "pll_max_abs_diff": diff, "pll_rel_diff": diff / abs(plls["baseline"]),
-        "equal_to_1e-4": diff / abs(plls["baseline"]) <= 1e-4,
-        "macs_per_copy": flops_per_copy(cfg, args.max_length),
-        "target": 4.0, "meets_target": statistics.median(ratios) >= 4.0,
+        "pll_equal_to_1e-6": diff / abs(plls["baseline"]) <= 1e-6,
+        "macs_per_copy": macs,
+        "share_of_exact_floor": round(ratio / macs["ratio_at_exact_floor"], 3),
+        "target": target, "target_is": "90% of the exact-method floor's ratio", "meets_target": ratio >= target,
+        "matmul_peak_gflops": round(peak, 1) if peak else None,
+        "ours_share_of_matmul_peak": round(ours_rate * 2 * macs["ours"] / 1e9 / peak, 3) if peak else None,
     }
+    if args.dtype == "bf16":  # what bf16 costs in accuracy: our PLL in fp32 on the same copies
+        fp32 = run("ours", "fp32")[1]
+        result["ours"].update(pll_fp32=fp32, pll_bf16_minus_fp32=plls["ours"] - fp32,
+                              pll_bf16_rel_diff_from_fp32=abs(plls["ours"] - fp32) / abs(fp32))
+    if args.memory:
+        result["peak_rss_mb"] = {side: peak_rss_mb(child_argv(args, vocab, side)) for side in times}
+    return result
+
+
+def child_argv(args, vocab: int, side: str) -> list[str]:
+    """This script scoring the text once with one method (for its peak memory): same model, text and batches."""
+    argv = [__file__, "--side", side, "--vocab", str(vocab), "--data", args.data, "--max-words", str(args.max_words),
+            "--max-length", str(args.max_length), "--stride", str(args.stride), "--batch-tokens",
+            str(args.batch_tokens), "--shape", args.shape, "--device", args.device, "--dtype", args.dtype]
+    return argv + (["--checkpoint", args.checkpoint] if args.checkpoint else []) + (
+        ["--threads", str(args.threads)] if args.threads else [])
 
 
 def main(argv=None) -> int:
@@ -175,6 +211,8 @@ def main(argv=None) -> int:
     p.add_argument("--shape", choices=list(SHAPES), default="mini", help="random init: configs/mlm.yaml or BERT-base")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16 = autocast, fp32 weights")
+    p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory children")
+    p.add_argument("--side", choices=["ours", "baseline"], help=argparse.SUPPRESS)  # a peak-memory child
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -182,20 +220,25 @@ def main(argv=None) -> int:
     path = resolve_text_file(args.data, cfg)
     documents = read_documents(Corpus(str(path)), args.max_words)
     vocabs = [0] if args.checkpoint else args.vocab
+    if args.side:
+        setup(args, vocabs[0], documents)[3](args.side)
+        print(own_peak_rss_mb())
+        return 0
     result = {
         "benchmark": "pseudo-perplexity throughput: exact sparse prediction vs full-vocabulary (mlm-scoring style)",
         "text": {"file": str(path), "words": args.max_words, "documents": len(documents)},
         "max_length": args.max_length, "stride": args.stride, "batch_tokens": args.batch_tokens, "rounds": args.rounds,
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "machine": platform.machine(), "device": args.device, "dtype": args.dtype, "shape": args.shape,
-        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+        **machine(), "device": args.device, "dtype": args.dtype, "shape": args.shape,
         "runs": [bench(args, v, documents) for v in vocabs],
     }
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     result["summary"] = [{"vocab_size": r["model"]["vocab_size"], "ours_tokens_per_s": r["ours"]["tokens_per_s"],
                           "baseline_tokens_per_s": r["baseline"]["tokens_per_s"],
                           "ratio_ours_over_baseline": r["ratio_ours_over_baseline"],
-                          "pll_max_abs_diff": r["pll_max_abs_diff"], "meets_target": r["meets_target"]}
+                          "share_of_exact_floor": r["share_of_exact_floor"], "target": r["target"],
+                          "meets_target": r["meets_target"], "pll_rel_diff": r["pll_rel_diff"],
+                          "pll_bf16_rel_diff_from_fp32": r["ours"].get("pll_bf16_rel_diff_from_fp32"),
+                          "peak_rss_mb": r.get("peak_rss_mb")}
                          for r in result["runs"]]
     print(json.dumps(result, indent=2))
     return 0

@@ -98,7 +98,8 @@ def eval_pppl(args) -> None:
     head, cfg, tokenizer, objective, documents = _eval_text(args, causal=False)
     max_length, stride = default_window(cfg, args.max_length, args.stride)
     result, records = pseudo_perplexity(objective, tokenizer, documents, max_length=max_length, stride=stride,
-                                        batch_tokens=args.batch_tokens, word_l2r=args.word_l2r, progress=True)
+                                        batch_tokens=args.batch_tokens, word_l2r=args.word_l2r, progress=True,
+                                        dtype=args.dtype)
     if args.per_sentence:
         from lmssl.atomic import write_text
 

@@ -397,3 +397,24 @@ def test_cli_glue_runs_the_tasks_present_and_writes_the_table(checkpoints, tmp_p
     code, _, err = cli(capsys, "finetune", str(checkpoints["electra"]), "glue", *TINY, "finetune.epochs=2",
                        f"finetune.output_dir={out}")
     assert code == 2 and "already holds results.json" in err and "finetune.overwrite=true" in err
+
+
+def test_epoch_batches_group_by_length_covers_every_row_once_with_little_padding():
+    from lmssl.downstream.encoding import epoch_batches
+
+    lengths = np.random.default_rng(1).integers(3, 60, 2000)
+
+    def padding(batches):
+        return sum(lengths[b].max() * len(b) - lengths[b].sum() for b in batches) / lengths.sum()
+
+    plain = epoch_batches(np.random.default_rng(0), 2000, 32)
+    grouped = epoch_batches(np.random.default_rng(0), 2000, 32, lengths)
+    for batches in (plain, grouped):
+        assert sorted(np.concatenate(batches).tolist()) == list(range(2000))  # every row once per epoch
+        assert [len(b) for b in batches].count(32) == 62  # 2000 = 62 x 32 + 16
+    # batches cut from length-sorted mega-batches of GROUP_BATCHES (50) batches: lengths within a batch are close
+    assert padding(grouped) < 0.1 < 0.5 < padding(plain)
+    first = epoch_batches(np.random.default_rng(0), 2000, 32, lengths)
+    assert all(np.array_equal(a, b) for a, b in zip(first, grouped))  # a pure function of the generator
+    assert not all(np.array_equal(a, b) for a, b in zip(grouped, epoch_batches(np.random.default_rng(1), 2000, 32,
+                                                                                 lengths)))

@@ -165,3 +165,15 @@ def test_each_objective_gets_its_evaluator(tokenizer, name, kind):
         windows = plan_windows(docs, MaskingTokens.of(tok), 16, 7)
         totals, _ = masked_log_likelihood(sparse_predictor(trunk, head), windows, 1, MaskingTokens.of(tok))
         assert result["pll"] == pytest.approx(float(totals.sum()))
+
+
+def test_bf16_mode_runs_in_bf16_and_stays_close_to_fp32(model, tokenizer):
+    trunk, head = model
+    docs = tokenizer.encode_batch(TEXTS)
+    tokens = MaskingTokens.of(tokenizer)
+    windows = plan_windows(docs, tokens, 64, 62)
+    fp32, counts = masked_log_likelihood(sparse_predictor(trunk, head), windows, len(docs), tokens)
+    bf16, bf16_counts = masked_log_likelihood(sparse_predictor(trunk, head), windows, len(docs), tokens, dtype="bf16")
+    assert torch.equal(counts, bf16_counts)
+    assert float(bf16.sum()) != float(fp32.sum())  # bf16 matmuls really ran
+    assert bf16.tolist() == pytest.approx(fp32.tolist(), rel=2e-2)

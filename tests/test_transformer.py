@@ -496,3 +496,52 @@ def test_forward_at_equals_forward_gathered_with_the_same_dropout(preset, positi
     assert torch.equal(torch.get_rng_state(), after_full)
     model.eval()
     torch.testing.assert_close(model.forward_at(ids, spec, where), model(ids, spec)[where], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("preset, position, layout", [("bert", "learned", "dense"), ("bert", "rope", "padded"),
+                                                      ("gpt2", "learned", "padded"), ("gpt2", "rope", "packed"),
+                                                      ("gpt2", "learned", "dense")])
+@pytest.mark.parametrize("rows_per_sequence", ["one", "several"])
+def test_forward_at_computes_only_the_selected_queries(preset, position, layout, rows_per_sequence):
+    """Pseudo-PPL's copies and a classifier's [CLS] (one row per sequence), MLM's masked rows (several): the last
+    block computes the queries of those rows only (SelfAttention.context_at) and still equals forward(...)[where];
+    also in train mode when only the residual dropout is on (its draws are those of forward)."""
+    cfg = tiny_cfg(preset, position=position, dropout=0.2, attention_dropout=0.0)
+    model = Transformer(cfg)
+    causal = preset == "gpt2"
+    ids = torch.randint(0, cfg.vocab_size, (3, 12))
+    spec = {"dense": AttnSpec.dense(causal),
+            "padded": AttnSpec.padded(causal, torch.arange(12)[None] < torch.tensor([[12], [7], [9]])),
+            "packed": AttnSpec.packed(causal, [[5, 7], [12], [1, 11]])}[layout]
+    where = torch.zeros(3, 12, dtype=torch.bool)
+    where[0, 3], where[1, 6], where[2, 8] = True, True, True  # row 1's is its last real token when padded
+    if rows_per_sequence == "several":
+        where[0, 0], where[0, 11], where[2, 1], where[2, 4], where[2, 5] = True, True, True, True, True
+    attn = model.layers[-1].attn
+    for train in (False, True):
+        model.train(train)
+        torch.manual_seed(3)
+        full = model(ids, spec)[where]
+        torch.manual_seed(3)
+        attn.context = None  # shadows the method: the last block's every-query path must not run
+        try:
+            sparse = model.forward_at(ids, spec, where)
+        finally:
+            del attn.context
+        torch.testing.assert_close(sparse, full, rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_inference_feed_forward_in_chunks_equals_one_pass(monkeypatch):
+    from lmssl.model import transformer
+
+    cfg = tiny_cfg("bert")
+    monkeypatch.setattr(transformer, "CPU_INFERENCE_ELEMENTS", 5 * cfg.ffn_size)  # chunks of 5 rows; 36 rows
+    ffn = transformer.FeedForward(cfg)
+    x = torch.randn(3, 12, cfg.hidden_size)
+    calls = []
+    ffn.fc_in.register_forward_hook(lambda *args: calls.append(args[1][0].shape[0]))
+    one_pass = ffn(x)  # with autograd: never chunked
+    with torch.no_grad():
+        chunked = ffn(x)
+    assert calls == [3, 5, 5, 5, 5, 5, 5, 5, 1]  # one (3, 12, H) pass, then 36 rows five at a time
+    torch.testing.assert_close(chunked, one_pass.detach(), rtol=1e-5, atol=1e-6)

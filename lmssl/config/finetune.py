@@ -20,6 +20,8 @@ class FinetuneConfig:
     probe_lr: float = 1e-3  # peak learning rate with probe=true (only a linear head trains, on fixed features)
     batch_size: int = 32  # examples per optimizer step (BERT: 32); a list makes a grid
     max_length: int = 128  # tokens per example after truncation (BERT's GLUE runs: 128), at most model.max_positions
+    # training batches of similar lengths (length-sorted mega-batches of 50 batches, shuffled): less padding
+    group_by_length: bool = True
     warmup_ratio: float = 0.1  # share of the steps with linear warmup, then linear decay to 0 (BERT)
     weight_decay: float = 0.01  # AdamW decay, never on norms, biases and embeddings (BERT)
     dropout: float = 0.1  # hidden, attention and head dropout while fine-tuning (BERT: 0.1), whatever pretraining used

@@ -106,6 +106,7 @@ class TrainConfig:
     overwrite: bool = False  # replace a previous run in output_dir, once this run has written its first checkpoint
     tensorboard: bool = True  # also write TensorBoard event files
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
+    compile: bool = False  # torch.compile (inductor) the objective; a part that fails to compile runs eagerly
     engine: Literal["torch", "deepspeed"] = "torch"  # plain PyTorch (DDP under torchrun) or DeepSpeed
     zero_stage: int = 0  # deepspeed: ZeRO stage 0-3 (optimizer states / + gradients / + parameters partitioned)
     offload_optimizer: bool = False  # deepspeed: keep optimizer states in CPU memory (ZeRO stage >= 1)

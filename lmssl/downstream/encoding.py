@@ -64,6 +64,23 @@ def collate(ids: list[np.ndarray], types: list[np.ndarray], targets: torch.Tenso
                      pool_index=pool_index)
 
 
+GROUP_BATCHES = 50  # batches per length-sorted mega-batch (HF's LengthGroupedSampler uses 50)
+
+
+def epoch_batches(rng: np.random.Generator, count: int, batch_size: int,
+                  lengths: np.ndarray | None = None) -> list[np.ndarray]:
+    """One training epoch's batches of the rows 0..count-1, in a random order. With `lengths` (group by length) the
+    random order is cut into mega-batches of GROUP_BATCHES batches, each sorted by length, and the batches are
+    shuffled (the scheme of HF's LengthGroupedSampler): a batch holds similar lengths and is padded little."""
+    order = rng.permutation(count)
+    if lengths is not None:
+        mega = batch_size * GROUP_BATCHES
+        order = np.concatenate([chunk[np.argsort(-lengths[chunk], kind="stable")]
+                                for chunk in np.split(order, range(mega, count, mega))])
+    batches = [order[start:start + batch_size] for start in range(0, count, batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))] if lengths is not None else batches
+
+
 class EncodedSet:
     """Tokenized examples; `batch(rows)` pads them into a TaskBatch."""
 
@@ -77,6 +94,10 @@ class EncodedSet:
     def eval_order(self) -> np.ndarray:
         """Longest first, so evaluation batches hold similar lengths (less padding)."""
         return np.argsort([-len(x) for x in self.ids], kind="stable")
+
+    def epoch_batches(self, rng: np.random.Generator, batch_size: int, group_by_length: bool) -> list[np.ndarray]:
+        return epoch_batches(rng, len(self), batch_size, np.array([len(x) for x in self.ids]) if group_by_length
+                             else None)
 
     def batch(self, rows: np.ndarray) -> TaskBatch:
         return collate([self.ids[i] for i in rows], [self.types[i] for i in rows],

@@ -109,6 +109,15 @@ def schedule(examples: int, fcfg: FinetuneConfig) -> tuple[int, int, int]:
     return per_epoch, epochs, per_epoch * epochs
 
 
+def finetune_engine(model, fcfg: FinetuneConfig, total: int, seed: int, device: torch.device) -> TorchEngine:
+    """The TorchEngine of one seed: AdamW (BERT's fine-tuning betas and epsilon, clipping at 1), linear warmup over
+    warmup_ratio of `total` steps, then linear decay to 0."""
+    tcfg = TrainConfig(max_steps=total, batch_size=fcfg.batch_size, lr=fcfg.probe_lr if fcfg.probe else fcfg.lr,
+                       weight_decay=fcfg.weight_decay, warmup_steps=round(fcfg.warmup_ratio * total),
+                       schedule="linear", final_lr_ratio=0.0, seed=seed, precision=fcfg.precision, **FINETUNE_ADAM)
+    return TorchEngine(model, tcfg, device=device)
+
+
 def train_seed(model, train_set, dev_sets: dict, card: TaskCard, fcfg: FinetuneConfig, seed: int,
                device: torch.device) -> tuple[list[dict], dict]:
     """Train `model` (a SequenceClassifier, or a LinearProbe on features), evaluating on dev after every epoch (or
@@ -116,17 +125,13 @@ def train_seed(model, train_set, dev_sets: dict, card: TaskCard, fcfg: FinetuneC
     Returns the evaluation records and the best one's (record, state_dict)."""
     per_epoch, epochs, total = schedule(len(train_set), fcfg)
     every = fcfg.eval_every or per_epoch
-    tcfg = TrainConfig(max_steps=total, batch_size=fcfg.batch_size, lr=fcfg.probe_lr if fcfg.probe else fcfg.lr,
-                       weight_decay=fcfg.weight_decay, warmup_steps=round(fcfg.warmup_ratio * total),
-                       schedule="linear", final_lr_ratio=0.0, seed=seed, precision=fcfg.precision, **FINETUNE_ADAM)
-    engine = TorchEngine(model, tcfg, device=device)
+    engine = finetune_engine(model, fcfg, total, seed, device)
     order_rng = np.random.default_rng(seed)
     records, best, losses, step, waited = [], None, [], 0, 0
     with tqdm(total=total, desc=f"{card.name} seed {seed}", unit="step", dynamic_ncols=True, leave=False) as bar:
         for epoch in range(1, epochs + 1):
-            order = order_rng.permutation(len(train_set))
-            for start in range(0, len(order), fcfg.batch_size):
-                losses.append(engine.train_step([train_set.batch(order[start:start + fcfg.batch_size])])["loss"])
+            for rows in train_set.epoch_batches(order_rng, fcfg.batch_size, fcfg.group_by_length):
+                losses.append(engine.train_step([train_set.batch(rows)])["loss"])
                 step += 1
                 bar.update()
                 bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-20:]):.3f}")

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from lmssl.downstream.encoding import epoch_batches
 from lmssl.engine.torch_engine import autocast
 from lmssl.model.batch import Output
 from lmssl.model.classifier import SequenceClassifier, task_loss
@@ -47,6 +48,9 @@ class FeatureSet:
 
     def eval_order(self) -> np.ndarray:
         return np.arange(len(self))
+
+    def epoch_batches(self, rng: np.random.Generator, batch_size: int, group_by_length: bool) -> list[np.ndarray]:
+        return epoch_batches(rng, len(self), batch_size)  # features have one size: nothing to group
 
     def batch(self, rows: np.ndarray) -> FeatureBatch:
         index = torch.from_numpy(np.asarray(rows))

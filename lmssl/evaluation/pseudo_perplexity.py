@@ -152,8 +152,10 @@ def sparse_predictor(trunk, head) -> Predictor:
 @torch.inference_mode()
 def masked_log_likelihood(predict: Predictor, windows: list[Window], num_docs: int, tokens: MaskingTokens,
                           batch_tokens: int = 8192, device: torch.device | str = "cpu",
-                          progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pseudo-log-likelihood, scored tokens) per document, float64 and int64 tensors."""
+                          progress: bool = False, dtype: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    """(pseudo-log-likelihood, scored tokens) per document, float64 and int64 tensors. dtype "bf16": the model runs
+    under bf16 autocast (weights stay fp32), the log-softmax in fp32."""
+    device = torch.device(device)
     totals = torch.zeros(num_docs, dtype=torch.float64)
     counts = torch.zeros(num_docs, dtype=torch.long)
     batches = copy_batches(windows, batch_tokens)
@@ -161,7 +163,8 @@ def masked_log_likelihood(predict: Predictor, windows: list[Window], num_docs: i
         ids, spec, where, targets, docs = build_copies(batch, tokens)
         if spec.key_padding_mask is not None:
             spec = AttnSpec.padded(False, spec.key_padding_mask.to(device))
-        logits = predict(ids.to(device), spec, where.to(device)).float()  # (B, V)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            logits = predict(ids.to(device), spec, where.to(device)).float()  # (B, V)
         targets = targets.to(device)
         ll = logits.gather(1, targets[:, None]).squeeze(1) - logits.logsumexp(-1)
         totals.index_add_(0, docs, ll.double().cpu())
@@ -188,8 +191,8 @@ def default_window(cfg: Config, max_length: int = 0, stride: int = 0) -> tuple[i
 
 
 def pseudo_perplexity(objective, tokenizer, documents: list[str], *, max_length: int, stride: int,
-                      batch_tokens: int = 8192, word_l2r: bool = False,
-                      progress: bool = False) -> tuple[dict, list[dict]]:
+                      batch_tokens: int = 8192, word_l2r: bool = False, progress: bool = False,
+                      dtype: str = "fp32") -> tuple[dict, list[dict]]:
     """Pseudo-perplexity of a masked objective on documents, and one record per document."""
     trunk, head = masked_lm_modules(objective)
     tokens = MaskingTokens.of(tokenizer)
@@ -197,13 +200,13 @@ def pseudo_perplexity(objective, tokenizer, documents: list[str], *, max_length:
     windows = plan_windows(docs, tokens, max_length, stride, word_l2r)
     t0 = time.perf_counter()
     totals, counts = masked_log_likelihood(sparse_predictor(trunk, head), windows, len(docs), tokens, batch_tokens,
-                                           next(trunk.parameters()).device, progress)
+                                           next(trunk.parameters()).device, progress, dtype)
     seconds = time.perf_counter() - t0
     scored = int(counts.sum())
     if scored == 0:
         raise ConfigError("no tokens to score: the text is empty")
     result = summarize(float(totals.sum()), scored, documents, causal=False)
-    result.update(max_length=max_length, stride=stride, word_l2r=word_l2r,
+    result.update(max_length=max_length, stride=stride, word_l2r=word_l2r, dtype=dtype,
                   method=METHOD + (METHOD_L2R if word_l2r else ""), seconds=round(seconds, 3),
                   tokens_per_s=round(scored / seconds, 1))
     records = []

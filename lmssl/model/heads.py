@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from lmssl.config import ModelConfig
+from lmssl.model.fused_loss import projected_cross_entropy
 from lmssl.model.transformer import activation_fn
 
 
@@ -27,9 +28,11 @@ class MaskedLMHead(nn.Module):
         nn.init.zeros_(self.dense.bias)
         nn.init.zeros_(self.decoder.bias)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden (..., H) -> logits (..., V). Call it on the gathered masked positions only."""
-        return self.decoder(self.norm(self.act(self.dense(hidden))))
+    def forward(self, hidden: torch.Tensor, targets: torch.Tensor | None = None):
+        """hidden (..., H) -> logits (..., V). Call it on the gathered masked positions only. With targets (N,) for
+        hidden (N, H): (mean cross-entropy, accuracy), fused (lmssl.model.fused_loss: no (N, V) logits)."""
+        x = self.norm(self.act(self.dense(hidden)))
+        return self.decoder(x) if targets is None else projected_cross_entropy(self.decoder, x, targets)
 
 
 class CausalLMHead(nn.Module):
@@ -43,8 +46,10 @@ class CausalLMHead(nn.Module):
         else:
             nn.init.normal_(self.proj.weight, std=cfg.init_std)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.proj(hidden)
+    def forward(self, hidden: torch.Tensor, targets: torch.Tensor | None = None):
+        """hidden (..., H) -> logits (..., V); with targets (N,) for hidden (N, H): (mean cross-entropy over the
+        targets that are not IGNORE_INDEX, accuracy), fused (lmssl.model.fused_loss: no (N, V) logits)."""
+        return self.proj(hidden) if targets is None else projected_cross_entropy(self.proj, hidden, targets)
 
 
 class Pooler(nn.Module):

@@ -17,6 +17,8 @@ from lmssl.config import ModelConfig
 from lmssl.model.attention import AttnSpec, Varlen, compute_dtype
 from lmssl.model.backends import build_attention_backend
 
+CPU_INFERENCE_ELEMENTS = 1 << 20  # feed-forward activations per chunk in CPU inference (4 MB in fp32)
+
 
 def activation_fn(name: str):
     return {"gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}[name]
@@ -85,6 +87,45 @@ class SelfAttention(nn.Module):
         y = self.backend(q, k, v, spec, prepared, dropout_p)  # (B, h, T, d)
         return y.transpose(1, 2).reshape(B, T, H)
 
+    def context_at(self, x, spec: AttnSpec, prepared, rope, index: torch.Tensor) -> torch.Tensor:
+        """`context(...)` at the flat rows `index` only, (n, H). On the (B, T) grid without attention dropout only
+        those rows' queries are computed, grouped by sequence into (B, most rows of one sequence) slots, against
+        every key and value of their own sequence (MLM's masked rows, pseudo-PPL's copies, a classifier's [CLS]).
+        With attention dropout (its draws must be those of `forward`), a varlen layout, or rows filling more than
+        half of some sequence, every query runs, as in `context`."""
+        H = x.shape[-1]
+        dropout = self.training and self.attention_dropout > 0
+        if x.dim() == 3 and not dropout and (prepared is None or prepared.dim() == 4):
+            B, T, _ = x.shape
+            seq, pos = index // T, index % T
+            counts = torch.bincount(seq, minlength=B)
+            width = int(counts.max()) if len(index) else 0
+            if 0 < 2 * width <= T:
+                return self._grouped_queries(x, spec, prepared, rope, seq, pos, counts, width)
+        return self.context(x, spec, prepared, rope).reshape(-1, H).index_select(0, index)
+
+    def _grouped_queries(self, x, spec: AttnSpec, prepared, rope, seq, pos, counts, width: int) -> torch.Tensor:
+        B, T, H = x.shape
+        heads, d = self.num_heads, H // self.num_heads
+        slot = torch.arange(len(seq), device=x.device) - (counts.cumsum(0) - counts)[seq]  # rank within its sequence
+        w_q, w_kv = self.qkv.weight.split([H, 2 * H])
+        b_q, b_kv = self.qkv.bias.split([H, 2 * H])
+        q = F.linear(x[seq, pos], w_q, b_q).view(-1, heads, d)  # (n, h, d)
+        k, v = F.linear(x, w_kv, b_kv).view(B, T, 2, heads, d).permute(2, 0, 3, 1, 4)  # 2 x (B, h, T, d)
+        if rope is not None:
+            cos, sin = rope  # (B, 1, T, d)
+            k = apply_rope(k, cos, sin)
+            q = apply_rope(q, cos[seq, 0, pos, None], sin[seq, 0, pos, None])
+        grid = q.new_zeros(B, width, heads, d).index_put((seq, slot), q).transpose(1, 2)  # (B, h, width, d)
+        mask = None
+        if prepared is not None and prepared.shape[2] == 1:  # key padding (B, 1, 1, T): the same for every query
+            mask = prepared
+        elif prepared is not None or spec.causal:  # each query's own row of the mask; empty slots see every key
+            rows = prepared[seq, 0, pos] if prepared is not None else torch.arange(T, device=x.device) <= pos[:, None]
+            mask = torch.ones(B, width, T, dtype=torch.bool, device=x.device).index_put((seq, slot), rows)[:, None]
+        y = F.scaled_dot_product_attention(grid, k, v, attn_mask=mask)  # (B, h, width, d)
+        return y.transpose(1, 2)[seq, slot].reshape(-1, H)
+
     def _heads(self, x: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, T, H = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.num_heads, H // self.num_heads)
@@ -125,9 +166,20 @@ class FeedForward(nn.Module):
         self.fc_in = nn.Linear(cfg.hidden_size, cfg.ffn_size)
         self.fc_out = nn.Linear(cfg.ffn_size, cfg.hidden_size)
         self.act = activation_fn(cfg.activation)
+        self.ffn_size = cfg.ffn_size
 
     def forward(self, x):
-        return self.fc_out(self.act(self.fc_in(x)))
+        rows = x.numel() // x.shape[-1]
+        if torch.is_grad_enabled() or x.device.type != "cpu" or rows <= 2 * CPU_INFERENCE_ELEMENTS // self.ffn_size:
+            return self.fc_out(self.act(self.fc_in(x)))
+        # CPU inference on many rows: a chunk at a time, so the (rows, ffn_size) activations stay in the caches
+        # between the two projections (measured: 1.9x faster at 8192 x 256 -> 1024 on a 2-core CPU)
+        chunk = max(1, CPU_INFERENCE_ELEMENTS // self.ffn_size)
+        flat = x.reshape(rows, x.shape[-1])
+        out = torch.empty_like(flat)
+        for start in range(0, rows, chunk):
+            out[start:start + chunk] = self.fc_out(self.act(self.fc_in(flat[start:start + chunk])))
+        return out.view(x.shape)
 
 
 class Block(nn.Module):
@@ -158,10 +210,10 @@ class Block(nn.Module):
         """`forward(...)` at the flat row `index` only: (n, H) == forward(...).reshape(-1, H)[index], x being
         (B, T, H) (flat rows of B*T) or the (N, H) unpadded tokens of a varlen backend.
 
-        Attention still reads every position (keys and values; all queries, so its dropout draws are those
-        of `forward`), but the output projection, feed-forward and norms run on the n rows only. The
-        residual dropout masks are drawn at the full shape of x and gathered, so the random stream and
-        the kept units are exactly those of `forward`."""
+        Attention still reads every position's keys and values (and every query where attention dropout is on,
+        so its draws are those of `forward`: see SelfAttention.context_at), but the output projection,
+        feed-forward and norms run on the n rows only. The residual dropout masks are drawn at the full shape
+        of x and gathered, so the random stream and the kept units are exactly those of `forward`."""
         H, shape = x.shape[-1], tuple(x.shape)
 
         def rows(t):
@@ -171,9 +223,9 @@ class Block(nn.Module):
             return dropout_rows(self.dropout, t, shape, index)
 
         if self.pre_norm:
-            x = rows(x) + dropout(self.attn.out(rows(self.attn.context(self.attn_norm(x), spec, prepared, rope))))
+            x = rows(x) + dropout(self.attn.out(self.attn.context_at(self.attn_norm(x), spec, prepared, rope, index)))
             return x + dropout(self.ffn(self.ffn_norm(x)))
-        x = self.attn_norm(rows(x) + dropout(self.attn.out(rows(self.attn.context(x, spec, prepared, rope)))))
+        x = self.attn_norm(rows(x) + dropout(self.attn.out(self.attn.context_at(x, spec, prepared, rope, index))))
         return self.ffn_norm(x + dropout(self.ffn(x)))
 
 

@@ -131,9 +131,7 @@ class MaskedLM(Objective):
                       {**out.metrics, f"{task}_loss": sentence_loss.detach(), f"{task}_acc": acc})
 
     def _mlm(self, hidden: torch.Tensor, targets: torch.Tensor) -> Output:
-        logits = self.head(hidden).float()  # (num_masked, V): sparse prediction
-        loss = F.cross_entropy(logits, targets)
-        acc = (logits.argmax(-1) == targets).float().mean()
+        loss, acc = self.head(hidden, targets)  # the masked rows only (sparse prediction), fused with the loss
         return Output(loss, {"mlm_loss": loss.detach(), "mlm_acc": acc})
 
 
