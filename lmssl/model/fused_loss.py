@@ -56,7 +56,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             if with_grads:  # (grad mode is always off inside forward: the caller decided)
                 grads = (torch.empty_like(h), torch.zeros(weight.shape, dtype=torch.float32, device=device),
                          torch.zeros(weight.shape[0], dtype=torch.float32, device=device) if b is not None else None)
-            chunk = max(1, CHUNK_LOGITS.get(device.type, CHUNK_LOGITS["cuda"]) // weight.shape[0])
+            chunk = max(1, CHUNK_LOGITS["cpu" if device.type == "cpu" else "cuda"] // weight.shape[0])
             for start in range(0, h.shape[0], chunk):
                 rows = slice(start, start + chunk)
                 loss_c, correct_c = _chunk(h[rows], w, b, targets[rows], grads, rows)
