@@ -53,8 +53,8 @@ def _add_eval_parsers(sub) -> None:
                    help="also mask the rest of the token's word to its right (PLL-word-l2r, Kauf & Ivanova 2023)")
     p.add_argument("--batch-tokens", type=_positive, default=8192, help="token budget of a batch of masked copies")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
-                   help="bf16: autocast (weights stay fp32), faster where bf16 matmuls are; the PLL moves by about "
-                        "1e-3 relative (bench/pppl.py --dtype bf16 reports it)")
+                   help="bf16: autocast (weights stay fp32), faster where bf16 matmuls are; the PLL moved by 6e-5 "
+                        "relative on the main job's model (bench/pppl.py --dtype bf16 measures it)")
     p.add_argument("--per-sentence", metavar="OUT.jsonl",
                    help="also write one JSON line per scored document / sentence")
     p.set_defaults(func=commands.eval_pppl)
