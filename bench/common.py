@@ -51,6 +51,21 @@ def own_peak_rss_mb() -> float:
     return round(kb / 1024, 1)
 
 
+def model_flops_per_token(objective, cfg, head_fraction: float) -> dict:
+    """Model FLOPs per token of a training step (PaLM, appendix B): 6 N + 12 L H T, N being the trunk's
+    non-embedding parameters plus the output head's (a tied decoder counts: it is a matmul) times the fraction
+    of positions the head runs on; attention's T x T scores counted in full, also when causal."""
+    m, trunk = cfg.model, objective.trunk
+    embeddings = {id(p) for p in trunk.embeddings.parameters()}
+    trunk_matmul = sum(p.numel() for p in trunk.parameters() if id(p) not in embeddings)  # blocks, norms, embed_proj
+    head_params = sum(p.numel() for p in objective.head.parameters())
+    n = trunk_matmul + head_fraction * head_params
+    attention = 12 * m.num_layers * m.hidden_size * cfg.data.seq_len
+    return {"flops_per_token": 6 * n + attention, "n_matmul_params": round(n),
+            "trunk_non_embedding_params": trunk_matmul, "head_params": head_params, "head_fraction": head_fraction,
+            "attention_flops_per_token": attention}
+
+
 def machine() -> dict:
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "machine": platform.machine(), "processor": cpu_model(),

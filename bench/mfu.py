@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 
 import torch
 import yaml
+from common import model_flops_per_token
 
 from lmssl.config import config_from_dict
 from lmssl.data.tokenizer import TextTokenizer
@@ -119,18 +120,8 @@ def make_batches(kind: str, cfg, objective, batch_size: int, seq_len: int, count
 
 def flops_per_token(kind: str, cfg, objective) -> dict:
     """PaLM appendix B: 6 N + 12 L H T (see the module docstring for what N counts)."""
-    m = cfg.model
-    trunk = objective.trunk
-    embeddings = {id(p) for p in trunk.embeddings.parameters()}
-    trunk_matmul = sum(p.numel() for p in trunk.parameters() if id(p) not in embeddings)  # blocks, norms, embed_proj
-    head = objective.head
-    head_params = sum(p.numel() for p in head.parameters())  # tied word embeddings are parameters of the head too
     fraction = 1.0 if kind == "gpt2" else round(cfg.objective.mask_rate * cfg.data.seq_len) / cfg.data.seq_len
-    n = trunk_matmul + fraction * head_params
-    attention = 12 * m.num_layers * m.hidden_size * cfg.data.seq_len
-    return {"flops_per_token": 6 * n + attention, "n_matmul_params": round(n),
-            "trunk_non_embedding_params": trunk_matmul,
-            "head_params": head_params, "head_fraction": fraction, "attention_flops_per_token": attention}
+    return model_flops_per_token(objective, cfg, fraction)
 
 
 class Runner:

@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import torch
-from common import log, machine, matmul_peak_gflops, own_peak_rss_mb, peak_rss_mb
+from common import log, machine, matmul_peak_gflops, model_flops_per_token, own_peak_rss_mb, peak_rss_mb
 
 from lmssl.config import load_config
 from lmssl.data import load_tokenizer, sequences
@@ -161,16 +161,6 @@ class Runner:
         return steps * self.tokens_per_step / elapsed
 
 
-def flops_per_token(objective, cfg, head_fraction: float) -> float:
-    """Model FLOPs per token of a training step: 6 x (the trunk's non-embedding parameters + the head's x the
-    fraction of positions it runs on) + attention's 12 L H T (full T x T scores, also when causal)."""
-    m = cfg.model
-    embeddings = {id(p) for p in objective.trunk.embeddings.parameters()}
-    trunk = sum(p.numel() for p in objective.trunk.parameters() if id(p) not in embeddings)
-    head = sum(p.numel() for p in objective.head.parameters())  # a tied decoder is counted: it is a matmul
-    return 6 * (trunk + head_fraction * head) + 12 * m.num_layers * m.hidden_size * cfg.data.seq_len
-
-
 def copy_weights_and_compare(kind: str, cfg, ours, hf, batch) -> dict:
     """Our weights into the HF model (lmssl's export rules), then both losses on one batch without dropout, in fp32:
     the same work must give the same loss. HF then trains from these weights too."""
@@ -239,7 +229,7 @@ def bench(kind: str, args) -> dict:
             f"HF {r_hf.rates[-1]:,.0f} tok/s, ratio {ratios[-1]:.3f}")
     peak = matmul_peak_gflops(args.dtype)
     head_fraction = 1.0 if kind == "clm" else masked / pool[0].input_ids.numel()
-    flops = flops_per_token(info["objective"], cfg, head_fraction)
+    flops = model_flops_per_token(info["objective"], cfg, head_fraction)["flops_per_token"]
     memory = {side: peak_rss_mb(child_argv(kind, side, args)) for side in ("ours", "hf")} if args.memory else {}
 
     def summary(r: Runner, n_params: int) -> dict:

@@ -166,15 +166,14 @@ class FeedForward(nn.Module):
         self.fc_in = nn.Linear(cfg.hidden_size, cfg.ffn_size)
         self.fc_out = nn.Linear(cfg.ffn_size, cfg.hidden_size)
         self.act = activation_fn(cfg.activation)
-        self.ffn_size = cfg.ffn_size
 
     def forward(self, x):
-        rows = x.numel() // x.shape[-1]
-        if torch.is_grad_enabled() or x.device.type != "cpu" or rows <= 2 * CPU_INFERENCE_ELEMENTS // self.ffn_size:
+        rows, width = x.numel() // x.shape[-1], self.fc_in.out_features
+        if torch.is_grad_enabled() or x.device.type != "cpu" or rows <= 2 * CPU_INFERENCE_ELEMENTS // width:
             return self.fc_out(self.act(self.fc_in(x)))
         # CPU inference on many rows: a chunk at a time, so the (rows, ffn_size) activations stay in the caches
         # between the two projections (measured: 1.9x faster at 8192 x 256 -> 1024 on a 2-core CPU)
-        chunk = max(1, CPU_INFERENCE_ELEMENTS // self.ffn_size)
+        chunk = max(1, CPU_INFERENCE_ELEMENTS // width)
         flat = x.reshape(rows, x.shape[-1])
         out = torch.empty_like(flat)
         for start in range(0, rows, chunk):
