@@ -68,6 +68,17 @@ def _add_eval_parsers(sub) -> None:
     p.add_argument("--batch-tokens", type=_positive, default=8192, help="token budget per batch (pseudo-PPL)")
     p.set_defaults(func=commands.eval_compare)
 
+    p = ev.add_parser("pairs", help="minimal pairs (BLiMP format): accuracy of preferring each good sentence")
+    p.add_argument("checkpoint", help="checkpoint directory, or a run directory (its latest checkpoint)")
+    p.add_argument("file", help="JSONL with sentence_good, sentence_bad, optional UID and field (BLiMP's format; "
+                                "`lmssl pairs make` builds one from a corpus)")
+    p.add_argument("--word-l2r", action="store_true", help="masked models: PLL-word-l2r (Kauf & Ivanova 2023)")
+    p.add_argument("--batch-size", type=_positive, default=16, help="windows per forward pass (causal)")
+    p.add_argument("--batch-tokens", type=_positive, default=8192, help="token budget per batch (masked)")
+    p.add_argument("--per-pair", metavar="OUT.jsonl", help="also write each pair's two log-likelihoods")
+    p.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: cuda when available)")
+    p.set_defaults(func=commands.eval_pairs)
+
     p = ev.add_parser("sts", help="STS: Spearman x 100 of embedding cosines vs gold (SentEval/SimCSE protocol)")
     p.add_argument("checkpoint", help="checkpoint directory, or a run directory (its latest checkpoint)")
     p.add_argument("--pooling", choices=["auto", "cls", "mean"], default="auto",
@@ -141,6 +152,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=commands.tokenizer_train)
 
     _add_eval_parsers(sub)
+
+    pairs = sub.add_parser("pairs", help="minimal-pair sets").add_subparsers(dest="pairs_command", required=True)
+    p = pairs.add_parser("make", help="minimal pairs from a held-out corpus's sentences (adjacent-word swaps, "
+                                      "determiner-noun number flips, shuffled function words), BLiMP's JSONL format")
+    p.add_argument("corpus", help="held-out text (not trained on): a path, or relative to the data root, e.g. "
+                                  "wikitext-2/test.txt")
+    p.add_argument("out", help="the JSONL file to write")
+    p.add_argument("--per-type", type=_positive, default=500, help="pairs of each perturbation (UID)")
+    p.add_argument("--seed", type=_non_negative, default=0, help="seeds the sentence order and the edits")
+    p.add_argument("--min-words", type=_positive, default=5, help="shortest sentence used, in words")
+    p.add_argument("--max-words", type=_positive, default=30, help="longest sentence used, in words")
+    p.add_argument("--split", choices=["auto", "line", "wikitext"], default="auto",
+                   help="one sentence per line, or WikiText paragraphs cut into sentences; auto = detected")
+    p.add_argument("--text-field", default="text", help="field holding the text in .jsonl / .parquet")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.set_defaults(func=commands.pairs_make)
 
     p = sub.add_parser("export", help="write a Hugging Face transformers model directory from a checkpoint")
     p.add_argument("checkpoint", help="checkpoint directory, or a run directory (its latest checkpoint)")

@@ -108,6 +108,47 @@ def eval_pppl(args) -> None:
     print(json.dumps({**head, "objective": cfg.objective.name, **result}))
 
 
+def eval_pairs(args) -> None:
+    from lmssl.atomic import write_text
+    from lmssl.evaluation.minimal_pairs import pairs_table, read_pairs, score_pairs
+
+    pairs = read_pairs(Path(args.file))  # before the weights load
+    path, cfg, tokenizer, objective = _load(args.checkpoint, args.device)
+    summary, records = score_pairs(objective, tokenizer, pairs, word_l2r=args.word_l2r, batch_size=args.batch_size,
+                                   batch_tokens=args.batch_tokens)
+    head = {"checkpoint": str(path), "file": args.file, "objective": cfg.objective.name}
+    if args.per_pair:
+        head["per_pair"] = str(write_text(args.per_pair, "".join(json.dumps(r) + "\n" for r in records)))
+    print(pairs_table(summary), end="", file=sys.stderr)
+    print(json.dumps({**head, **summary}))
+
+
+def pairs_make(args) -> None:
+    from lmssl.atomic import write_text
+    from lmssl.config import Config
+    from lmssl.data.corpus import Corpus
+    from lmssl.data.minimal_pairs import make_pairs
+    from lmssl.data.sentences import iter_sentences
+    from lmssl.evaluation.text import resolve_text_file
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise ConfigError(f"OUT: {out} exists; pass --overwrite to replace it")
+    if args.min_words > args.max_words:
+        raise ConfigError(f"--min-words: {args.min_words} exceeds --max-words {args.max_words}")
+    corpus = Corpus(str(resolve_text_file(args.corpus, Config())), text_field=args.text_field)
+    records = list(make_pairs(iter_sentences(corpus, args.split), args.per_type, args.seed, args.min_words,
+                              args.max_words))
+    if not records:
+        raise ConfigError(f"{corpus.location}: no sentence of {args.min_words}-{args.max_words} words to perturb")
+    write_text(out, "".join(json.dumps(r) + "\n" for r in records))
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r["UID"]] = counts.get(r["UID"], 0) + 1
+    print(json.dumps({"out": str(out), "corpus": corpus.location, "pairs": len(records), "by_uid": counts,
+                      "seed": args.seed}))
+
+
 def eval_compare(args) -> None:
     from lmssl.evaluation.report import compare
 

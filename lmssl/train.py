@@ -1,6 +1,8 @@
 """The training loop: one readable function over the Objective and Engine seams."""
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import sys
 import time
@@ -24,6 +26,7 @@ from lmssl.data.loader import SequenceLoader
 from lmssl.data.paths import corpus_of, data_root
 from lmssl.data.tokenizer import TextTokenizer, tokenizer_path
 from lmssl.data.unigram import Unigram, UnigramBaselines
+from lmssl.downstream.online_probe import OnlineProbe
 from lmssl.downstream.sts import evaluate_sts
 from lmssl.engine import build_engine, require_engine
 from lmssl.errors import ConfigError
@@ -42,6 +45,31 @@ from lmssl.rundir import RunDirectory
 def masking_generator(seed: int, step: int, micro: int) -> torch.Generator:
     """Data corruption draws depend only on (seed, step, micro-batch): a resumed run redraws them exactly."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step * 64 + micro)
+
+
+FLOP_SAMPLE_STEPS = 8  # the first steps whose mean FLOPs turn train.max_flops into train.max_steps
+
+
+def step_flops(objective, micro_batches: list) -> int | None:
+    """Training FLOPs of the micro-batches of a step (Objective.train_flops), None if the objective counts none."""
+    counts = [objective.train_flops(batch) for batch in micro_batches]
+    return None if None in counts else sum(sum(c.values()) for c in counts)
+
+
+def mean_step_flops(cfg: Config, objective, train_data, batch_size: int) -> float:
+    """The mean FLOPs of the run's first steps (their own micro-batches, `batch_size` sequences each, and masking
+    draws): train.max_flops over it, rounded up, is train.max_steps."""
+    loader = SequenceLoader(train_data, batch_size, cfg.train.seed)
+    total = 0
+    for step in range(FLOP_SAMPLE_STEPS):
+        counted = step_flops(objective, [objective.collate(loader.next_batch(), masking_generator(cfg.train.seed,
+                                                                                                  step, i))
+                                         for i in range(cfg.train.grad_accum)])
+        if counted is None:
+            raise ConfigError(f"key 'train.max_flops': objective '{cfg.objective.name}' does not count its FLOPs "
+                              f"(Objective.train_flops); set train.max_steps instead")
+        total += counted
+    return total / FLOP_SAMPLE_STEPS
 
 
 class _NoLogger:
@@ -144,25 +172,36 @@ def _train(cfg: Config, dist, run_dir: RunDirectory) -> dict:
     train_data = objective.dataset("train", tokenizer)  # packed sequences, or the objective's own examples
     valid_data = objective.dataset("valid", tokenizer) if cfg.data.valid else None
     likelihood = ValidationLikelihood.create(cfg, tokenizer, objective)  # PPL / pseudo-PPL on data.valid, or None
+    probe = OnlineProbe(cfg, tokenizer, objective.causal) if cfg.eval.probe_task and dist.is_main else None
     per_rank = cfg.train.batch_size
     try:  # one loader of global micro-batches, the same on every process: resuming restores all of them at once
         loader = SequenceLoader(train_data, per_rank * dist.world_size, cfg.train.seed)
     except ValueError as e:
         raise ConfigError(f"key 'train.batch_size': {e} in data.train") from None
     params = sum(p.numel() for p in objective.parameters())  # before ZeRO-3 partitions them
+    if cfg.train.max_flops:
+        mean = mean_step_flops(cfg, objective, train_data, per_rank * dist.world_size)
+        max_steps = max(1, math.ceil(cfg.train.max_flops / mean))
+        if dist.is_main:
+            print(f"train.max_flops={cfg.train.max_flops:.3g}: train.max_steps={max_steps} (the first "
+                  f"{FLOP_SAMPLE_STEPS} steps' mean: {mean:.4g} FLOPs)", file=sys.stderr)
+            if max_steps <= cfg.train.warmup_steps:
+                print(f"warning: train.warmup_steps={cfg.train.warmup_steps} >= the {max_steps} steps of the budget: "
+                      f"the learning rate never reaches train.lr", file=sys.stderr)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=max_steps))
     engine = build_engine(objective, cfg.train, dist)
 
     def next_micro_batch() -> list:
         examples = loader.next_batch()
         return examples[dist.rank * per_rank:(dist.rank + 1) * per_rank]
 
-    step, guard = 0, SkipGuard(cfg.train.max_skipped_steps)
+    step, guard, flops = 0, SkipGuard(cfg.train.max_skipped_steps), 0  # flops: cumulative, every process's
     if resume_from is not None:
         engine.load_state(resume_from, state)  # weights, optimizer and schedule
         loader.load_state_dict(state["loader"])
         rngs = state.get("rng_ranks") or [state["rng"]]
         set_rng_state(rngs[dist.rank] if dist.rank < len(rngs) else rngs[0])
-        step, guard.total = state["step"], state.get("skipped_steps", 0)
+        step, guard.total, flops = state["step"], state.get("skipped_steps", 0), state.get("flops", 0)
         if dist.is_main:
             print(f"resumed from {resume_from} at step {step}", file=sys.stderr)
         if step >= cfg.train.max_steps:  # finished already: nothing to add, nothing logged twice
@@ -185,7 +224,7 @@ def _train(cfg: Config, dist, run_dir: RunDirectory) -> dict:
 
     def checkpoint() -> Path | None:
         nonlocal out
-        state = {"loader": loader.state_dict(), "skipped_steps": guard.total}
+        state = {"loader": loader.state_dict(), "skipped_steps": guard.total, "flops": flops}
         written = save_training_checkpoint(out, step, engine, cfg, tokenizer, state, cfg.train.keep_checkpoints,
                                            dist)
         if written is not None and run_dir.committed():  # train.overwrite: the new run now takes the old one's place
@@ -197,7 +236,10 @@ def _train(cfg: Config, dist, run_dir: RunDirectory) -> dict:
     def validate() -> dict:
         """The objective's loss and metrics on data.valid, plus PPL / pseudo-PPL on its first words."""
         metrics = evaluate(engine, valid_data, cfg.eval.batch_size, cfg.eval.max_batches)
-        return {**metrics, **(likelihood(objective) if likelihood else {})}
+        return {**metrics, **(likelihood(objective) if likelihood else {}), **counted_flops()}
+
+    def counted_flops() -> dict:
+        return {"flops": flops} if flops else {}  # none for an objective that does not count them
 
     best = BestCheckpoint(out, objective.selection_metric)
 
@@ -209,10 +251,20 @@ def _train(cfg: Config, dist, run_dir: RunDirectory) -> dict:
             return {}
         scores = evaluate_sts(objective, tokenizer, data_root(cfg), sets, batch_size=cfg.eval.batch_size)
         metrics = {f"{name}_spearman": value for name, value in scores.items()}
-        logger.log(step, metrics)
+        logger.log(step, {**metrics, **counted_flops()})
         with engine.gathered():  # collective under ZeRO-3
             if dist.is_main:
                 best.update(step, metrics, objective, cfg, tokenizer)
+        return metrics
+
+    def probe_eval() -> dict:
+        """The online linear probe of the encoder's current weights (eval.probe_task), on the main process."""
+        if not cfg.eval.probe_task:
+            return {}
+        with engine.gathered():  # collective under ZeRO-3
+            metrics = probe(objective.encoder()) if probe is not None else {}
+        if metrics:
+            logger.log(step, {**metrics, **counted_flops()})
         return metrics
 
     bar = tqdm(total=cfg.train.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
@@ -225,6 +277,10 @@ def _train(cfg: Config, dist, run_dir: RunDirectory) -> dict:
                          for i in range(cfg.train.grad_accum)]
                 stats = engine.train_step(micro)
                 step += 1
+                counted = step_flops(objective, micro)
+                if counted is not None:  # this process's micro-batches stand for every process's
+                    flops += counted * dist.world_size
+                    stats["flops"] = flops
                 guard.update(step, stats)  # counts skipped (non-finite) steps
                 window_tokens += sum(b.num_tokens for b in micro) * dist.world_size
                 bar.update()
@@ -240,6 +296,7 @@ def _train(cfg: Config, dist, run_dir: RunDirectory) -> dict:
                     if valid_data is not None:
                         logger.log(step, validate())
                     sts_eval()
+                    probe_eval()
                 saving = (cfg.train.save_every and step % cfg.train.save_every == 0) or step == cfg.train.max_steps
                 if (saving or stopping) and guard.in_a_row:
                     if dist.is_main:  # weights that just gave a non-finite loss are not worth a checkpoint
@@ -250,11 +307,12 @@ def _train(cfg: Config, dist, run_dir: RunDirectory) -> dict:
                     return {"step": step, "checkpoint": str(last_ckpt or latest_checkpoint(out)),
                             "stopped": signals.received or 15}
         bar.close()
-        result = {"step": step, "checkpoint": str(last_ckpt or latest_checkpoint(out))}
+        result = {"step": step, "checkpoint": str(last_ckpt or latest_checkpoint(out)), **counted_flops()}
         if valid_data is not None:
             result.update(validate())
-            logger.log(step, {k: v for k, v in result.items() if k.startswith("val_")})
+            logger.log(step, {k: v for k, v in result.items() if k.startswith("val_") or k == "flops"})
         result.update(sts_eval())
+        result.update(probe_eval())
         if best.dir.is_dir():
             result["best"] = str(best.dir)
         baselines = final_baselines(cfg, objective, train_data, valid_data, likelihood, tokenizer, result) \

@@ -255,12 +255,15 @@ def test_fine_tuning_dropout_is_its_own_whatever_pretraining_used(checkpoints, t
         finetune_config(["finetune.dropout=1"])
 
 
-def test_probe_leaves_the_encoder_bit_identical_and_trains_the_head(checkpoints, toy_task, tmp_path):
+@pytest.mark.parametrize("solver", ["lbfgs", "adamw"])
+def test_probe_leaves_the_encoder_bit_identical_and_trains_the_head(solver, checkpoints, toy_task, tmp_path):
     source = load_source(checkpoints["mlm_nsp"])
     c = load_task_card(toy_task)
-    fcfg = finetune_config([*TINY, "finetune.probe=true", "finetune.epochs=4", "finetune.batch_size=8"])
+    fcfg = finetune_config([*TINY, "finetune.probe=true", "finetune.epochs=4", "finetune.batch_size=8",
+                            f"finetune.probe_solver={solver}"])
     results = run_task(source, c, fcfg, tmp_path / "probe")
-    assert results["mode"] == "probe" and results["finetune"]["lr_used"] == fcfg.probe_lr
+    assert results["mode"] == "probe"
+    assert results["finetune"]["lr_used"] == (fcfg.probe_lr if solver == "adamw" else None)
     model, _, info = load_finetuned(tmp_path / "probe" / "best")
     assert model.pooler is None and info["mode"] == "probe"
     for k, v in model.encoder.state_dict().items():
@@ -418,3 +421,22 @@ def test_epoch_batches_group_by_length_covers_every_row_once_with_little_padding
     assert all(np.array_equal(a, b) for a, b in zip(first, grouped))  # a pure function of the generator
     assert not all(np.array_equal(a, b) for a, b in zip(grouped, epoch_batches(np.random.default_rng(1), 2000, 32,
                                                                                  lengths)))
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_the_lbfgs_probe_head_is_scikit_learns_logistic_regression(classes):
+    from sklearn.linear_model import LogisticRegression
+
+    from lmssl.downstream.probe import FeatureSet, fit_linear_head
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 5, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 1).long() * (classes - 2)  # labels 0..classes-1 from the features
+    head = torch.nn.Linear(5, classes + 1)  # one more class than the data holds: never predicted
+    fit_linear_head(head, FeatureSet(x, y), regression=False, seed=0)
+    reference = LogisticRegression(C=1.0, max_iter=2000).fit(x.double().numpy(), y.numpy())
+    probs = torch.softmax(head(x).detach().double(), -1)
+    assert torch.allclose(probs[:, :classes], torch.from_numpy(reference.predict_proba(x.double().numpy())),
+                          atol=1e-5)
+    assert float(probs[:, classes].max()) == 0.0
+    assert torch.equal(head(x).argmax(-1), torch.from_numpy(reference.predict(x.double().numpy())))

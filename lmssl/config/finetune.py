@@ -33,8 +33,12 @@ class FinetuneConfig:
     baselines: bool = True  # majority class (mean) and TF-IDF + logistic regression (ridge) beside the results
     seed: int = 0  # the first seed (head initialisation, dropout, example order)
     max_train_examples: int = 0  # 0 = all; else a uniform random subsample of this size (data_seed)
-    data_seed: int = 0  # seed of that subsample: every training seed sees the same examples
+    max_dev_examples: int = 0  # 0 = all; else a uniform random subsample of each dev set (data_seed)
+    data_seed: int = 0  # seed of those subsamples: every training seed sees the same examples
     probe: bool = False  # linear probing: freeze the encoder, train a linear head on its pooled hidden state
+    # the probe's solver: lbfgs = scikit-learn's logistic regression (ridge for regression) to its optimum on the
+    # standardised features; adamw = the fine-tuning loop with probe_lr, epochs and early stopping
+    probe_solver: Literal["lbfgs", "adamw"] = "lbfgs"
     from_scratch: bool = False  # the same architecture and tokenizer with random weights (the no-pretraining baseline)
     reuse_pooler: bool = True  # start from the checkpoint's pretrained BERT pooler when it has one; false = fresh
     output_dir: str = ""  # results.json and best/ go here; "" = runs/finetune/<task> (glue: runs/finetune/glue)
@@ -112,7 +116,8 @@ def check(cfg: FinetuneConfig, source: str) -> FinetuneConfig:
     for key in ("epochs", "batch_size", "seeds", "eval_batch_size"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{source}: key 'finetune.{key}': must be positive")
-    for key in ("seed", "max_train_examples", "data_seed", "num_threads", "min_steps", "eval_every", "patience"):
+    for key in ("seed", "max_train_examples", "max_dev_examples", "data_seed", "num_threads", "min_steps",
+                "eval_every", "patience"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{source}: key 'finetune.{key}': must be >= 0")
     if not (cfg.lr > 0 and cfg.probe_lr > 0):

@@ -84,6 +84,9 @@ class DataConfig:
 class TrainConfig:
     output_dir: str = "runs/default"  # metrics, TensorBoard logs and checkpoints go here
     max_steps: int = 300  # optimizer steps
+    # compute budget in FLOPs (matmuls, forward + backward: lmssl.model.flops); > 0 sets max_steps = budget / the
+    # mean FLOPs of the run's first steps, rounded up
+    max_flops: float = 0.0
     batch_size: int = 32  # sequences per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 1e-3  # peak learning rate
@@ -120,6 +123,10 @@ class EvalConfig:
     max_batches: int = 0  # validation batches per evaluation; 0 = the whole split
     batch_size: int = 32  # sequences per validation batch
     likelihood_max_words: int = 500  # PPL (causal) / pseudo-PPL (masked) on the first N words of data.valid; 0 = off
+    # online linear probe: a GLUE task or task card path whose probe (lmssl finetune's finetune.probe=true) is logged
+    # as val_probe_<metric> every eval.every steps and at the end; "" = none
+    probe_task: str = ""
+    probe_examples: int = 1000  # the probe's fixed subsample: this many training and (per dev set) dev examples
 
 
 @dataclass

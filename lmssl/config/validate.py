@@ -32,6 +32,7 @@ def validate(cfg: Config, source: str) -> None:
         _check(getattr(t, key) > 0, source, f"train.{key}", "must be positive")
     for key in ("warmup_steps", "save_every", "keep_checkpoints", "num_threads", "seed"):
         _check(getattr(t, key) >= 0, source, f"train.{key}", "must be >= 0")
+    _check(t.max_flops >= 0, source, "train.max_flops", "must be >= 0 (0 = train.max_steps sets the length)")
     _check(t.lr > 0, source, "train.lr", "must be positive")
     _check(0.0 <= t.final_lr_ratio <= 1.0, source, "train.final_lr_ratio", "must be in [0, 1]")
     _check(t.clip_grad >= 0, source, "train.clip_grad", "must be >= 0 (0 = no clipping)")
@@ -56,4 +57,5 @@ def validate(cfg: Config, source: str) -> None:
     _check(e.every >= 0 and e.max_batches >= 0, source, "eval.every", "must be >= 0")
     _check(e.batch_size > 0, source, "eval.batch_size", "must be positive")
     _check(e.likelihood_max_words >= 0, source, "eval.likelihood_max_words", "must be >= 0 (0 = off)")
+    _check(e.probe_examples > 0, source, "eval.probe_examples", "must be positive")
     cfg.objective.check(cfg, lambda cond, key, message: _check(cond, source, key, message))

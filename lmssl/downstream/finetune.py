@@ -32,7 +32,15 @@ from lmssl.data.paths import root_dir
 from lmssl.data.tokenizer import TextTokenizer
 from lmssl.downstream.encoding import EncodedSet, encode_texts
 from lmssl.downstream.metrics import mean_std
-from lmssl.downstream.probe import LinearProbe, compute_features, fold_standardization, freeze, standardize
+from lmssl.downstream.probe import (
+    FeatureSet,
+    LinearProbe,
+    compute_features,
+    fit_linear_head,
+    fold_standardization,
+    freeze,
+    standardize,
+)
 from lmssl.downstream.tasks import TaskCard, infer_labels, read_task_file, resolve_file
 from lmssl.engine import TorchEngine
 from lmssl.engine.torch_engine import autocast
@@ -157,6 +165,27 @@ def train_seed(model, train_set, dev_sets: dict, card: TaskCard, fcfg: FinetuneC
     return records, best
 
 
+def fit_probe(probe: LinearProbe, train_set: FeatureSet, dev_sets: dict, card: TaskCard, fcfg: FinetuneConfig,
+              seed: int, device: torch.device) -> tuple[list[dict], tuple[dict, dict]]:
+    """`train_seed` for finetune.probe_solver=lbfgs: the head fitted by scikit-learn, then one evaluation."""
+    fit_linear_head(probe.head, train_set, card.regression, seed)
+    probe.to(device).eval()
+    with torch.no_grad():
+        train_loss = float(probe(train_set.batch(train_set.eval_order()).to(device)).loss)
+    dev = {name: evaluate(probe, data, card, fcfg.eval_batch_size, device) for name, data in dev_sets.items()}
+    record = {"step": 0, "epoch": 0, "train_loss": train_loss, **_flat(dev)}
+    state = {k: v.detach().cpu().clone() for k, v in probe.state_dict().items()}
+    return [record], ({**record, "score_selection": selectable(next(iter(dev.values()))["score"])}, state)
+
+
+def probe_features(model: SequenceClassifier, data: TaskData, fcfg: FinetuneConfig, device: torch.device):
+    """(training features, {dev set: features}, (mean, std)) of the frozen encoder, standardised by the training
+    features' mean and std."""
+    features = compute_features(model, data.train, fcfg.eval_batch_size, device, fcfg.precision)
+    dev = {n: compute_features(model, d, fcfg.eval_batch_size, device, fcfg.precision) for n, d in data.dev.items()}
+    return features, dev, standardize(features, list(dev.values()))
+
+
 def selectable(score: float) -> float:
     """A score to maximise: an undefined one (NaN: constant predictions) ranks below every defined one."""
     return score if math.isfinite(score) else -math.inf
@@ -203,8 +232,9 @@ def encode_task(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig) -> 
     train = read_task_file(card, resolve_file(card, card.train, root))
     devs = {name: read_task_file(card, resolve_file(card, f, root)) for name, f in card.dev.items()}
     rows, subsample = subsample_rows(len(train), fcfg.max_train_examples, fcfg.data_seed), None
-    if len(rows) < len(train):
-        subsample = {"max_train_examples": fcfg.max_train_examples, "data_seed": fcfg.data_seed,
+    if len(rows) < len(train) or any(fcfg.max_dev_examples and len(d) > fcfg.max_dev_examples for d in devs.values()):
+        subsample = {"max_train_examples": fcfg.max_train_examples, "max_dev_examples": fcfg.max_dev_examples,
+                     "data_seed": fcfg.data_seed,
                      "method": "uniform without replacement: numpy default_rng(data_seed).choice, file order kept"}
     m = source.cfg.model
     max_length = fcfg.max_length if m.position == "rope" else min(fcfg.max_length, m.max_positions)
@@ -215,8 +245,10 @@ def encode_task(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig) -> 
         ids, types = encode_texts(tok, [data.texts[i] for i in index], source.causal, max_length)
         return EncodedSet(ids, types, data.targets[index], pad_id, source.causal, use_types)
 
-    texts = {"train": [train.texts[i] for i in rows], **{name: d.texts for name, d in devs.items()}}
-    return TaskData(encoded(train, rows), {name: encoded(d, np.arange(len(d))) for name, d in devs.items()},
+    dev_rows = {name: subsample_rows(len(d), fcfg.max_dev_examples, fcfg.data_seed) for name, d in devs.items()}
+    texts = {"train": [train.texts[i] for i in rows],
+             **{name: [d.texts[i] for i in dev_rows[name]] for name, d in devs.items()}}
+    return TaskData(encoded(train, rows), {name: encoded(d, dev_rows[name]) for name, d in devs.items()},
                     len(train), subsample, max_length, texts)
 
 
@@ -227,6 +259,12 @@ def pooling_description(source: EncoderSource, fcfg: FinetuneConfig) -> str:
         return "[CLS]"
     pretrained = source.pooler_state is not None and fcfg.reuse_pooler and not fcfg.from_scratch
     return "[CLS] + " + ("pretrained pooler" if pretrained else "fresh pooler")
+
+
+def used_lr(fcfg: FinetuneConfig) -> float | None:
+    if not fcfg.probe:
+        return fcfg.lr
+    return fcfg.probe_lr if fcfg.probe_solver == "adamw" else None  # scikit-learn's L-BFGS has no learning rate
 
 
 def run_task(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig, out: Path, data: TaskData | None = None,
@@ -247,14 +285,12 @@ def run_task(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig, out: P
         if fcfg.probe:
             freeze(model.encoder)
             if cached is None or fcfg.from_scratch:  # a pretrained frozen encoder gives every seed the same features
-                features = compute_features(model, data.train, fcfg.eval_batch_size, device, fcfg.precision)
-                dev_features = {n: compute_features(model, d, fcfg.eval_batch_size, device, fcfg.precision)
-                                for n, d in data.dev.items()}
-                cached = (features, dev_features, standardize(features, list(dev_features.values())))
+                cached = probe_features(model, data, fcfg, device)
             train_data, dev_data, scale = cached
             trained = LinearProbe(model.head, card.regression)
         seed_started = time.perf_counter()
-        records, (best, state) = train_seed(trained, train_data, dev_data, card, fcfg, seed, device)
+        fit = fit_probe if fcfg.probe and fcfg.probe_solver == "lbfgs" else train_seed
+        records, (best, state) = fit(trained, train_data, dev_data, card, fcfg, seed, device)
         train_seconds += time.perf_counter() - seed_started
         steps_done += records[-1]["step"]
         trained.load_state_dict(state)
@@ -283,7 +319,7 @@ def run_task(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig, out: P
         "selection": f"best evaluation per seed on the {next(iter(card.dev))} set's score (mean of its metrics)",
         "steps_per_epoch": per_epoch, "epochs_planned": epochs,
         "best": best_overall, "seeds": seeds, "card": card.to_dict(),
-        "finetune": {**asdict(fcfg), "lr_used": fcfg.probe_lr if fcfg.probe else fcfg.lr},
+        "finetune": {**asdict(fcfg), "lr_used": used_lr(fcfg)},
         "elapsed_s": round(time.perf_counter() - started, 1),
         # training examples per second of the training loops (their per-epoch dev evaluations included)
         "train_examples_per_s": round(len(data.train) * steps_done / per_epoch / max(train_seconds, 1e-9), 1),

@@ -7,6 +7,10 @@ a random projection). The encoder runs once, in eval mode (no dropout), to compu
 trains on the cached features with the fine-tuning loop, so its epochs cost almost nothing and the
 encoder's weights are never touched (no gradient, no optimizer state).
 
+The head is scikit-learn's logistic regression (ridge regression for a regression task) fitted to its optimum with
+L-BFGS (`finetune.probe_solver=lbfgs`, the default: SentEval's and CLIP's linear probe), or a linear layer trained by
+the fine-tuning loop (`adamw`).
+
 The features are standardised with the training set's per-dimension mean and std before the head sees
 them (as a StandardScaler before a logistic regression): [CLS] states of small models are nearly
 parallel (cosine ~0.9-0.999 between different sentences), so the signal lies in small deviations that
@@ -83,6 +87,36 @@ def standardize(train: FeatureSet, others: list[FeatureSet]) -> tuple[torch.Tens
     for s in (train, *others):
         s.features = (s.features - mean) / std
     return mean, std
+
+
+PROBE_MAX_ITER = 2000  # L-BFGS iterations: enough to converge on a few thousand standardised features
+
+
+@torch.no_grad()
+def fit_linear_head(head: nn.Linear, train: FeatureSet, regression: bool, seed: int) -> None:
+    """Set `head` to scikit-learn's fit on the (standardised) features: LogisticRegression (L2, C=1, L-BFGS) or Ridge
+    (alpha=1). A binary fit's single score goes to the second class's logit (the first is 0), so softmax and argmax
+    agree with its probabilities and predictions; a class absent from the features is never predicted."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+
+    x, y = train.features.double().numpy(), train.targets.numpy()
+    weight = torch.zeros(head.weight.shape, dtype=torch.float64)
+    bias = torch.zeros(head.bias.shape, dtype=torch.float64)
+    if regression:
+        fit = Ridge(alpha=1.0).fit(x, y)
+        weight[0], bias[0] = torch.from_numpy(fit.coef_), float(fit.intercept_)
+    else:
+        fit = LogisticRegression(C=1.0, max_iter=PROBE_MAX_ITER, random_state=seed).fit(x, y)
+        classes = torch.from_numpy(fit.classes_.astype(np.int64))
+        coef, intercept = torch.from_numpy(fit.coef_), torch.from_numpy(fit.intercept_)
+        bias.fill_(-1e9)
+        if len(classes) == 2:
+            bias[classes[0]] = 0.0
+            weight[classes[1]], bias[classes[1]] = coef[0], intercept[0]
+        else:
+            weight[classes], bias[classes] = coef, intercept
+    head.weight.copy_(weight)
+    head.bias.copy_(bias)
 
 
 @torch.no_grad()

@@ -85,6 +85,11 @@ class Objective(nn.Module):
         first examples of `valid_data` (those validation scores); value None where it was not scored."""
         return {}
 
+    def train_flops(self, batch: Batch) -> dict[str, int] | None:
+        """The matmul FLOPs of a training step (forward + backward) on this collated micro-batch, part by part
+        (lmssl.model.flops), or None when the objective does not count them (then train.max_flops is refused)."""
+        return None
+
     def sts_sets(self) -> tuple[str, ...]:
         """STS sets the training loop scores every eval.every steps and at the end (logged as <set>_spearman)."""
         return ()

@@ -10,6 +10,7 @@ from lmssl.data.unigram import UnigramBaselines
 from lmssl.interop.hf.adapter import HFAdapter, ImportPart, Target, refuse
 from lmssl.interop.hf.rules import Rule, gpt2_trunk_rules
 from lmssl.interop.hf.source import HFSource
+from lmssl.model import flops
 from lmssl.model.heads import CausalLMHead
 from lmssl.model.transformer import Transformer
 from lmssl.objectives.base import IGNORE_INDEX, Batch, LanguageModel, Objective, Output, require_roles, stack_examples
@@ -44,6 +45,13 @@ class CausalLM(Objective):
                 "val_clm_loss": (unigram.cross_entropy, "the training corpus's unigram model"),
                 "val_ppl": (unigram.perplexity, "the unigram perplexity"),
                 "val_sliding_ppl": (unigram.text_perplexity, "the unigram perplexity of the same text")}
+
+    def train_flops(self, batch: Batch) -> dict[str, int]:
+        m = self.cfg.model
+        B, T = batch.input_ids.shape
+        parts = flops.trunk(m, B, T)
+        parts["vocab"] = flops.linear(B * T, m.hidden_size, m.vocab_size)  # every position (see forward)
+        return flops.training(parts)
 
     def packing_ids(self, tokenizer: TextTokenizer) -> tuple[int, int | None]:
         return tokenizer.eos_id, None

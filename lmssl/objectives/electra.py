@@ -35,6 +35,7 @@ from lmssl.errors import ConfigError
 from lmssl.interop.hf.adapter import HFAdapter, ImportPart, Target, check_bert_like, electra_generator_target
 from lmssl.interop.hf.rules import Rule, bert_trunk_rules, copy_rules
 from lmssl.interop.hf.source import HFSource
+from lmssl.model import flops
 from lmssl.model.heads import MaskedLMHead, ReplacedTokenHead
 from lmssl.model.transformer import Embeddings, Transformer
 from lmssl.objectives.base import IGNORE_INDEX, Batch, LanguageModel, Objective, Output, require_roles, stack_examples
@@ -102,6 +103,18 @@ class Electra(Objective):
         return {"val_gen_acc": (unigram.top1_accuracy, "always the most frequent training token"),
                 "val_gen_loss": (unigram.cross_entropy, "the training corpus's unigram model"),
                 "val_disc_auc": (0.5, "chance (logits that do not rank replaced tokens higher)")}
+
+    def train_flops(self, batch: Batch) -> dict[str, int]:
+        m, g = self.cfg.model, self.generator.trunk.cfg
+        where = batch.labels != IGNORE_INDEX
+        B, T = where.shape
+        n, width = int(where.sum()), self.generator.head.decoder.in_features
+        gen = flops.trunk(g, B, T, flops.LastBlockRows.of(where, g.attention_dropout > 0))
+        gen["vocab"] = flops.linear(n, g.hidden_size, width) + flops.linear(n, width, m.vocab_size)
+        disc = flops.trunk(m, B, T)
+        disc["head"] = flops.linear(B * T, m.hidden_size, m.hidden_size) + flops.linear(B * T, m.hidden_size, 1)
+        return flops.training({**{f"generator.{k}": v for k, v in gen.items()},
+                               **{f"discriminator.{k}": v for k, v in disc.items()}})
 
     def packing_ids(self, tokenizer: TextTokenizer) -> tuple[int, int | None]:
         return tokenizer.sep_id, tokenizer.cls_id

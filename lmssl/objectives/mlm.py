@@ -24,6 +24,7 @@ from lmssl.data.unigram import UnigramBaselines
 from lmssl.interop.hf.adapter import HFAdapter, ImportPart, Target, check_bert_like, electra_generator_target, refuse
 from lmssl.interop.hf.rules import bert_trunk_rules, copy_rules, masked_lm_head_rules
 from lmssl.interop.hf.source import HFSource
+from lmssl.model import flops
 from lmssl.model.attention import AttnSpec
 from lmssl.model.heads import MaskedLMHead, Pooler, classifier
 from lmssl.model.transformer import Transformer
@@ -85,6 +86,20 @@ class MaskedLM(Objective):
             found[f"val_{self.sentence_task}_acc"] = (max(share, 1 - share), "always the majority label of the "
                                                       "scored pairs (about half)")
         return found
+
+    def train_flops(self, batch: Batch) -> dict[str, int]:
+        m = self.cfg.model
+        where = batch.labels != IGNORE_INDEX
+        pairs = self.sentence_task != "none"
+        rows = where.clone()
+        rows[:, 0] |= pairs  # the [CLS] rows for the sentence task
+        B, T = where.shape
+        n, width = int(where.sum()), self.head.decoder.in_features
+        parts = flops.trunk(m, B, T, flops.LastBlockRows.of(rows, m.attention_dropout > 0))
+        parts["vocab"] = flops.linear(n, m.hidden_size, width) + flops.linear(n, width, m.vocab_size)
+        if pairs:
+            parts["pooler"] = flops.linear(B, m.hidden_size, m.hidden_size) + flops.linear(B, m.hidden_size, 2)
+        return flops.training(parts)
 
     def packing_ids(self, tokenizer: TextTokenizer) -> tuple[int, int | None]:
         return tokenizer.sep_id, tokenizer.cls_id

@@ -23,6 +23,7 @@ from lmssl.errors import ConfigError
 from lmssl.interop.hf.adapter import HFAdapter, ImportPart, Target, check_bert_like, sentence_transformers_files
 from lmssl.interop.hf.rules import Rule, bert_trunk_rules, copy_rules
 from lmssl.interop.hf.source import HFSource, read_json
+from lmssl.model import flops
 from lmssl.model.attention import AttnSpec
 from lmssl.model.heads import Pooler
 from lmssl.model.pooling import pool
@@ -77,6 +78,15 @@ class SimCSE(Objective):
     def sts_sets(self) -> tuple[str, ...]:
         """SimCSE selects checkpoints on STS-B dev Spearman (objective.sts_eval)."""
         return (self.ocfg.sts_eval,) if self.ocfg.sts_eval else ()
+
+    def train_flops(self, batch: Batch) -> dict[str, int]:
+        m, H = self.cfg.model, self.cfg.model.hidden_size
+        B, T = batch.input_ids.shape
+        parts = flops.trunk(m, 2 * B, T)  # both views
+        if self.mlp is not None:
+            parts["pooler"] = flops.linear(2 * B, H, H)
+        parts["similarity"] = flops.linear(B, H, B)  # in-batch cosine similarities (this process's negatives)
+        return flops.training(parts)
 
     def dataset(self, split: str, tokenizer: TextTokenizer) -> SentenceDataset:
         try:
