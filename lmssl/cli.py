@@ -153,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_eval_parsers(sub)
 
+    p = sub.add_parser("study", help="compare objectives or sizes at FLOP budgets: train, evaluate, report")
+    p.add_argument("study", help="study file, e.g. configs/studies/objectives-cpu.yaml")
+    p.add_argument("--print", action="store_true", dest="print_only",
+                   help="print the training commands of the unfinished runs instead of running them")
+    p.set_defaults(func=commands.study)
+
     pairs = sub.add_parser("pairs", help="minimal-pair sets").add_subparsers(dest="pairs_command", required=True)
     p = pairs.add_parser("make", help="minimal pairs from a held-out corpus's sentences (adjacent-word swaps, "
                                       "determiner-noun number flips, shuffled function words), BLiMP's JSONL format")
@@ -240,4 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             print("interrupted; resume with train.resume=true (the latest checkpoint is intact)", file=sys.stderr)
         elif args.command == "finetune":
             print("interrupted; the same command again reuses the finished tasks and grid cells", file=sys.stderr)
+        elif args.command == "study":
+            print("interrupted; the same command again reuses the finished runs and evaluations and resumes the "
+                  "interrupted run from its latest checkpoint", file=sys.stderr)
         return 130

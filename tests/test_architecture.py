@@ -31,6 +31,7 @@ LAYERS = [
     ("lmssl.evaluation", "lmssl.inference"),
     ("lmssl.downstream", "lmssl.scores"),
     ("lmssl.metrics", "lmssl.faults", "lmssl.rundir", "lmssl.train"),
+    ("lmssl.study",),
     ("lmssl.commands", "lmssl.cli", "lmssl.__main__", "lmssl.evaluate_modules"),
 ]
 

@@ -314,7 +314,8 @@ def test_sst2_subsample_loss_falls_and_seeds_give_mean_and_std(checkpoints, data
                             "finetune.seeds=2", "finetune.seed=3", "finetune.batch_size=16"])
     results = run_task(source, glue_card("sst2"), fcfg, out)
     saved = json.loads((out / "results.json").read_text())
-    assert saved["subsample"] == {"max_train_examples": 320, "data_seed": 0, "method": saved["subsample"]["method"]}
+    assert saved["subsample"] == {"max_train_examples": 320, "max_dev_examples": 0, "data_seed": 0,
+                                  "method": saved["subsample"]["method"]}
     assert (saved["train_examples"] == 320 and saved["train_examples_total"] == 67349
             and saved["dev_examples"] == {"dev": 872})
     seeds = saved["seeds"]

@@ -35,7 +35,8 @@ def test_training_on_wikitext_lowers_the_loss(objective, extra, data_root, tmp_p
     last = sum(r["loss"] for r in steps[-5:]) / 5
     assert last < first - 1.5, (first, last)  # from ln(8192) = 9.0 to unigram statistics (~6.5) and beyond
     acc = "val_mlm_acc" if objective == "mlm" else "val_clm_acc"
-    assert evals[-1] == {k: v for k, v in result.items() if k.startswith("val_")} | {"step": 100}
+    assert evals[-1] == {k: v for k, v in result.items() if k.startswith("val_")} | {"step": 100,
+                                                                                      "flops": result["flops"]}
     # the LM loss (configs/mlm.yaml adds NSP, whose loss is part of val_loss)
     assert result[f"val_{objective}_loss"] < 7.0 and result[acc] > 0.03, result  # chance accuracy is 1/8192
     # each final metric beside its baseline (the unigram model of the training tokens, or chance)

@@ -47,6 +47,12 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         if value not in choices:
             raise ConfigError(f"{where}: invalid value {value!r}; choose one of {', '.join(map(repr, choices))}")
         return value
+    if typing.get_origin(tp) is list:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [coerce(v, typing.get_args(tp)[0], where) for v in value]
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")

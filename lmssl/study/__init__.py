@@ -1,0 +1,1 @@
+"""Studies (`lmssl study`): objectives or model sizes compared at equal FLOP budgets, evaluated, reported."""

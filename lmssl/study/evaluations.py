@@ -1,0 +1,152 @@
+"""The evaluations of a study cell's final checkpoint, each cached in cells/<cell>/<name>.json once finished:
+its size, text likelihood (PPL / pseudo-PPL, bits per byte), GLUE tasks by linear probe and by fine-tuning, STS,
+minimal pairs, and label efficiency (fine-tuning on 250 / 1k / 4k ... labels, beside the same architecture from
+scratch, which cells of one architecture share under study_dir/scratch/)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+from lmssl.config.study import StudySpec
+from lmssl.data.corpus import Corpus
+from lmssl.data.minimal_pairs import make_pairs
+from lmssl.data.paths import data_root
+from lmssl.data.sentences import iter_sentences
+from lmssl.downstream.glue import finetune
+from lmssl.downstream.sts import evaluate_sts
+from lmssl.evaluation.likelihood import evaluate_text
+from lmssl.evaluation.minimal_pairs import read_pairs, score_pairs
+from lmssl.evaluation.text import read_documents, resolve_text_file
+from lmssl.pretrained import load_pretrained
+from lmssl.study.cells import Cell, read_json, write_json
+
+INIT_FREE = ("dropout", "attention_dropout", "init_std", "attention_backend", "init_from")  # no effect on scratch
+
+
+def prepare_pairs(spec: StudySpec, study_dir: Path) -> Path | None:
+    """The study's minimal pairs: its `evaluate.pairs.file`, or study_dir/pairs.jsonl made once from the corpus."""
+    p = spec.evaluate.pairs
+    if p.file:
+        return Path(p.file)
+    if not p.corpus:
+        return None
+    out = study_dir / "pairs.jsonl"
+    if not out.is_file():
+        from lmssl.config import Config
+
+        corpus = Corpus(str(resolve_text_file(p.corpus, Config())))
+        write_text_lines(out, make_pairs(iter_sentences(corpus), p.per_type))
+    return out
+
+
+def write_text_lines(path: Path, records) -> None:
+    from lmssl.atomic import write_text
+
+    write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def finetune_results(checkpoint: str, task: str, overrides: list[str], out: Path) -> dict:
+    """`lmssl finetune CHECKPOINT TASK overrides` into `out`; its results.json (unrounded metrics, std, baselines)."""
+    finetune(checkpoint, task, [*overrides, f"finetune.output_dir={out}", "finetune.overwrite=true"])
+    return json.loads((out / "results.json").read_text())
+
+
+def _scores(results: dict) -> dict:
+    found = {"metrics": results["metrics"], "std": results.get("std", {}), "train_examples": results["train_examples"]}
+    if "baselines" in results:
+        found["baselines"] = {k: results["baselines"][k] for k in ("majority", "bow")}
+    return found
+
+
+def architecture_key(cfg, tokenizer, causal: bool, task: str, overrides: list[str]) -> str:
+    """What from-scratch fine-tuning depends on: the model's shape, tokenizer, pooling kind, task and settings."""
+    shape = {k: v for k, v in cfg.to_dict()["model"].items() if k not in INIT_FREE}
+    text = json.dumps([shape, tokenizer.fingerprint(), causal, task, overrides], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def evaluate_cell(spec: StudySpec, cell: Cell, record: dict, study_dir: Path, pairs: Path | None,
+                  largest: bool) -> dict:
+    """Every evaluation the study asks for, of the cell's final checkpoint; cached results are reused."""
+    e = spec.evaluate
+    cell_dir = study_dir / "cells" / cell.name
+    checkpoint = record["checkpoint"]
+    loaded: list = []
+
+    def model():
+        if not loaded:
+            loaded.extend(load_pretrained(checkpoint))
+        return loaded
+
+    def cached(name: str, compute) -> dict:
+        path = cell_dir / f"{name}.json"
+        found = read_json(path)
+        if found is None:
+            print(f"study {spec.name}: {cell.name}: {name}", file=sys.stderr)
+            started = time.perf_counter()
+            found = {**compute(), "seconds": round(time.perf_counter() - started, 1)}
+            write_json(path, found)
+        return found
+
+    def size() -> dict:
+        _, _, objective = model()
+        params = {id(p): p.numel() for p in objective.parameters()}  # tied weights once
+        encoder = objective.encoder()
+        embeddings = sum(p.numel() for p in encoder.embeddings.parameters())
+        return {"parameters": sum(params.values()), "encoder_parameters": sum(p.numel() for p in encoder.parameters()),
+                "encoder_non_embedding_parameters": sum(p.numel() for p in encoder.parameters()) - embeddings}
+
+    out = {"size": cached("size", size)}
+    if e.likelihood.file:
+        def likelihood() -> dict:
+            cfg, tokenizer, objective = model()
+            documents = read_documents(Corpus(str(resolve_text_file(e.likelihood.file, cfg))), e.likelihood.max_words)
+            result = evaluate_text(objective, tokenizer, cfg, documents)
+            if "pll" in result:  # the pseudo-log-likelihood in bits per byte: comparable across tokenizers, not PPL
+                result["pseudo_bits_per_byte"] = -result["pll"] / 0.6931471805599453 / result["bytes"]
+            return result
+        out["likelihood"] = cached("likelihood", likelihood)
+    for task in e.probe.tasks:
+        out[f"probe_{task}"] = cached(f"probe_{task}", lambda task=task: _scores(finetune_results(
+            checkpoint, task, ["finetune.probe=true", f"finetune.max_train_examples={e.probe.examples}",
+                               f"finetune.max_dev_examples={e.probe.examples}"], cell_dir / "probe" / task)))
+    for task in e.finetune.tasks:
+        out[f"finetune_{task}"] = cached(f"finetune_{task}", lambda task=task: _scores(finetune_results(
+            checkpoint, task, e.finetune.overrides, cell_dir / "finetune" / task)))
+    if e.sts.sets:
+        def sts() -> dict:
+            cfg, tokenizer, objective = model()
+            return evaluate_sts(objective, tokenizer, data_root(cfg), tuple(e.sts.sets))
+        out["sts"] = cached("sts", sts)
+    if pairs is not None:
+        def minimal_pairs() -> dict:
+            cfg, tokenizer, objective = model()
+            return score_pairs(objective, tokenizer, read_pairs(pairs), word_l2r=e.pairs.word_l2r)[0]
+        out["pairs"] = cached("pairs", minimal_pairs)
+    le = e.label_efficiency
+    if le.task and (largest or le.budgets == "all"):
+        out["label_efficiency"] = cached("label_efficiency", lambda: label_efficiency(spec, checkpoint, model,
+                                                                                      cell_dir, study_dir))
+    return out
+
+
+def label_efficiency(spec: StudySpec, checkpoint: str, model, cell_dir: Path, study_dir: Path) -> dict:
+    """Fine-tuning scores at each number of labels, pretrained and from scratch (shared by one architecture)."""
+    le = spec.evaluate.label_efficiency
+    cfg, tokenizer, objective = model()
+    key = architecture_key(cfg, tokenizer, objective.causal, le.task, le.overrides)
+    curves: dict[str, dict] = {"pretrained": {}, "scratch": {}}
+    for labels in le.sizes:
+        settings = [*le.overrides, f"finetune.max_train_examples={labels}", f"finetune.seeds={le.seeds}",
+                    "finetune.baselines=false"]
+        curves["pretrained"][str(labels)] = _scores(finetune_results(checkpoint, le.task, settings,
+                                                                     cell_dir / "label_efficiency" / str(labels)))
+        scratch = study_dir / "scratch" / key / str(labels) / "scores.json"
+        if not scratch.is_file():
+            write_json(scratch, _scores(finetune_results(checkpoint, le.task, [*settings, "finetune.from_scratch=true"],
+                                                         scratch.parent)))
+        curves["scratch"][str(labels)] = read_json(scratch)
+    return {"task": le.task, "seeds": le.seeds, "scratch_key": key, **curves}
