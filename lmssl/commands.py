@@ -124,11 +124,9 @@ def eval_pairs(args) -> None:
 
 
 def pairs_make(args) -> None:
-    from lmssl.atomic import write_text
     from lmssl.config import Config
     from lmssl.data.corpus import Corpus
-    from lmssl.data.minimal_pairs import make_pairs
-    from lmssl.data.sentences import iter_sentences
+    from lmssl.data.minimal_pairs import write_pairs
     from lmssl.evaluation.text import resolve_text_file
 
     out = Path(args.out)
@@ -137,23 +135,12 @@ def pairs_make(args) -> None:
     if args.min_words > args.max_words:
         raise ConfigError(f"--min-words: {args.min_words} exceeds --max-words {args.max_words}")
     corpus = Corpus(str(resolve_text_file(args.corpus, Config())), text_field=args.text_field)
-    records = list(make_pairs(iter_sentences(corpus, args.split), args.per_type, args.seed, args.min_words,
-                              args.max_words))
-    if not records:
-        raise ConfigError(f"{corpus.location}: no sentence of {args.min_words}-{args.max_words} words to perturb")
-    write_text(out, "".join(json.dumps(r) + "\n" for r in records))
+    records = write_pairs(corpus, out, args.per_type, args.seed, args.min_words, args.max_words, args.split)
     counts: dict[str, int] = {}
     for r in records:
         counts[r["UID"]] = counts.get(r["UID"], 0) + 1
     print(json.dumps({"out": str(out), "corpus": corpus.location, "pairs": len(records), "by_uid": counts,
                       "seed": args.seed}))
-
-
-def study(args) -> None:
-    from lmssl.config.study import load_study
-    from lmssl.study.runner import run_study
-
-    print(json.dumps(run_study(load_study(args.study), args.print_only)))
 
 
 def eval_compare(args) -> None:

@@ -13,8 +13,15 @@ conjunction); such pairs are noise that caps every model's accuracy below 100% e
 """
 from __future__ import annotations
 
+import json
 import random
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
+
+from lmssl.atomic import write_text
+from lmssl.data.corpus import Corpus
+from lmssl.data.sentences import iter_sentences
+from lmssl.errors import ConfigError
 
 FUNCTION_WORDS = frozenset(
     "the a an of to in on at by for with from into about as and or but if than that this these those which who "
@@ -99,3 +106,13 @@ def make_pairs(sentences: Iterable[str], per_type: int, seed: int = 0, min_words
             yield {"sentence_good": sentence, "sentence_bad": " ".join(bad), "UID": uid, "field": field,
                    "pair_id": made}
             made += 1
+
+
+def write_pairs(corpus: Corpus, out: Path, per_type: int, seed: int = 0, min_words: int = MIN_WORDS,
+                max_words: int = MAX_WORDS, split: str = "auto") -> list[dict]:
+    """`make_pairs` of the corpus's sentences written to `out` as JSONL; the records."""
+    records = list(make_pairs(iter_sentences(corpus, split), per_type, seed, min_words, max_words))
+    if not records:
+        raise ConfigError(f"{corpus.location}: no sentence of {min_words}-{max_words} words to perturb")
+    write_text(out, "".join(json.dumps(r) + "\n" for r in records))
+    return records

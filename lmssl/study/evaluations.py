@@ -10,11 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+from lmssl.config import Config
 from lmssl.config.study import StudySpec
 from lmssl.data.corpus import Corpus
-from lmssl.data.minimal_pairs import make_pairs
+from lmssl.data.minimal_pairs import write_pairs
 from lmssl.data.paths import data_root
-from lmssl.data.sentences import iter_sentences
 from lmssl.downstream.glue import finetune
 from lmssl.downstream.sts import evaluate_sts
 from lmssl.evaluation.likelihood import evaluate_text
@@ -35,17 +35,8 @@ def prepare_pairs(spec: StudySpec, study_dir: Path) -> Path | None:
         return None
     out = study_dir / "pairs.jsonl"
     if not out.is_file():
-        from lmssl.config import Config
-
-        corpus = Corpus(str(resolve_text_file(p.corpus, Config())))
-        write_text_lines(out, make_pairs(iter_sentences(corpus), p.per_type))
+        write_pairs(Corpus(str(resolve_text_file(p.corpus, Config()))), out, p.per_type)
     return out
-
-
-def write_text_lines(path: Path, records) -> None:
-    from lmssl.atomic import write_text
-
-    write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def finetune_results(checkpoint: str, task: str, overrides: list[str], out: Path) -> dict:
