@@ -143,6 +143,13 @@ def pairs_make(args) -> None:
                       "seed": args.seed}))
 
 
+def study(args) -> None:
+    from lmssl.config.study import load_study
+    from lmssl.study.runner import run_study
+
+    print(json.dumps(run_study(load_study(args.study), args.print_only)))
+
+
 def eval_compare(args) -> None:
     from lmssl.evaluation.report import compare
 

@@ -28,9 +28,11 @@ def headline(record: dict) -> dict[str, float]:
         lk = ev["likelihood"]
         row.update({"ppl": lk["ppl"], "bits_per_byte": lk["bits_per_byte"]} if "ppl" in lk else
                    {"pppl": lk["pppl"], "pseudo_bits_per_byte": lk["pseudo_bits_per_byte"]})
-    for key, value in ev.items():
-        if key.startswith(("probe_", "finetune_")):
-            row[key] = value["metrics"]["score"]
+    for kind in ("probe", "finetune"):
+        scores = {key: value["metrics"]["score"] for key, value in ev.items() if key.startswith(f"{kind}_")}
+        row.update(scores)
+        if len(scores) > 1:  # the GLUE-subset average, as glue.md's (a task's score: the mean of its metrics)
+            row[f"{kind}_avg"] = float(np.mean(list(scores.values())))
     if "sts" in ev:
         row.update({f"sts_{k}": v for k, v in ev["sts"].items() if k != "seconds"})
     if "pairs" in ev:
@@ -141,6 +143,10 @@ def _save(fig, path: Path) -> None:
     write_bytes(path, buffer.getvalue())
 
 
+def run_budget(records: list[dict], run: str) -> list[float]:
+    return [r["budget"] for r in records if r["run"] == run]
+
+
 def _score_plots(study_dir: Path, records: list[dict], scores: list[str], runs: list[str], colour, plt) -> None:
     """One panel per headline score: its value against the training FLOPs, a line per run."""
     cols = min(3, len(scores))
@@ -168,17 +174,18 @@ def plots(study_dir: Path, records: list[dict], fit: dict | None) -> None:
 
     runs = list(dict.fromkeys(r["run"] for r in records))
     colour = {run: plt.cm.tab10(i % 10) for i, run in enumerate(runs)}
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    labelled = set()
-    for r in records:
-        curve = [p for p in r["curve"] if p["flops"]]
-        if curve:
-            ax.plot([p["flops"] for p in curve], [p["val_loss"] for p in curve], "o-", color=colour[r["run"]],
-                    label=None if r["run"] in labelled else r["run"])
-            labelled.add(r["run"])
-    ax.set(xscale="log", xlabel="training FLOPs", ylabel="validation loss (the objective's own)",
-           title="Validation loss against compute")
-    ax.legend(fontsize=8)
+    # one panel per run: each objective's validation loss is its own quantity (ELECTRA's is generator + 50 x RTD)
+    fig, axes = plt.subplots(1, len(runs), figsize=(3.6 * len(runs), 3.4), squeeze=False)
+    for ax, run in zip(axes.flat, runs):
+        for r in (r for r in records if r["run"] == run):
+            curve = [p for p in r["curve"] if p["flops"]]
+            if curve:
+                ax.plot([p["flops"] for p in curve], [p["val_loss"] for p in curve], "o-", color=colour[run],
+                        alpha=0.4 + 0.6 * (r["budget"] == max(run_budget(records, run))), label=f"{r['budget']:.2g}")
+        ax.set(xscale="log", xlabel="training FLOPs", title=run)
+        ax.legend(fontsize=7, title="budget", title_fontsize=7)
+    axes.flat[0].set_ylabel("validation loss (the objective's own)")
+    fig.tight_layout()
     _save(fig, study_dir / "val_loss_vs_flops.png")
     plt.close(fig)
     scores = score_columns(records)
@@ -201,6 +208,10 @@ def plots(study_dir: Path, records: list[dict], fit: dict | None) -> None:
                             color=colour[r["run"]] if kind == "pretrained" else "grey", label=name, capsize=3)
         ax.set(xscale="log", xlabel="labelled training examples", ylabel=f"{curves['task']} dev score",
                title="Label efficiency: pretrained vs from scratch")
+        ticks = sorted({v["train_examples"] for r in le
+                        for v in r["evaluations"]["label_efficiency"]["scratch"].values()})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.legend(fontsize=7)
         _save(fig, study_dir / "label_efficiency.png")
         plt.close(fig)
