@@ -222,6 +222,13 @@ CASES = [
     Case("config-lr-zero", mlm("train.lr=0"), f"{SRC}: key 'train.lr': must be positive"),
     Case("config-lr-negative", mlm("train.lr=-1e-3"), f"{SRC}: key 'train.lr': must be positive"),
     Case("config-max-steps-zero", mlm("train.max_steps=0"), f"{SRC}: key 'train.max_steps': must be positive"),
+    Case("config-max-flops-negative", mlm("train.max_flops=-1"),
+         f"{SRC}: key 'train.max_flops': must be >= 0 (0 = train.max_steps sets the length)"),
+    Case("config-probe-examples-zero", mlm("eval.probe_examples=0"), f"{SRC}: key 'eval.probe_examples': must be "
+                                                                     f"positive"),
+    Case("config-probe-task-unknown", mlm("eval.probe_task=sst3"),
+         "key 'eval.probe_task': unknown task 'sst3': choose a GLUE task (cola sst2 mrpc stsb qqp mnli qnli rte wnli), "
+         "glue (all of them), or the path of a task card (.yaml); did you mean 'sst2'?"),
     Case("config-data-train-empty", mlm("data.train="), f"{SRC}: key 'data.train': a training corpus is required"),
     Case("config-override-without-section", mlm("max_steps=3"),
          "override 'max_steps=3': keys have the form section.field, e.g. train.max_steps"),
@@ -462,6 +469,20 @@ CASES = [
          lambda tmp, paths: (tmp / "hf").mkdir() or shutil.copy(paths["hf"] / "config.json", tmp / "hf")),
 
     # --- finetune and task cards ---
+    Case("finetune-probe-solver-unknown", ("finetune", "{mlm}", "rte", "finetune.probe_solver=sgd", FT),
+         "overrides: key 'finetune.probe_solver': invalid value 'sgd'; choose one of 'lbfgs', 'adamw'"),
+    Case("eval-pairs-missing-key", ("eval", "pairs", "{clm}", "{tmp}/pairs.jsonl"),
+         "{tmp}/pairs.jsonl:2: key 'sentence_bad' must be a non-empty string (BLiMP format: sentence_good, "
+         "sentence_bad, optional UID and field)",
+         write("pairs.jsonl", '{"sentence_good": "a b", "sentence_bad": "b a"}\n{"sentence_good": "c d"}\n')),
+    Case("eval-pairs-on-simcse", ("eval", "pairs", "{simcse}", "{tmp}/pairs.jsonl"),
+         "minimal pairs need a language model; objective 'simcse' declares none (Objective.language_model() is None)",
+         write("pairs.jsonl", '{"sentence_good": "a b", "sentence_bad": "b a"}\n')),
+    Case("pairs-make-exists", ("pairs", "make", "wikitext-2/test.txt", "{tmp}/out.jsonl"),
+         "OUT: {tmp}/out.jsonl exists; pass --overwrite to replace it", write("out.jsonl", "keep me\n")),
+    Case("study-unknown-key", ("study", "{tmp}/s.yaml"),
+         "{tmp}/s.yaml: unknown key 'study.budget'; did you mean 'study.budgets'?",
+         write("s.yaml", "budget: [1e10]\nruns:\n  - {name: a, config: configs/clm.yaml}\n")),
     Case("finetune-unknown-task", ("finetune", "{mlm}", "sst", FT),
          "unknown task 'sst': choose a GLUE task (cola sst2 mrpc stsb qqp mnli qnli rte wnli), glue (all of them), or "
          "the path of a task card (.yaml); did you mean 'sst2'?"),
@@ -552,7 +573,7 @@ def test_the_table_covers_every_command():
     assert len({c.id for c in CASES}) == len(CASES)
     commands = {c.argv[0] if c.argv[0] not in ("eval", "tokenizer") else " ".join(c.argv[:2]) for c in CASES}
     assert commands >= {"train", "tokenizer train", "eval ppl", "eval pppl", "eval sts", "eval compare", "export",
-                        "import", "finetune"}
+                        "import", "finetune", "eval pairs", "pairs", "study"}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

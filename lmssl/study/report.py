@@ -76,8 +76,8 @@ def markdown(spec: StudySpec, records: list[dict], fit: dict | None, wall: float
     lines = [f"# Study: {spec.name}", "",
              f"- command: `lmssl study {spec.source}`",
              f"- machine: {machine()}",
-             f"- wall time: {total / 60:.1f} min of training and evaluation in all ({wall / 60:.1f} min in the last "
-             f"invocation)", ""]
+             f"- wall time: {total / 60:.1f} min, the cells' training and evaluation summed over every invocation "
+             f"(the last one took {wall / 60:.1f} min)", ""]
     columns = score_columns(records)
     lines += ["| cell | run | FLOPs | steps | tokens | final val loss |" + "".join(f" {c} |" for c in columns),
               "|---|---|---:|---:|---:|---:|" + "---:|" * len(columns)]
