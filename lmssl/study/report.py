@@ -119,9 +119,11 @@ def markdown(spec: StudySpec, records: list[dict], fit: dict | None, wall: float
                 span = f"{_fmt(iv[key][0])} - {_fmt(iv[key][1])}" if iv[key] else "-"
                 lines.append(f"| {key} | {_fmt(fit[key])} | {span} |")
             lines += ["", f"Compute-optimal size with C = {fit['flops_per_param_token']:.2f} N D (the runs' counted "
-                          f"FLOPs per parameter and token):", "", "| budget (FLOPs) | N_opt | D_opt (tokens) |",
-                      "|---:|---:|---:|"]
-            lines += [f"| {o['budget']:.3g} | {o['N_opt']:.3g} | {o['D_opt']:.3g} |" for o in fit["compute_optimal"]]
+                          f"FLOPs per parameter and token):", "",
+                      "| budget (FLOPs) | N_opt | 90% interval | D_opt (tokens) |", "|---:|---:|---|---:|"]
+            lines += [f"| {o['budget']:.3g} | {o['N_opt']:.3g} | "
+                      + (f"{o['N_opt_interval'][0]:.3g} - {o['N_opt_interval'][1]:.3g}" if o["N_opt_interval"] else "-")
+                      + f" | {o['D_opt']:.3g} |" for o in fit["compute_optimal"]]
     lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in plot_names(records, fit)), ""]
     return "\n".join(lines)
 
