@@ -124,6 +124,8 @@ def eval_pairs(args) -> None:
 
 
 def pairs_make(args) -> None:
+    from collections import Counter
+
     from lmssl.config import Config
     from lmssl.data.corpus import Corpus
     from lmssl.data.minimal_pairs import write_pairs
@@ -136,9 +138,7 @@ def pairs_make(args) -> None:
         raise ConfigError(f"--min-words: {args.min_words} exceeds --max-words {args.max_words}")
     corpus = Corpus(str(resolve_text_file(args.corpus, Config())), text_field=args.text_field)
     records = write_pairs(corpus, out, args.per_type, args.seed, args.min_words, args.max_words, args.split)
-    counts: dict[str, int] = {}
-    for r in records:
-        counts[r["UID"]] = counts.get(r["UID"], 0) + 1
+    counts = Counter(r["UID"] for r in records)
     print(json.dumps({"out": str(out), "corpus": corpus.location, "pairs": len(records), "by_uid": counts,
                       "seed": args.seed}))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -86,9 +87,10 @@ def evaluate_cell(spec: StudySpec, cell: Cell, record: dict, study_dir: Path, pa
         _, _, objective = model()
         params = {id(p): p.numel() for p in objective.parameters()}  # tied weights once
         encoder = objective.encoder()
+        in_encoder = sum(p.numel() for p in encoder.parameters())
         embeddings = sum(p.numel() for p in encoder.embeddings.parameters())
-        return {"parameters": sum(params.values()), "encoder_parameters": sum(p.numel() for p in encoder.parameters()),
-                "encoder_non_embedding_parameters": sum(p.numel() for p in encoder.parameters()) - embeddings}
+        return {"parameters": sum(params.values()), "encoder_parameters": in_encoder,
+                "encoder_non_embedding_parameters": in_encoder - embeddings}
 
     out = {"size": cached("size", size)}
     if e.likelihood.file:
@@ -97,7 +99,7 @@ def evaluate_cell(spec: StudySpec, cell: Cell, record: dict, study_dir: Path, pa
             documents = read_documents(Corpus(str(resolve_text_file(e.likelihood.file, cfg))), e.likelihood.max_words)
             result = evaluate_text(objective, tokenizer, cfg, documents)
             if "pll" in result:  # the pseudo-log-likelihood in bits per byte: comparable across tokenizers, not PPL
-                result["pseudo_bits_per_byte"] = -result["pll"] / 0.6931471805599453 / result["bytes"]
+                result["pseudo_bits_per_byte"] = -result["pll"] / math.log(2) / result["bytes"]
             return result
         out["likelihood"] = cached("likelihood", likelihood)
     for task in e.probe.tasks:

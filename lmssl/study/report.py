@@ -88,9 +88,9 @@ def markdown(spec: StudySpec, records: list[dict], fit: dict | None, wall: float
                                                                                   for c in columns))
     le = [r for r in records if "label_efficiency" in r["evaluations"]]
     if le:
-        lines += ["", f"## Label efficiency ({le[0]['evaluations']['label_efficiency']['task']}, dev score, mean ± std "
-                      f"over {le[0]['evaluations']['label_efficiency']['seeds']} seeds)", ""]
-        sizes = list(le[0]["evaluations"]["label_efficiency"]["pretrained"])
+        first = le[0]["evaluations"]["label_efficiency"]
+        lines += ["", f"## Label efficiency ({first['task']}, dev score, mean ± std over {first['seeds']} seeds)", ""]
+        sizes = list(first["pretrained"])
         lines += ["| encoder | " + " | ".join(f"{s if s != '0' else 'all'} labels" for s in sizes) + " |",
                   "|---|" + "---:|" * len(sizes)]
         seen = set()
@@ -154,9 +154,10 @@ def _score_plots(study_dir: Path, records: list[dict], scores: list[str], runs: 
     cols = min(3, len(scores))
     rows = -(-len(scores) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    rows = [(r["run"], r["flops"], headline(r)) for r in records]
     for ax, key in zip(axes.flat, scores):
         for run in runs:
-            pts = sorted((r["flops"], headline(r)[key]) for r in records if r["run"] == run and key in headline(r))
+            pts = sorted((flops, row[key]) for name, flops, row in rows if name == run and key in row)
             if pts:
                 ax.plot(*zip(*pts), "o-", color=colour[run], label=run)
         ax.set(xscale="log", title=key, xlabel="training FLOPs")
