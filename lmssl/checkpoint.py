@@ -21,7 +21,7 @@ from lmssl.config import Config, config_yaml, load_config
 from lmssl.data.tokenizer import TextTokenizer
 from lmssl.distributed import all_reduce_sum, barrier, gather_objects
 from lmssl.errors import ConfigError, storage_error
-from lmssl.model.weights import save_weights
+from lmssl.model.weights import UnsafeCheckpoint, load_plain_data, save_weights
 from lmssl.objectives import build_objective
 from lmssl.rng import rng_state
 
@@ -161,10 +161,10 @@ def load_trainer_state(checkpoint: Path) -> dict:
     path = Path(checkpoint) / TRAINER_STATE
     if not path.is_file():
         raise ConfigError(f"{path}: missing (a checkpoint to resume from needs its trainer state)")
-    try:
-        return torch.load(path, weights_only=False)
-    except Exception:  # torch reports truncation and garbage in many types
-        raise ConfigError(f"{path}: cannot be read (damaged or truncated)") from None
+    state = load_plain_data(path)
+    if not isinstance(state, dict):
+        raise ConfigError(f"{path}: cannot be read (holds a {type(state).__name__}, not the trainer state)")
+    return state
 
 
 def intact_checkpoint(output_dir: Path) -> tuple[Path, dict] | None:
@@ -177,6 +177,8 @@ def intact_checkpoint(output_dir: Path) -> tuple[Path, dict] | None:
         if problem is None:
             try:
                 state = load_trainer_state(checkpoint)
+            except UnsafeCheckpoint:
+                raise
             except ConfigError as e:
                 problem = str(e)
         if problem is None:

@@ -30,6 +30,7 @@ from lmssl.engine.accumulation import MetricSums, loss_weights
 from lmssl.engine.torch_engine import build_optimizer
 from lmssl.errors import ConfigError, RunError
 from lmssl.model.batch import Batch, Output
+from lmssl.model.weights import load_plain_data
 
 DS_DIR = "deepspeed"  # DeepSpeed's files inside an lmssl checkpoint directory
 DS_TAG = "state"
@@ -105,6 +106,18 @@ def require_deepspeed() -> None:
                           "deepspeed` (or the gpu extra: pip install -e .[gpu]), or set train.engine=torch") from None
 
 
+def require_plain_data(directory: Path) -> None:
+    """DeepSpeed's load_checkpoint unpickles with weights_only=False (0.19): every file of the tag it reads is first
+    loaded here as plain data, allowing only the classes DeepSpeed itself stores (its loss scalers, the ZeRO
+    stage enum, bf16 fragment addresses), so a file that would run code is refused before DeepSpeed opens it."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    for path in sorted(p for p in (Path(directory) / DS_TAG).rglob("*") if p.is_file()):
+        load_plain_data(path, [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address])
+
+
 class DeepSpeedEngine:
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig, dist: DistInfo):
         import deepspeed
@@ -156,6 +169,7 @@ class DeepSpeedEngine:
         if trainer_state.get("engine") != "deepspeed":
             raise ConfigError(f"{directory}: this checkpoint was written by the torch engine; resume it with "
                               f"train.engine=torch (or start a new run from it with model.init_from)")
+        require_plain_data(Path(directory) / DS_DIR)
         path, _ = self.engine.load_checkpoint(str(Path(directory) / DS_DIR), tag=DS_TAG)
         if path is None:
             raise ConfigError(f"{directory}: no DeepSpeed checkpoint in {DS_DIR}/")
