@@ -45,7 +45,7 @@ from lmssl.downstream.finetune import (  # noqa: E402
     schedule,
 )
 from lmssl.downstream.tasks import glue_card, infer_labels  # noqa: E402
-from lmssl.rng import seed_everything  # noqa: E402
+from lmssl.engine.rng import seed_everything  # noqa: E402
 
 TARGET = 1.5  # ours / HF examples-per-second ratio the issue asks for
 

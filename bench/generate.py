@@ -25,20 +25,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lmssl.config import REPO_ROOT, load_config
+from lmssl.checkpoint.model_dir import ModelDir
+from lmssl.config import load_config
 from lmssl.data.tokenizer import TextTokenizer, tokenizer_path
-from lmssl.inference import Sampling, generate
+from lmssl.inference.generate import Sampling, generate
 from lmssl.objectives import build_objective
-from lmssl.pretrained import load_pretrained
 
 PROMPT = "The game 's battle system , the BliTZ system , is carried over directly from Valkyria Chronicles"
 
 
 def model(args):
     if args.checkpoint:
-        _, tokenizer, objective = load_pretrained(args.checkpoint)
+        source = ModelDir.open(args.checkpoint)
+        tokenizer, objective = source.tokenizer, source.objective()
         return tokenizer, objective, "checkpoint " + args.checkpoint
-    cfg = load_config(REPO_ROOT / "configs" / "clm.yaml")
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "clm.yaml")
     tokenizer = TextTokenizer.from_file(tokenizer_path(cfg.data.tokenizer))
     positions = args.prompt_tokens + args.new_tokens + 1
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size,

@@ -58,6 +58,7 @@ sys.path.insert(0, str(REPO))
 
 from common import log, machine, matmul_peak_gflops, own_peak_rss_mb, peak_rss_mb  # noqa: E402
 
+from lmssl.checkpoint.model_dir import ModelDir  # noqa: E402
 from lmssl.config import load_config  # noqa: E402
 from lmssl.data.corpus import Corpus  # noqa: E402
 from lmssl.data.tokenizer import TextTokenizer, tokenizer_path  # noqa: E402
@@ -71,7 +72,6 @@ from lmssl.evaluation.pseudo_perplexity import (  # noqa: E402
 )
 from lmssl.evaluation.text import read_documents, resolve_text_file  # noqa: E402
 from lmssl.objectives import build_objective  # noqa: E402
-from lmssl.pretrained import load_pretrained  # noqa: E402
 
 SHAPES = {"mini": {},  # configs/mlm.yaml's
           "bert-base": dict(hidden_size=768, num_layers=12, num_heads=12, ffn_size=3072, max_positions=512)}
@@ -84,7 +84,8 @@ def full_vocabulary_predictor(trunk, head):
 
 def build_model(args, vocab: int):
     if args.checkpoint:
-        cfg, tokenizer, objective = load_pretrained(Path(args.checkpoint))
+        source = ModelDir.open(Path(args.checkpoint))
+        cfg, tokenizer, objective = source.config, source.tokenizer, source.objective()
         return cfg, tokenizer, objective
     cfg = load_config(REPO / "configs" / "mlm.yaml")
     tokenizer = TextTokenizer.from_file(tokenizer_path(cfg.data.tokenizer))

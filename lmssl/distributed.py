@@ -34,22 +34,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def info() -> DistInfo:
+    """The process's place in the job, as the launcher set it (RANK, WORLD_SIZE, LOCAL_RANK); rank 0 of 1 alone."""
+    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                    int(os.environ.get("LOCAL_RANK", 0)))
+
+
 def setup(require_group: bool = False) -> DistInfo:
     """The process's place in the job; initialises the process group (NCCL on GPUs, gloo on CPU) when there is
     more than one process or `require_group` (DeepSpeed needs one even alone)."""
-    info = DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                    int(os.environ.get("LOCAL_RANK", 0)))
-    if (info.world_size > 1 or require_group) and not dist.is_initialized():
-        if info.world_size == 1:  # alone, without a launcher: a private rendezvous
+    place = info()
+    if (place.world_size > 1 or require_group) and not dist.is_initialized():
+        if place.world_size == 1:  # alone, without a launcher: a private rendezvous
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(_free_port()))
             os.environ.setdefault("RANK", "0")
             os.environ.setdefault("WORLD_SIZE", "1")
             os.environ.setdefault("LOCAL_RANK", "0")
         if torch.cuda.is_available():
-            torch.cuda.set_device(info.local_rank)
+            torch.cuda.set_device(place.local_rank)
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return info
+    return place
 
 
 def active() -> bool:
@@ -65,8 +70,8 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     """Sums over all processes (float64), the values themselves in a single process."""
     if not active():
         return list(values)
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
+    t = torch.tensor(values, dtype=torch.float64, device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t)  # NCCL reduces only GPU tensors
     return t.tolist()
 
 
@@ -83,7 +88,3 @@ def gather_objects(obj) -> list:
     dist.all_gather_object(out, obj)
     return out
 
-
-def teardown() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()

@@ -28,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent.parent
 sys.path.insert(0, str(REPO))
 
-from lmssl.atomic import write_text  # noqa: E402
+from lmssl.storage.atomic import write_text  # noqa: E402
 
 # seconds: 8 minutes in all
 BUDGETS = {"environment": 30, "gpu_tests": 90, "mfu": 120, "zero2": 120, "pppl": 50, "finetune": 70}
@@ -146,11 +146,11 @@ def pppl_command(dry: bool) -> list[str]:
 MAKE_CHECKPOINT = """
 import sys
 from pathlib import Path
-from lmssl.checkpoint import write_model_files
+from lmssl.checkpoint.format import write_model_files
 from lmssl.config import load_config
 from lmssl.data import load_tokenizer
 from lmssl.objectives import build_objective
-from lmssl.resolve import with_vocab
+from lmssl.training.prepare import with_vocab
 config, out, overrides = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
 cfg = load_config(config, overrides)
 tokenizer = load_tokenizer(cfg)
@@ -191,7 +191,7 @@ def main() -> None:
     steps = report["steps"]
     steps["environment"] = run("environment", [sys.executable, "-c", ENVIRONMENT], BUDGETS["environment"], env)
     tests = run("gpu_tests", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
-                              "tests/test_flash.py"], BUDGETS["gpu_tests"], env)
+                              "tests/model/test_flash.py"], BUDGETS["gpu_tests"], env)
     steps["gpu_tests"] = pytest_counts(tests, expect_runs=not args.dry_run)  # on CPU the gpu tests skip
     mfu = [sys.executable, "bench/mfu.py", "--which", "both"] + (["--small", "--device", "cpu"] if args.dry_run else [])
     steps["mfu"] = run("mfu", mfu, BUDGETS["mfu"], env)

@@ -1,5 +1,5 @@
 """Config as plain data: dataclasses, YAML + `key=value` overrides, validation. Imports no torch and reads
-nothing but the YAML file; filling keys from the world (model.init_from, the tokenizer) is lmssl.resolve."""
+nothing but the YAML file; filling keys from the world (model.init_from, the tokenizer) is lmssl.training.prepare."""
 from lmssl.config.finetune import FinetuneConfig, Grid, finetune_config, finetune_grid
 from lmssl.config.objectives import (
                                      OBJECTIVE_CONFIGS,
@@ -26,7 +26,6 @@ from lmssl.config.parse import (
 from lmssl.config.sections import (
                                      INIT_FREE_FIELDS,
                                      MODEL_PRESETS,
-                                     REPO_ROOT,
                                      SECTIONS,
                                      Config,
                                      DataConfig,
@@ -39,7 +38,7 @@ from lmssl.errors import ConfigError
 
 __all__ = ["CLMConfig", "Config", "ConfigError", "DataConfig", "ElectraConfig", "EvalConfig", "FinetuneConfig", "Grid",
            "INIT_FREE_FIELDS", "MLMConfig", "MODEL_PRESETS", "ModelConfig", "OBJECTIVE_CONFIGS", "ObjectiveConfig",
-           "REPO_ROOT", "RawConfig", "SECTIONS", "STS_SETS", "STS_TEST_SETS", "SimCSEConfig", "TrainConfig",
+           "RawConfig", "SECTIONS", "STS_SETS", "STS_TEST_SETS", "SimCSEConfig", "TrainConfig",
            "build_config", "build_section", "config_from_dict", "config_yaml", "finetune_config", "finetune_grid",
            "generator_config", "load_config", "objective_config_class", "parse_override", "read_config",
            "register_objective_config"]

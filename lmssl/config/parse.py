@@ -1,6 +1,6 @@
 """YAML files plus `section.key=value` overrides -> a validated Config, reading nothing but the YAML file.
 
-Two steps, so that what needs the world can run between them (lmssl.resolve: `model.init_from` fills the
+Two steps, so that what needs the world can run between them (lmssl.training.prepare: `model.init_from` fills the
 model keys the user left out): `read_config` gives the raw sections as written, `build_config` applies the
 presets, types every value and validates. Unknown keys, wrong types and bad values raise ConfigError naming
 the key (and the nearest valid one).
@@ -182,7 +182,7 @@ def config_from_dict(sections: dict[str, dict[str, Any]], source: str = "config"
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Config:
     """Read YAML, apply `section.key=value` overrides, fill presets and validate. Raises ConfigError.
-    `model.init_from` is not followed here: lmssl.resolve.load_run_config does that."""
+    `model.init_from` is not followed here: lmssl.training.prepare.load_run_config does that."""
     return build_config(read_config(path, overrides))
 
 

@@ -3,10 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Literal
-
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 @dataclass
@@ -60,7 +57,7 @@ class ObjectiveConfig:
 
 @dataclass
 class DataConfig:
-    root: str = ""  # data root for relative paths; "" = $LMSSL_DATA, else ../shared/data beside the repo
+    root: str = ""  # data root for relative paths; "" = $LMSSL_DATA, else ../shared/data from the working dir
     # training corpus: file (text/.jsonl/.csv/.tsv/.parquet/.arrow), save_to_disk dir, or cached Hub name:config:split
     train: str = "wikitext-2/train.txt"
     # validation corpus, as data.train; auto = hold out data.valid_fraction of data.train's documents; "" = none

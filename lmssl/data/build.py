@@ -6,8 +6,8 @@ from pathlib import Path
 
 from lmssl.config import Config
 from lmssl.data.packing import PackedSequences, StreamingSequences, tokenize_corpus
-from lmssl.data.pairs import SentencePairs, tokenize_segments
 from lmssl.data.paths import cache_dir, corpus_of
+from lmssl.data.sentence_pairs import SentencePairs, tokenize_segments
 from lmssl.data.tokenizer import TextTokenizer, save_tokenizer, tokenizer_path, train_tokenizer
 from lmssl.errors import ConfigError
 
@@ -46,7 +46,7 @@ def sequences(cfg: Config, split: str, tokenizer: TextTokenizer, sep_id: int, pr
 
 def sentence_pairs(cfg: Config, split: str, tokenizer: TextTokenizer, task: str,
                    short_seq_prob: float) -> SentencePairs:
-    """`[CLS] A [SEP] B [SEP]` pairs of `data.train` or `data.valid` for NSP/SOP (see lmssl.data.pairs)."""
+    """`[CLS] A [SEP] B [SEP]` pairs of `data.train` or `data.valid` for NSP/SOP (see lmssl.data.sentence_pairs)."""
     corpus = corpus_of(cfg, split)
     segments = tokenize_segments(corpus, tokenizer, cache_dir(cfg))
     seed = cfg.train.seed if split == "train" else VALID_PAIRS_SEED

@@ -10,9 +10,9 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
-from lmssl.atomic import atomic_directory
 from lmssl.data.corpus import Corpus
 from lmssl.data.tokenizer import TextTokenizer
+from lmssl.storage.atomic import atomic_directory
 
 ENCODE_CHUNK = 1000  # texts per encode_batch call
 T = TypeVar("T")

@@ -1,23 +1,33 @@
-"""Where data lives: the data root (`data.root`, else $LMSSL_DATA, else ../shared/data beside the repo) and
-the tokenization cache; corpus paths are looked up in the working directory, then under the data root, and
-what is in neither but reads `name:config:split` is a Hub dataset from the local `datasets` cache."""
+"""Where data lives: the data root (`data.root`, else $LMSSL_DATA, else the development layout's ../shared/data
+from the working directory) and the tokenization cache; corpus paths are looked up in the working directory, then
+under the data root, and what is in neither but reads `name:config:split` is a Hub dataset from the local
+`datasets` cache. The files a checkout ships (tokenizers/, configs/tasks/) are found by `shipped`."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from lmssl.config import REPO_ROOT, Config
+from lmssl.config import Config
 from lmssl.data.corpus import HUB_NAME, Corpus
 from lmssl.errors import ConfigError
 
+DEVELOPMENT_DATA_ROOT = Path("..", "shared", "data")  # the README's fallback: the data beside a checkout
+
 
 def root_dir(root: str = "") -> Path:
-    """The data root: `root` when given, else $LMSSL_DATA, else ../shared/data beside the repository."""
+    """The data root: `root` when given, else $LMSSL_DATA, else ../shared/data from the working directory."""
     if root:
         return Path(root).expanduser()
     if os.environ.get("LMSSL_DATA"):
         return Path(os.environ["LMSSL_DATA"]).expanduser()
-    return REPO_ROOT.parent / "shared" / "data"
+    return DEVELOPMENT_DATA_ROOT
+
+
+def shipped(name: str) -> Path:
+    """A directory the repository ships (tokenizers, configs/tasks): in the checkout lmssl runs from, else (an
+    installed package) in the working directory."""
+    checkout = Path(__file__).resolve().parents[2]
+    return (checkout if (checkout / "pyproject.toml").is_file() else Path.cwd()) / name
 
 
 def data_root(cfg: Config) -> Path:

@@ -17,9 +17,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from lmssl.atomic import atomic_directory
-from lmssl.config import REPO_ROOT
+from lmssl.data.paths import shipped
 from lmssl.errors import ConfigError
+from lmssl.storage.atomic import atomic_directory
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 KINDS = ("wordpiece", "bpe", "unigram")
@@ -200,7 +200,7 @@ def save_tokenizer(tok: TextTokenizer, directory: Path, recipe: dict) -> Path:
 
 
 def tokenizers_root() -> Path:
-    return Path(os.environ.get("LMSSL_TOKENIZERS", REPO_ROOT / "tokenizers"))
+    return Path(os.environ.get("LMSSL_TOKENIZERS", shipped("tokenizers")))
 
 
 def tokenizer_path(name_or_path: str) -> Path:

@@ -1,5 +1,5 @@
 """Fine-tuning and linear probing of one task with one setting from any pretrained checkpoint (`lmssl finetune`;
-lmssl.downstream.search runs grids and scratch comparisons around it, lmssl.downstream.glue is the command).
+lmssl.downstream.search runs grids and scratch comparisons around it, lmssl.downstream.finetune_command is the command).
 
 For each seed: the pretrained encoder (`Objective.encoder()`: MLM/CLM/SimCSE trunk, ELECTRA
 discriminator) gets a pooled-representation head (lmssl.model.classifier), trains for
@@ -10,7 +10,7 @@ without a better score, and keeps its best evaluation (the task score on the fir
 the mean and sample std over seeds of the best evaluations' dev metrics; the best weights over all seeds
 and evaluations are written to `output_dir/best`. Dev-set selection and reporting is what BERT/ELECTRA
 report as "dev" results; it is optimistic for small dev sets (RTE, MRPC, WNLI). Metrics:
-lmssl.downstream.metrics (scikit-learn / scipy).
+lmssl.downstream.task_metrics (scikit-learn / scipy).
 """
 from __future__ import annotations
 
@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from lmssl.atomic import write_text
+from lmssl.checkpoint.format import save_finetuned
+from lmssl.checkpoint.model_dir import ModelDir, resolve_device
 from lmssl.config import Config, FinetuneConfig, TrainConfig
 from lmssl.data.paths import root_dir
 from lmssl.data.tokenizer import TextTokenizer
 from lmssl.downstream.encoding import EncodedSet, encode_texts
-from lmssl.downstream.metrics import mean_std
 from lmssl.downstream.probe import (
     FeatureSet,
     LinearProbe,
@@ -41,14 +41,15 @@ from lmssl.downstream.probe import (
     freeze,
     standardize,
 )
+from lmssl.downstream.task_metrics import mean_std
 from lmssl.downstream.tasks import TaskCard, infer_labels, read_task_file, resolve_file
 from lmssl.engine import TorchEngine
+from lmssl.engine.rng import seed_everything
 from lmssl.engine.torch_engine import autocast
 from lmssl.errors import ConfigError
+from lmssl.evaluate_modules import load_metric
 from lmssl.model.classifier import SequenceClassifier, predictions
-from lmssl.pretrained import load_pretrained, locate, resolve_device, save_finetuned
-from lmssl.rng import seed_everything
-from lmssl.scores import load_metric
+from lmssl.storage.atomic import write_text
 
 FINETUNE_ADAM = dict(adam_beta1=0.9, adam_beta2=0.999, adam_eps=1e-6, clip_grad=1.0)  # BERT's fine-tuning optimizer
 
@@ -65,11 +66,12 @@ class EncoderSource:
     pooler_state: dict | None  # the objective's pretrained pooler (MLM with NSP/SOP), else None
 
 
-def load_source(path: str | Path) -> EncoderSource:
-    found = locate(path)
-    cfg, tokenizer, objective = load_pretrained(found)
+def load_source(path: str | Path, opened: ModelDir | None = None) -> EncoderSource:
+    """The encoder (and pretrained pooler) of the model directory `path` names (`opened`, when it is open)."""
+    opened = opened or ModelDir.open(path)
+    objective = opened.objective()
     pooler = objective.pretrained_pooler()
-    return EncoderSource(str(path), str(found), cfg, tokenizer, objective.causal,
+    return EncoderSource(str(path), str(opened.path), opened.config, opened.tokenizer, objective.causal,
                          copy.deepcopy(objective.encoder().state_dict()),
                          copy.deepcopy(pooler.state_dict()) if pooler is not None else None)
 
@@ -90,7 +92,7 @@ def build_classifier(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig
 def evaluate(model, dataset, card: TaskCard, batch_size: int, device: torch.device,
              precision: str = "fp32") -> dict[str, float]:
     """The card's metrics (x 100) and their mean `score` on one dataset, without dropout, through the lmssl_glue
-    `evaluate` module (lmssl.scores)."""
+    `evaluate` module (lmssl.evaluate_modules)."""
     model.eval()
     order = dataset.eval_order()
     out = torch.empty(len(dataset), dtype=torch.float32 if card.regression else torch.long)
@@ -139,7 +141,7 @@ def train_seed(model, train_set, dev_sets: dict, card: TaskCard, fcfg: FinetuneC
     with tqdm(total=total, desc=f"{card.name} seed {seed}", unit="step", dynamic_ncols=True, leave=False) as bar:
         for epoch in range(1, epochs + 1):
             for rows in train_set.epoch_batches(order_rng, fcfg.batch_size, fcfg.group_by_length):
-                losses.append(engine.train_step([train_set.batch(rows)])["loss"])
+                losses.append(engine.train_step([train_set.batch(rows)])["loss"].item())
                 step += 1
                 bar.update()
                 bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-20:]):.3f}")

@@ -12,9 +12,8 @@ from lmssl.config import Config, FinetuneConfig
 from lmssl.data.paths import data_root
 from lmssl.data.tokenizer import TextTokenizer
 from lmssl.downstream.finetune import EncoderSource, encode_task, fit_probe, probe_features
-from lmssl.downstream.glue import task_card
 from lmssl.downstream.probe import LinearProbe
-from lmssl.downstream.tasks import infer_labels
+from lmssl.downstream.tasks import infer_labels, task_card
 from lmssl.errors import ConfigError
 from lmssl.model.classifier import SequenceClassifier
 

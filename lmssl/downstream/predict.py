@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmssl.checkpoint.model_dir import ModelDir
 from lmssl.downstream.encoding import EncodedSet, encode_texts
 from lmssl.downstream.tasks import TaskCard, read_task_file
 from lmssl.errors import ConfigError
-from lmssl.pretrained import load_finetuned, resolve_device
 
 
 @torch.no_grad()
@@ -20,7 +20,8 @@ def predict(directory: str | Path, file: str | Path, batch_size: int = 64, devic
     path = Path(file)
     if not path.is_file():
         raise ConfigError(f"FILE: not found: {path}")
-    model, tokenizer, info = load_finetuned(directory, resolve_device(device))
+    source = ModelDir.open_finetuned(directory)
+    model, tokenizer, info = source.classifier(device), source.tokenizer, source.finetune_info
     card = TaskCard(**info["card"])
     if path.suffix.lower() in (".tsv", ".csv", ".jsonl", ".json"):
         card.format = "auto"  # the file's own suffix, which may differ from the task's files

@@ -18,11 +18,10 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from lmssl.atomic import write_text
+from lmssl.checkpoint.model_dir import ModelDir
 from lmssl.config import FinetuneConfig, Grid
 from lmssl.config.finetune import GRID_KEYS
 from lmssl.data.paths import root_dir
-from lmssl.downstream.baselines import task_baselines
 from lmssl.downstream.finetune import (
     EncoderSource,
     TaskData,
@@ -33,8 +32,10 @@ from lmssl.downstream.finetune import (
     run_task,
     selectable,
 )
-from lmssl.downstream.metrics import mean_std
+from lmssl.downstream.task_baselines import task_baselines
+from lmssl.downstream.task_metrics import mean_std
 from lmssl.downstream.tasks import TaskCard, infer_labels
+from lmssl.storage.atomic import write_text
 
 RUN_ONLY_KEYS = ("output_dir", "overwrite", "num_threads", "device", "eval_batch_size")  # change speed, not results
 
@@ -117,13 +118,15 @@ def scratch_difference(pretrained: dict, scratch: dict, key: str) -> dict:
             "what": "pretrained minus from-scratch dev score of each one's chosen cell, paired by seed"}
 
 
-def run_finetune(checkpoint: str, card: TaskCard, fcfg: FinetuneConfig, grid: Grid, out: Path,
-                 checkpoint_dir: str, source: EncoderSource | None = None) -> dict:
-    """One task: the grid (or one setting) from the checkpoint, from scratch too with compare_scratch, the
-    baselines; writes out/results.json and returns it. `source`: the checkpoint already loaded (else loaded here)."""
+def run_finetune(checkpoint: str, opened: ModelDir, card: TaskCard, fcfg: FinetuneConfig, grid: Grid, out: Path,
+                 source: EncoderSource | None = None) -> dict:
+    """One task: the grid (or one setting) from the checkpoint (`opened`, the model directory it names), from
+    scratch too with compare_scratch, the baselines; writes out/results.json and returns it. `source`: its
+    encoder already loaded (else loaded here)."""
     card = infer_labels(card, root_dir(fcfg.data_root))
     cells = grid.cells(fcfg, card.grid)
-    source = source or load_source(checkpoint)
+    checkpoint_dir = str(opened.path)
+    source = source or load_source(checkpoint, opened)
     data = encode_task(source, card, fcfg)  # shared by every cell and variant
     extra = {}
     if fcfg.baselines:

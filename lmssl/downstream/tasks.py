@@ -23,20 +23,20 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from lmssl.config import REPO_ROOT
 from lmssl.config.finetune import GRID_KEYS
 from lmssl.config.parse import yaml_problem
-from lmssl.downstream.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
+from lmssl.data.jsonl import jsonl_objects
+from lmssl.data.paths import shipped
+from lmssl.downstream.task_metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
 from lmssl.errors import ConfigError, did_you_mean
 
-TASKS_DIR = REPO_ROOT / "configs" / "tasks"
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 FORMATS = ("auto", "tsv", "csv", "jsonl")
 
@@ -161,18 +161,24 @@ def card_grid(grid, fail) -> dict[str, list]:
     return out
 
 
+def file_format(card: TaskCard, path: Path) -> str:
+    """tsv, csv or jsonl: the card's `format`, or (auto) the file's suffix."""
+    fmt = card.format if card.format != "auto" else {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl",
+                                                      ".json": "jsonl"}.get(path.suffix.lower())
+    if fmt is None:
+        raise ConfigError(f"{card.source}: key 'format': cannot tell the format of {path} from its suffix; "
+                          f"set format: tsv, csv or jsonl")
+    return fmt
+
+
 def infer_labels(card: TaskCard, root: Path) -> TaskCard:
     """A classification card without `labels`: its labels are the values of the training file's label column,
     sorted (numerically when they all are numbers), so that they do not depend on the order of the rows."""
     if card.labels != []:
         return card
     path = resolve_file(card, card.train, root)
-    fmt = card.format if card.format != "auto" else {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl",
-                                                      ".json": "jsonl"}.get(path.suffix.lower())
-    if fmt is None:
-        raise ConfigError(f"{card.source}: key 'format': cannot tell the format of {path} from its suffix; "
-                          f"set format: tsv, csv or jsonl")
-    rows = _jsonl_rows(path) if fmt == "jsonl" else _rows(path, card, fmt)
+    fmt = file_format(card, path)
+    rows = jsonl_objects(path) if fmt == "jsonl" else _rows(path, card, fmt)
     values = {str(_get(row, card.label_column, path, line, fmt)).strip() for line, row in rows}
     try:
         labels = sorted(values, key=float)
@@ -187,7 +193,7 @@ def infer_labels(card: TaskCard, root: Path) -> TaskCard:
 
 
 def glue_card(task: str) -> TaskCard:
-    return load_task_card(TASKS_DIR / f"{task}.yaml")
+    return load_task_card(shipped("configs/tasks") / f"{task}.yaml")
 
 
 def resolve_file(card: TaskCard, value: str, root: Path) -> Path:
@@ -248,18 +254,6 @@ def _rows(path: Path, card: TaskCard, fmt: str):
             raise ConfigError(f"{path}:{reader.line_num}: {e}") from None
 
 
-def _jsonl_rows(path: Path):
-    with path.open(encoding="utf-8-sig") as f:
-        for line, text in enumerate(f, 1):
-            if not text.strip():
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}:{line}: not valid JSON: {e}") from None
-            if not isinstance(row, dict):
-                raise ConfigError(f"{path}:{line}: expected a JSON object per line")
-            yield line, row
 
 
 def _get(row, column, path: Path, line: int, fmt: str):
@@ -277,12 +271,8 @@ def _get(row, column, path: Path, line: int, fmt: str):
 def read_task_file(card: TaskCard, path: Path, labelled: bool = True) -> TaskData:
     """The examples of one file of the task (see the module docstring for the checks); `labelled=False` reads
     the texts only (files to predict), the targets are then zeros."""
-    fmt = card.format if card.format != "auto" else {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl",
-                                                      ".json": "jsonl"}.get(path.suffix.lower())
-    if fmt is None:
-        raise ConfigError(f"{card.source}: key 'format': cannot tell the format of {path} from its suffix; "
-                          f"set format: tsv, csv or jsonl")
-    rows = _jsonl_rows(path) if fmt == "jsonl" else _rows(path, card, fmt)
+    fmt = file_format(card, path)
+    rows = jsonl_objects(path) if fmt == "jsonl" else _rows(path, card, fmt)
     index = {v: i for i, v in enumerate(card.labels or [])}
     texts, targets = [], []
     for line, row in rows:
@@ -315,3 +305,27 @@ def read_task_file(card: TaskCard, path: Path, labelled: bool = True) -> TaskDat
     if not texts:
         raise ConfigError(f"{path}: no examples")
     return TaskData(texts, np.asarray(targets, dtype=np.float32 if card.regression else np.int64), path)
+
+
+def glue_task_name(task: str) -> str | None:
+    """'sst2', 'SST-2', 'sts-b' ... -> the GLUE task name, None if it is not one."""
+    name = task.lower().replace("-", "")
+    return name if name in GLUE_TASKS else None
+
+
+def task_card(task: str, root: Path) -> TaskCard:
+    """The card of one GLUE task present under the data root, or of a task card file."""
+    name = glue_task_name(task)
+    if name is not None:
+        card = glue_card(name)
+        missing = missing_files(card, root)
+        if missing:
+            raise ConfigError(f"GLUE task '{name}' is not present under the data root {root}: {', '.join(missing)} "
+                              f"not found (standard GLUE layout glue/<TASK>/train.tsv, dev.tsv; set LMSSL_DATA or "
+                              f"finetune.data_root)")
+        return card
+    if task.endswith((".yaml", ".yml")) or os.path.exists(task):
+        return load_task_card(task)
+    hint = did_you_mean(task.lower(), [*GLUE_TASKS, "glue"], list_valid=False)
+    raise ConfigError(f"unknown task {task!r}: choose a GLUE task ({' '.join(GLUE_TASKS)}), glue (all of them), "
+                      f"or the path of a task card (.yaml){hint}")

@@ -4,28 +4,36 @@ uneven masking counts weigh as in the large batch); the data-parallel gradient m
 by the world size, which the weight multiplies back."""
 from __future__ import annotations
 
-from lmssl.distributed import all_reduce_sum
+import torch
+import torch.distributed as dist
+
+from lmssl.distributed import active, all_reduce_sum
 from lmssl.model.batch import Batch
 
 
 def loss_weights(micro_batches: list[Batch], world_size: int) -> list[float]:
-    """The factor of each micro-batch's mean loss before backward."""
+    """The factor of each micro-batch's mean loss before backward (target counts are host numbers: no device sync)."""
     total = all_reduce_sum([float(sum(b.num_targets for b in micro_batches))])[0]
     return [b.num_targets / total * world_size for b in micro_batches]
 
 
 class MetricSums:
-    """Target-weighted means of the loss and metrics over the step's micro-batches on every process."""
+    """Target-weighted means of the loss and metrics over the step's micro-batches on every process, kept on the
+    device (float64, as Python floats would sum them) until someone reads them."""
 
     def __init__(self, world_size: int):
         self.world_size = world_size
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, torch.Tensor] = {}
 
     def add(self, metrics: dict, weight: float) -> None:
+        device = next(v.device for v in metrics.values() if isinstance(v, torch.Tensor))  # the loss's, at least
         for k, v in metrics.items():
-            value = float(v.detach() if hasattr(v, "detach") else v)
-            self.sums[k] = self.sums.get(k, 0.0) + value * weight / self.world_size
+            value = torch.as_tensor(v, device=device).detach().double() * weight / self.world_size
+            self.sums[k] = self.sums[k] + value if k in self.sums else value
 
-    def means(self) -> dict[str, float]:
+    def means(self) -> dict[str, torch.Tensor]:
         keys = sorted(self.sums)
-        return dict(zip(keys, all_reduce_sum([self.sums[k] for k in keys])))
+        stacked = torch.stack([self.sums[k] for k in keys])
+        if active():  # one all-reduce for every metric, on the device the values are on
+            dist.all_reduce(stacked)
+        return dict(zip(keys, stacked.unbind()))

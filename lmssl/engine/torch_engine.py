@@ -77,9 +77,10 @@ class TorchEngine:
     def autocast(self):
         return autocast(self.device, self.cfg.precision)
 
-    def train_step(self, micro_batches: list[Batch]) -> dict[str, float]:
-        """One optimizer step over this process's micro-batches (see lmssl.engine.accumulation); `skipped` is 1
-        when the loss or the gradient norm was not finite and the step was not applied."""
+    def train_step(self, micro_batches: list[Batch]) -> dict:
+        """One optimizer step over this process's micro-batches (see lmssl.engine.accumulation). The loss and
+        metrics stay device tensors; the host waits once, for whether the loss and the gradient norm were finite:
+        a step that was not is not applied (`skipped` 1.0) and leaves the schedule where it is, as DeepSpeed does."""
         self.model.train()
         weights = loss_weights(micro_batches, self.dist.world_size)
         metrics = MetricSums(self.dist.world_size)
@@ -95,15 +96,14 @@ class TorchEngine:
             metrics.add({"loss": out.loss, **out.metrics}, weight)
         lr = self.scheduler.get_last_lr()[0]
         max_norm = self.cfg.clip_grad if self.cfg.clip_grad > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm))
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         stats = metrics.means()  # the same on every process (all-reduced), as is grad_norm after DDP's all-reduce
-        # a non-finite loss or gradient skips the update and leaves the schedule where it is, as DeepSpeed does
-        applied = math.isfinite(stats["loss"]) and math.isfinite(grad_norm)
+        applied = bool(torch.isfinite(stats["loss"]) & torch.isfinite(grad_norm))  # the step's one host sync
         if applied:
             self.optimizer.step()
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return {**stats, "lr": lr, "grad_norm": grad_norm, "skipped": float(not applied)}
+        return {**stats, "lr": lr, "grad_norm": grad_norm.detach(), "skipped": float(not applied)}
 
     @torch.no_grad()
     def eval_forward(self, batch: Batch) -> Output:

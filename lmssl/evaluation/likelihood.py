@@ -8,7 +8,7 @@ from lmssl.config import Config
 from lmssl.data.paths import corpus_of
 from lmssl.errors import ConfigError
 from lmssl.evaluation import perplexity, pseudo_perplexity
-from lmssl.evaluation.text import NonFiniteScore, read_documents
+from lmssl.evaluation.text import NonFiniteScore, default_window, read_documents
 
 KINDS = {"causal": "ppl", "masked": "pppl"}
 
@@ -28,10 +28,10 @@ def evaluate_text(objective, tokenizer, cfg: Config, documents: list[str], *, ma
         raise ConfigError(f"objective '{cfg.objective.name}' has no language model (Objective.language_model() is "
                           f"None): neither PPL nor pseudo-PPL applies (checkpoints of 'clm' and 'mlm' do)")
     if kind == "ppl":
-        max_length, stride = perplexity.default_window(cfg, max_length, stride)
+        max_length, stride = default_window(cfg, "ppl", max_length, stride)
         return perplexity.perplexity(objective, tokenizer, documents, max_length=max_length, stride=stride,
                                      batch_size=batch_size, progress=progress)
-    max_length, stride = pseudo_perplexity.default_window(cfg, max_length, stride)
+    max_length, stride = default_window(cfg, "pppl", max_length, stride)
     return pseudo_perplexity.pseudo_perplexity(objective, tokenizer, documents, max_length=max_length, stride=stride,
                                                batch_tokens=batch_tokens, word_l2r=word_l2r, progress=progress)[0]
 

@@ -6,14 +6,15 @@ evaluator computes them. A pair counts as right when good > bad strictly; accura
 field."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from lmssl.data.jsonl import jsonl_objects
 from lmssl.errors import ConfigError
 from lmssl.evaluation import perplexity, pseudo_perplexity
+from lmssl.evaluation.text import default_window
 
 
 @dataclass(frozen=True)
@@ -29,15 +30,7 @@ def read_pairs(path: Path) -> list[MinimalPair]:
     if not path.is_file():
         raise ConfigError(f"FILE: minimal pairs file not found: {path}")
     pairs = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}:{number}: not a JSON object ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise ConfigError(f"{path}:{number}: not a JSON object")
+    for number, row in jsonl_objects(path):
         for key in ("sentence_good", "sentence_bad"):
             if not isinstance(row.get(key), str) or not row[key].strip():
                 raise ConfigError(f"{path}:{number}: key '{key}' must be a non-empty string (BLiMP format: "
@@ -59,12 +52,12 @@ def sentence_log_likelihoods(objective, tokenizer, sentences: list[str], *, word
                           f"none (Objective.language_model() is None)")
     ids = tokenizer.encode_batch(sentences)
     if lm.kind == "causal":
-        max_length, stride = perplexity.default_window(objective.cfg)
+        max_length, stride = default_window(objective.cfg, "ppl")
         bos = objective.packing_ids(tokenizer)[0]
         totals, _ = perplexity.causal_log_likelihood(lm.trunk, lm.head, [[bos, *s] for s in ids], max_length, stride,
                                                      batch_size, progress=True)
         return totals, "summed log-probability (causal)"
-    max_length, stride = pseudo_perplexity.default_window(objective.cfg)
+    max_length, stride = default_window(objective.cfg, "pppl")
     tokens = pseudo_perplexity.MaskingTokens.of(tokenizer)
     windows = pseudo_perplexity.plan_windows(ids, tokens, max_length, stride, word_l2r)
     totals, _ = pseudo_perplexity.masked_log_likelihood(

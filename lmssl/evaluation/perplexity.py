@@ -17,9 +17,8 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from lmssl.config import Config
 from lmssl.errors import ConfigError
-from lmssl.evaluation.text import check_window, summarize
+from lmssl.evaluation.text import summarize
 from lmssl.model.attention import AttnSpec
 
 METHOD = ("per-document sliding windows (HF 'perplexity of fixed-length models'): each document scored on its own, "
@@ -39,13 +38,6 @@ def causal_windows(n: int, max_length: int, stride: int) -> list[tuple[int, int,
         scored, start = stop, start + stride
     return windows
 
-
-def default_window(cfg: Config, max_length: int = 0, stride: int = 0) -> tuple[int, int]:
-    """(max_length, stride): the training sequence length and half of it unless given; checked against the model."""
-    max_length = max_length or cfg.data.seq_len
-    stride = stride or max(1, max_length // 2)
-    check_window(max_length, stride, cfg)
-    return max_length, stride
 
 
 @torch.inference_mode()

@@ -26,9 +26,8 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from lmssl.config import Config
 from lmssl.errors import ConfigError
-from lmssl.evaluation.text import check_window, count_words, summarize
+from lmssl.evaluation.text import count_words, summarize
 from lmssl.model.attention import AttnSpec
 
 METHOD = ("exact pseudo-log-likelihood (Salazar et al. 2020): each document scored on its own in windows "
@@ -181,13 +180,6 @@ def masked_lm_modules(objective):
                           if lm else "none (Objective.language_model() is None)"))
     return lm.trunk, lm.head
 
-
-def default_window(cfg: Config, max_length: int = 0, stride: int = 0) -> tuple[int, int]:
-    """(max_length, stride): the training sequence length, and half of its text part, unless given."""
-    max_length = max_length or cfg.data.seq_len
-    stride = stride or max(1, (max_length - 2) // 2)
-    check_window(max_length, stride, cfg, reserved=2)
-    return max_length, stride
 
 
 def pseudo_perplexity(objective, tokenizer, documents: list[str], *, max_length: int, stride: int,

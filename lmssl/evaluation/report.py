@@ -11,12 +11,13 @@ import json
 import math
 from pathlib import Path
 
-from lmssl.atomic import write_bytes, write_text
+from lmssl.checkpoint.model_dir import ModelDir
 from lmssl.data.corpus import Corpus
 from lmssl.errors import ConfigError
 from lmssl.evaluation.likelihood import evaluate_text, likelihood_kind
 from lmssl.evaluation.text import read_documents, resolve_text_file
-from lmssl.pretrained import load_pretrained, locate, resolve_device
+from lmssl.storage.atomic import write_bytes, write_text
+from lmssl.storage.metrics_log import read_metrics
 
 CAVEAT = (
     "**PPL and pseudo-PPL are different quantities; this report does not rank one against the other.** "
@@ -39,12 +40,8 @@ def run_directory(checkpoint: Path) -> Path:
 
 def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """(step, value) series of a run's metrics.jsonl: training loss, validation loss and likelihood metrics."""
-    path = run_dir / "metrics.jsonl"
     curves: dict[str, list[tuple[int, float]]] = {}
-    if not path.is_file():
-        return curves
-    for line in path.read_text().splitlines():
-        row = json.loads(line) if line.strip() else {}
+    for row in read_metrics(run_dir)[0]:
         for key in ("loss", "val_loss", *VALIDATION_CURVES.values()):
             if isinstance(row.get(key), (int, float)):
                 curves.setdefault(key, []).append((row["step"], row[key]))
@@ -53,9 +50,7 @@ def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 def loss_terms(run_dir: Path) -> list[str]:
     """What a run's training loss combines, from its first training row: ["MLM", "NSP"], ["GEN", "DISC"], ..."""
-    path = run_dir / "metrics.jsonl"
-    rows = (json.loads(line) for line in path.read_text().splitlines() if line.strip()) if path.is_file() else ()
-    first = next((row for row in rows if "loss" in row), {})
+    first = next((row for row in read_metrics(run_dir)[0] if "loss" in row), {})
     return [k.removesuffix("_loss").upper() for k in first if k.endswith("_loss")]
 
 
@@ -85,8 +80,8 @@ def compare(checkpoints: list[str], data: str, out: Path, *, max_words: int = 0,
         raise ConfigError(f"--out: {out} is a file; give a directory for report.md, report.png and results.json")
     rows, file, documents = [], None, None
     for value in checkpoints:
-        path = locate(value)
-        cfg, tokenizer, objective = load_pretrained(path, resolve_device(device))
+        source = ModelDir.open(value)
+        path, cfg, tokenizer, objective = source.path, source.config, source.tokenizer, source.objective(device)
         if likelihood_kind(objective) is None:
             raise ConfigError(f"{path}: objective '{cfg.objective.name}' has no language model "
                               f"(Objective.language_model() is None); compare takes causal (PPL) and masked "

@@ -103,3 +103,16 @@ def check_window(max_length: int, stride: int, cfg: Config, reserved: int = 0) -
     if not 1 <= stride <= max_length - reserved:
         raise ConfigError(f"--stride: must be between 1 and {max_length - reserved} (--max-length {max_length}"
                           + (f" minus {reserved} special tokens" if reserved else "") + f"), got {stride}")
+
+
+SPECIAL_TOKENS = {"ppl": 0, "pppl": 2}  # a masked model's window holds [CLS] and [SEP] besides the text
+
+
+def default_window(cfg: Config, kind: str, max_length: int = 0, stride: int = 0) -> tuple[int, int]:
+    """(max_length, stride) of PPL ('ppl') or pseudo-PPL ('pppl'): the training sequence length and half of its text
+    part unless given; checked against the model."""
+    reserved = SPECIAL_TOKENS[kind]
+    max_length = max_length or cfg.data.seq_len
+    stride = stride or max(1, (max_length - reserved) // 2)
+    check_window(max_length, stride, cfg, reserved=reserved)
+    return max_length, stride

@@ -2,7 +2,7 @@
 
 With `sentence_task` BERT's second loss is added: next-sentence prediction (Devlin et al. 2019, §3.1
 "Task #2"), or ALBERT's sentence-order prediction (Lan et al. 2020, §4.1), a 2-way classifier on the
-pooled [CLS] state of `[CLS] A [SEP] B [SEP]` pairs (lmssl.data.pairs). loss = MLM + sentence loss,
+pooled [CLS] state of `[CLS] A [SEP] B [SEP]` pairs (lmssl.data.sentence_pairs). loss = MLM + sentence loss,
 both means, as BERT's `total_loss`. The pooler and classifier are named as HF BertForPreTraining's
 `bert.pooler.dense` and `cls.seq_relationship`.
 """
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from lmssl.config import Config, MLMConfig
 from lmssl.data import sentence_pairs
 from lmssl.data.packing import Example
-from lmssl.data.pairs import PairExample
+from lmssl.data.sentence_pairs import PairExample
 from lmssl.data.tokenizer import TextTokenizer
 from lmssl.data.unigram import UnigramBaselines
 from lmssl.interop.hf.adapter import HFAdapter, ImportPart, Target, check_bert_like, electra_generator_target, refuse
@@ -105,7 +105,7 @@ class MaskedLM(Objective):
         return tokenizer.sep_id, tokenizer.cls_id
 
     def dataset(self, split: str, tokenizer: TextTokenizer):
-        """Packed sequences, or with a sentence task `[CLS] A [SEP] B [SEP]` pairs (lmssl.data.pairs)."""
+        """Packed sequences, or with a sentence task `[CLS] A [SEP] B [SEP]` pairs (lmssl.data.sentence_pairs)."""
         if self.sentence_task == "none":
             return super().dataset(split, tokenizer)
         return sentence_pairs(self.cfg, split, tokenizer, self.sentence_task, self.ocfg.short_seq_prob)

@@ -5,8 +5,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmssl.atomic import write_text
 from lmssl.config.study import RunSpec, StudySpec
+from lmssl.storage.atomic import write_text
 
 
 @dataclass(frozen=True)

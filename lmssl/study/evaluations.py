@@ -11,20 +11,21 @@ import sys
 import time
 from pathlib import Path
 
+from lmssl.checkpoint.model_dir import ModelDir
 from lmssl.config import Config
 from lmssl.config.study import StudySpec
 from lmssl.data.corpus import Corpus
-from lmssl.data.minimal_pairs import write_pairs
+from lmssl.data.minimal_pair_maker import write_pairs
 from lmssl.data.paths import data_root
-from lmssl.downstream.glue import finetune
+from lmssl.downstream.finetune_command import finetune
 from lmssl.downstream.sts import evaluate_sts
 from lmssl.evaluation.likelihood import evaluate_text
 from lmssl.evaluation.minimal_pairs import read_pairs, score_pairs
 from lmssl.evaluation.text import read_documents, resolve_text_file
-from lmssl.pretrained import load_pretrained
 from lmssl.study.cells import Cell, read_json, write_json
 
-INIT_FREE = ("dropout", "attention_dropout", "init_std", "attention_backend", "init_from")  # no effect on scratch
+# model fields a from-scratch fine-tuning ignores (it sets its own dropout) or that do not shape the trunk
+SCRATCH_IRRELEVANT_FIELDS = ("dropout", "attention_dropout", "init_std", "attention_backend", "init_from")
 
 
 def prepare_pairs(spec: StudySpec, study_dir: Path) -> Path | None:
@@ -55,7 +56,7 @@ def _scores(results: dict) -> dict:
 
 def architecture_key(cfg, tokenizer, causal: bool, task: str, overrides: list[str]) -> str:
     """What from-scratch fine-tuning depends on: the model's shape, tokenizer, pooling kind, task and settings."""
-    shape = {k: v for k, v in cfg.to_dict()["model"].items() if k not in INIT_FREE}
+    shape = {k: v for k, v in cfg.to_dict()["model"].items() if k not in SCRATCH_IRRELEVANT_FIELDS}
     text = json.dumps([shape, tokenizer.fingerprint(), causal, task, overrides], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -70,7 +71,8 @@ def evaluate_cell(spec: StudySpec, cell: Cell, record: dict, study_dir: Path, pa
 
     def model():
         if not loaded:
-            loaded.extend(load_pretrained(checkpoint))
+            source = ModelDir.open(checkpoint)
+            loaded.extend((source.config, source.tokenizer, source.objective()))
         return loaded
 
     def cached(name: str, compute) -> dict:

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmssl.atomic import write_bytes, write_text
 from lmssl.config.study import StudySpec
+from lmssl.storage.atomic import write_bytes, write_text
 from lmssl.study.scaling import fit_scaling_law, fitted_loss
 
 

@@ -8,20 +8,20 @@ last checkpoint of the interrupted run and the first unfinished evaluation. `--p
 lines instead (to launch elsewhere); the study then evaluates whatever runs have finished."""
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 import time
 from pathlib import Path
 
-from lmssl.checkpoint import latest_checkpoint
+from lmssl.checkpoint.format import latest_checkpoint
 from lmssl.config.study import StudySpec
 from lmssl.errors import RunError
-from lmssl.resolve import load_run_config
+from lmssl.storage.metrics_log import read_metrics
 from lmssl.study.cells import Cell, cells_of, read_json, write_json
 from lmssl.study.evaluations import evaluate_cell, prepare_pairs
 from lmssl.study.report import write_results
-from lmssl.train import train
+from lmssl.training.loop import train
+from lmssl.training.prepare import load_run_config
 
 
 def train_overrides(spec: StudySpec, cell: Cell, study_dir: Path) -> list[str]:
@@ -34,15 +34,10 @@ def train_command(spec: StudySpec, cell: Cell, study_dir: Path) -> str:
                        "train.resume=true"])
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
 def run_summary(run_dir: Path) -> dict:
     """What the run's metrics.jsonl says at its end: the last validation (val_* keys), steps and FLOPs trained, and
     the validation curve against FLOPs (for the plots)."""
-    lines = read_metrics(run_dir)
+    lines = read_metrics(run_dir)[0]
     validations = [line for line in lines if any(k.startswith("val_") for k in line)]
     final: dict = {}
     for line in validations:  # a step's validation, likelihood and probe lines merge

@@ -1,10 +1,10 @@
 """GLUE metrics x 100 (accuracy, f1, mcc; pearson, spearman) and their mean `score`, as `lmssl finetune`
-computes them: lmssl.downstream.metrics.compute_metrics (scikit-learn / scipy)."""
+computes them: lmssl.downstream.task_metrics.compute_metrics (scikit-learn / scipy)."""
 import datasets
 import evaluate
 import numpy as np
 
-from lmssl.downstream.metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, compute_metrics
+from lmssl.downstream.task_metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS, compute_metrics
 
 _KWARGS = """predictions: class indices (config `classification`) or scores (`regression`); references: the gold
 ones; metrics: names (default: accuracy / pearson and spearman)."""

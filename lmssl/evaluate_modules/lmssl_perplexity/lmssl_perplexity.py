@@ -29,10 +29,12 @@ class LmsslPerplexity(evaluate.Metric):
                 logp = logits[keep].log_softmax(-1).gather(1, targets[keep][:, None])
                 nll, count = nll - float(logp.sum()), count + int(keep.sum())
             return {"ppl": float(torch.tensor(nll / count).exp()), "nll": nll / count, "tokens": count}
-        from lmssl.evaluation.perplexity import default_window, perplexity
-        from lmssl.pretrained import load_pretrained
+        from lmssl.checkpoint.model_dir import ModelDir
+        from lmssl.evaluation.perplexity import perplexity
+        from lmssl.evaluation.text import default_window
 
-        cfg, tokenizer, objective = load_pretrained(model_id)
-        max_length, stride = default_window(cfg, max_length, stride)
+        source = ModelDir.open(model_id)
+        cfg, tokenizer, objective = source.config, source.tokenizer, source.objective()
+        max_length, stride = default_window(cfg, "ppl", max_length, stride)
         return perplexity(objective, tokenizer, list(predictions), max_length=max_length, stride=stride,
                           batch_size=batch_size)

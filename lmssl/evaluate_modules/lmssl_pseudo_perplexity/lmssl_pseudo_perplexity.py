@@ -12,10 +12,12 @@ class LmsslPseudoPerplexity(evaluate.Metric):
                                    features=datasets.Features({"predictions": datasets.Value("string")}))
 
     def _compute(self, predictions, model_id=None, max_length=0, stride=0, batch_tokens=8192, word_l2r=False):
-        from lmssl.evaluation.pseudo_perplexity import default_window, pseudo_perplexity
-        from lmssl.pretrained import load_pretrained
+        from lmssl.checkpoint.model_dir import ModelDir
+        from lmssl.evaluation.pseudo_perplexity import pseudo_perplexity
+        from lmssl.evaluation.text import default_window
 
-        cfg, tokenizer, objective = load_pretrained(model_id)
-        max_length, stride = default_window(cfg, max_length, stride)
+        source = ModelDir.open(model_id)
+        cfg, tokenizer, objective = source.config, source.tokenizer, source.objective()
+        max_length, stride = default_window(cfg, "pppl", max_length, stride)
         return pseudo_perplexity(objective, tokenizer, list(predictions), max_length=max_length, stride=stride,
                                  batch_tokens=batch_tokens, word_l2r=word_l2r)[0]

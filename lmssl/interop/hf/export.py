@@ -18,8 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from lmssl.atomic import atomic_directory, check_output_target
-from lmssl.checkpoint import load_checkpoint_config
+from lmssl.checkpoint.model_dir import ModelDir
 from lmssl.config import ModelConfig
 from lmssl.data.tokenizer import TextTokenizer
 from lmssl.errors import ConfigError
@@ -27,7 +26,7 @@ from lmssl.interop.hf.adapter import Target
 from lmssl.interop.hf.classifier import classifier_config, classifier_target, fold_head_bias
 from lmssl.interop.hf.rules import Rule
 from lmssl.objectives import hf_adapter
-from lmssl.pretrained import is_finetuned, load_finetuned, load_pretrained, locate
+from lmssl.storage.atomic import atomic_directory, check_output_target
 
 # our activation -> HF's name for the same function (gelu_pytorch_tanh is F.gelu(approximate="tanh") itself)
 ACTIVATION_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
@@ -87,15 +86,15 @@ def hf_state_dict(state: dict[str, torch.Tensor], rules: list[Rule]) -> dict[str
 
 def export(checkpoint: str | Path, out_dir: str | Path, overwrite: bool = False) -> dict[str, Any]:
     """Write the `transformers` model directory (or ELECTRA's two) of a checkpoint or a fine-tuned model (any path
-    lmssl.pretrained reads). Written to a temporary directory and renamed into place: a failed export leaves
+    lmssl.checkpoint.model_dir reads). Written to a temporary directory and renamed into place: a failed export leaves
     nothing behind."""
-    out_dir, source = Path(out_dir), locate(checkpoint)
-    check_output_target(out_dir, source, "OUT_DIR")
+    out_dir, source = Path(out_dir), ModelDir.open(checkpoint)
+    check_output_target(out_dir, source.path, "OUT_DIR")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ConfigError(f"{out_dir} exists and is not empty; choose another output directory or pass --overwrite")
-    if is_finetuned(source):
+    if source.kind == "finetuned":
         return export_classifier(source, out_dir)
-    cfg, tokenizer, objective = load_pretrained(source)
+    cfg, tokenizer, objective = source.config, source.tokenizer, source.objective()
     adapter = hf_adapter(cfg.objective.name)
     targets = adapter.export_targets(cfg)
     state = objective.state_dict()
@@ -114,10 +113,9 @@ def export(checkpoint: str | Path, out_dir: str | Path, overwrite: bool = False)
             "objective": cfg.objective.name}
 
 
-def export_classifier(source: Path, out_dir: Path) -> dict[str, Any]:
+def export_classifier(source: ModelDir, out_dir: Path) -> dict[str, Any]:
     """A fine-tuned model as *ForSequenceClassification (lmssl.interop.hf.classifier)."""
-    model, tokenizer, info = load_finetuned(source)
-    cfg = load_checkpoint_config(source)
+    model, tokenizer, info, cfg = source.classifier(), source.tokenizer, source.finetune_info, source.config
     target = classifier_target(cfg, info)
     state = model.state_dict()
     tensors = hf_state_dict(state, target.rules)

@@ -1,4 +1,4 @@
-"""Hugging Face model directories as lmssl objectives: `lmssl import`, and what lmssl.pretrained reads when a
+"""Hugging Face model directories as lmssl objectives: `lmssl import`, and what lmssl.checkpoint.model_dir reads when a
 path given as a checkpoint (`model.init_from`, `lmssl eval ...`) is a transformers directory.
 
 The objective a directory becomes is the one whose adapter recognises it (lmssl.interop.hf.adapter; the
@@ -14,14 +14,14 @@ from typing import Any
 
 import torch
 
-from lmssl.atomic import atomic_directory, check_output_target
-from lmssl.checkpoint import seal, write_model_files
+from lmssl.checkpoint.format import seal, write_model_files
 from lmssl.config import Config, config_from_dict
 from lmssl.data.tokenizer import TextTokenizer
 from lmssl.errors import ConfigError
 from lmssl.interop.hf.adapter import HFAdapter, ImportPart
 from lmssl.interop.hf.source import HFSource, read_json, read_sources
 from lmssl.objectives import OBJECTIVES, Objective, build_objective
+from lmssl.storage.atomic import atomic_directory, check_output_target
 
 IGNORED_HF_BUFFERS = ("embeddings.position_ids", ".attn.bias", ".attn.masked_bias")  # buffers, not weights
 # tied copies some exporters write although they equal the word embeddings / the prediction bias
@@ -100,23 +100,25 @@ def load_parts(objective: torch.nn.Module, parts: list[ImportPart]) -> None:
                   + (f" (+{len(unused) - 6} more)" if len(unused) > 6 else ""), file=sys.stderr)
 
 
-def import_pretrained(path: str | Path) -> tuple[Config, TextTokenizer, Objective]:
-    """(config, tokenizer, objective with weights) of a HF model directory."""
-    path = Path(path)
-    sources = read_sources(path)
-    adapter, _ = recognise(path, sources)
-    cfg = import_config(path, sources)
-    first = adapter.trunk_source(sources)
+def import_tokenizer(path: Path, cfg: Config, sources: dict[str, HFSource]) -> TextTokenizer:
+    """The tokenizer beside the trunk's weights (an ELECTRA export's parts share it)."""
+    first = recognise(path, sources)[0].trunk_source(sources)
     tokenizer = read_tokenizer(first.directory)
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise ConfigError(f"{first.directory}: the tokenizer has {tokenizer.vocab_size} tokens but vocab_size is "
                           f"{cfg.model.vocab_size}")
+    return tokenizer
+
+
+def import_objective(path: Path, cfg: Config, tokenizer: TextTokenizer, sources: dict[str, HFSource]) -> Objective:
+    """The objective of a HF model directory, with its weights."""
+    adapter, _ = recognise(path, sources)
     objective = build_objective(cfg, tokenizer)
     with torch.no_grad():
         load_parts(objective, adapter.import_parts(cfg, sources))
     for note in adapter.import_notes(cfg, sources):
         print(f"note: {note}", file=sys.stderr)
-    return cfg, tokenizer, objective
+    return objective
 
 
 def import_model(path: str | Path, out_dir: str | Path, overwrite: bool = False) -> dict[str, Any]:
@@ -126,7 +128,10 @@ def import_model(path: str | Path, out_dir: str | Path, overwrite: bool = False)
     check_output_target(out_dir, Path(path), "OUT_DIR")
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise ConfigError(f"{out_dir} exists and is not empty; choose another output directory or pass --overwrite")
-    cfg, tokenizer, objective = import_pretrained(path)
+    sources = read_sources(Path(path))
+    cfg = import_config(path, sources)
+    tokenizer = import_tokenizer(Path(path), cfg, sources)
+    objective = import_objective(Path(path), cfg, tokenizer, sources)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer=str(out_dir / "tokenizer.json")))
     with atomic_directory(out_dir) as tmp:
         write_model_files(tmp, objective, cfg, tokenizer)

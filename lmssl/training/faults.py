@@ -1,0 +1,94 @@
+"""What a training run does about faults: signals (finish the step, checkpoint, exit), steps whose loss or
+gradient is not finite (skipped; too many in a row stop the run), and resuming with a config that no longer
+matches the checkpoint (stopped with the differing keys)."""
+from __future__ import annotations
+
+import dataclasses
+import signal
+import sys
+import threading
+
+from lmssl.config import Config
+from lmssl.errors import ConfigError, RunError
+
+# keys that may change when a run is resumed: its length, cadence, where things are, how fast it runs; the engine
+# keys are checked by the engine itself (a checkpoint of one engine resumes only with that engine)
+RESUMABLE = {"train.max_steps", "train.max_flops", "train.log_every", "train.save_every", "train.keep_checkpoints",
+             "train.resume", "train.overwrite",
+             "train.tensorboard", "train.num_threads", "train.output_dir", "train.max_skipped_steps",
+             "train.engine", "train.zero_stage", "train.offload_optimizer", "train.offload_params", "train.deepspeed",
+             "eval.every", "eval.max_batches", "eval.batch_size", "eval.likelihood_max_words", "eval.probe_task",
+             "eval.probe_examples",
+             "data.root", "data.cache_dir", "model.attention_backend", "model.init_from"}
+
+
+def flat(cfg: Config) -> dict[str, object]:
+    return {f"{section}.{k}": v for section, fields in cfg.to_dict().items() for k, v in fields.items()}
+
+
+def check_resumable(saved: Config, cfg: Config, checkpoint) -> None:
+    """ConfigError listing every key (beyond RESUMABLE) whose value differs from the checkpoint's config."""
+    old, new = flat(saved), flat(cfg)
+    differ = [f"{k}: {old.get(k)!r} in the checkpoint, {new.get(k)!r} now" for k in sorted(old.keys() | new.keys())
+              if k not in RESUMABLE and old.get(k) != new.get(k)]
+    if differ:
+        raise ConfigError(f"cannot resume {checkpoint} with a different config ({'; '.join(differ)}); only its "
+                          f"length, cadence and paths may change (train.max_steps, *.every, ...): put the other keys "
+                          f"back, or start a new run (model.init_from={checkpoint} continues from its weights)")
+
+
+@dataclasses.dataclass
+class SkipGuard:
+    """Counts the steps the engine skipped (non-finite loss or gradient norm); `limit` in a row stop the run."""
+    limit: int
+    total: int = 0
+    in_a_row: int = 0
+    last_finite: tuple[int, object] | None = None  # (step, loss): a tensor until a message needs its value
+
+    def update(self, step: int, stats: dict) -> None:
+        """Record the engine's step; stats gets the running count as `skipped_steps`. An applied step had a finite
+        loss (the engines apply no other), so its loss is kept without reading it from the device."""
+        skipped = bool(stats.pop("skipped", 0.0))
+        self.total += skipped
+        self.in_a_row = self.in_a_row + 1 if skipped else 0
+        stats["skipped_steps"] = self.total
+        if not skipped:
+            self.last_finite = (step, stats["loss"])
+
+    def check(self, step: int, cfg: Config) -> None:
+        """RunError when `limit` steps in a row were skipped."""
+        if self.in_a_row >= self.limit:
+            last = (f"the last finite loss was {float(self.last_finite[1]):.4g} at step {self.last_finite[0]}"
+                    if self.last_finite else "no step had a finite loss")
+            hint = "train.precision=fp32, " if cfg.train.precision != "fp32" else ""
+            raise RunError(f"training diverged: steps {step - self.in_a_row + 1}-{step} ({self.in_a_row} in a row, "
+                           f"train.max_skipped_steps={self.limit}) had a non-finite loss or gradient norm and were "
+                           f"skipped; {last}. Try a lower train.lr (now {cfg.train.lr:g}), {hint}more "
+                           f"train.warmup_steps or train.clip_grad; the checkpoints written so far are finite")
+
+
+class StopSignals:
+    """SIGTERM / SIGINT: the first asks the loop to stop after the current step (it then checkpoints and exits
+    128 + signal); a second one exits at once (a checkpoint being written is removed, never left half-written)."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            print(f"\n{signal.Signals(signum).name} again: exiting now, without a new checkpoint", file=sys.stderr)
+            raise SystemExit(128 + signum)
+        self.received = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step with a checkpoint (send it again to exit "
+              f"at once)", file=sys.stderr)
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)

@@ -1,0 +1,60 @@
+"""A run's output directory: owned by one live process (lmssl.storage.lock), and with `train.overwrite=true` written
+in a staging directory beside it that replaces the previous run only once the new run has written its first
+checkpoint (before that, a failure leaves the previous run as it was)."""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from lmssl.distributed import barrier
+from lmssl.storage.atomic import replace_directory
+from lmssl.storage.lock import LOCK_NAME, RunLock
+
+
+class RunDirectory:
+    def __init__(self, out: Path, overwrite: bool, main: bool):
+        self.out, self.main = Path(out), main
+        self.created = not self.out.exists()
+        has_run = not self.created and any(p.name != LOCK_NAME for p in self.out.iterdir())
+        self.staging = self.out.parent / f".tmp-{self.out.name}-overwrite" if overwrite and has_run else None
+        self.locks: list[RunLock] = []
+
+    @property
+    def path(self) -> Path:
+        """Where the run writes now: the staging directory until the first checkpoint replaced the old run."""
+        return self.staging if self.staging is not None else self.out
+
+    def open(self) -> "RunDirectory":
+        if self.main:
+            self.locks.append(RunLock(self.out).acquire())  # nobody else uses the old run meanwhile
+            if self.staging is not None:
+                shutil.rmtree(self.staging, ignore_errors=True)  # an overwrite that stopped before its checkpoint
+                self.locks.append(RunLock(self.staging).acquire())
+        return self
+
+    def committed(self) -> bool:
+        """After each checkpoint (every process): the first one of an overwrite swaps the staging directory in."""
+        if self.staging is None:
+            return False
+        if self.main:
+            self.locks.pop(0).release()  # the old run's lock goes with it
+            replace_directory(self.staging, self.out)  # the new run's lock moves with its directory
+            print(f"note: train.overwrite=true: the previous run in {self.out} is replaced", file=sys.stderr)
+        barrier()
+        self.staging = None
+        return True
+
+    def discard_if_new(self) -> None:
+        """After a bad input: remove what this run created (nothing of a previous run)."""
+        if not self.main:
+            return
+        target = self.staging if self.staging is not None else (self.out if self.created else None)
+        if target is not None and target.is_dir() and not any(p.name != LOCK_NAME for p in target.iterdir()):
+            self.close()
+            shutil.rmtree(target, ignore_errors=True)
+
+    def close(self) -> None:
+        for lock in self.locks:
+            lock.release()
+        self.locks = []

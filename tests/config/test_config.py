@@ -1,0 +1,71 @@
+import subprocess
+import sys
+
+import pytest
+from helpers import REPO_ROOT
+
+from lmssl.config import ConfigError, load_config
+
+
+def test_shipped_configs_load_with_the_user_facing_keys():
+    for name in ("mlm", "clm"):
+        cfg = load_config(REPO_ROOT / "configs" / f"{name}.yaml")
+        assert cfg.objective.name == name
+        assert (cfg.model.hidden_size, cfg.model.num_layers, cfg.model.num_heads, cfg.data.seq_len) == (256, 4, 4, 128)
+        for key in ("max_steps", "output_dir", "resume", "log_every", "save_every", "seed"):
+            assert hasattr(cfg.train, key)
+        assert cfg.data.train and cfg.data.valid
+
+
+def test_overrides_are_typed_and_presets_fill_defaults():
+    cfg = load_config(REPO_ROOT / "configs" / "mlm.yaml", ["train.max_steps=7", "train.lr=3e-4", "train.resume=true"])
+    assert cfg.train.max_steps == 7 and cfg.train.lr == pytest.approx(3e-4) and cfg.train.resume is True
+    assert cfg.model.norm == "post" and cfg.model.norm_eps == 1e-12
+    gpt = load_config(None, ["model.preset=gpt2", "objective.name=clm"])
+    assert (gpt.model.norm, gpt.model.activation, gpt.model.type_vocab_size, gpt.model.norm_eps) == (
+        "pre", "gelu_tanh", 0, 1e-5)
+    explicit = load_config(None, ["model.preset=gpt2", "model.norm=post"])
+    assert explicit.model.norm == "post"  # written keys win over the preset
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.max_step=5", "did you mean 'train.max_steps'"),
+    ("trian.max_steps=5", "did you mean 'train'"),
+    ("objective.mask_rat=0.2", "did you mean 'objective.mask_rate'"),
+    ("train.max_steps=abc", "key 'train.max_steps': expected an integer"),
+    ("train.resume=maybe", "key 'train.resume': expected true or false"),
+    ("train.schedule=exp", "key 'train.schedule': invalid value 'exp'"),
+    ("model.num_heads=3", "key 'model.num_heads': must divide model.hidden_size=256"),
+    ("data.seq_len=4096", "key 'data.seq_len': 4096 exceeds model.max_positions=128"),
+    ("objective.name=bart", "key 'objective.name': unknown objective 'bart'"),
+    ("objective.mask_token_prob=0.95", "key 'objective.random_token_prob'"),
+    ("max_steps=5", "keys have the form section.field"),
+])
+def test_bad_overrides_name_the_key(override, fragment):
+    with pytest.raises(ConfigError, match=None) as err:
+        load_config(REPO_ROOT / "configs" / "mlm.yaml", [override])
+    assert fragment in str(err.value)
+
+
+def test_unknown_key_in_yaml_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  max_stpes: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value) and "did you mean 'train.max_steps'" in str(err.value)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def _cli(*args, cwd=REPO_ROOT):
+    return subprocess.run([sys.executable, "train.py", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_reports_config_errors_without_traceback(tmp_path):
+    proc = _cli("configs/mlm.yaml", "train.max_step=5")
+    assert proc.returncode == 2
+    assert "did you mean 'train.max_steps'" in proc.stderr and "Traceback" not in proc.stderr
+    proc = _cli("configs/mlm.yaml", "data.train=no/such/file.txt", f"train.output_dir={tmp_path / 'out'}")
+    assert proc.returncode == 2
+    assert "key 'data.train': file not found: no/such/file.txt" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()  # stopped before any work

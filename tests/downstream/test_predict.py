@@ -1,0 +1,130 @@
+"""`lmssl predict` on a fine-tuned model, and `lmssl export` of one: BertForSequenceClassification and
+GPT2ForSequenceClassification give our logits."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import open_finetuned, open_model, save_model
+from hf_parity import ATOL, TEXTS, tiny_objective, transformers
+
+from lmssl.checkpoint.format import save_finetuned
+from lmssl.cli import main
+from lmssl.downstream.encoding import EncodedSet, encode_texts
+from lmssl.downstream.predict import predict
+from lmssl.downstream.tasks import card_from_dict
+from lmssl.interop.hf.export import export
+from lmssl.model.classifier import SequenceClassifier
+
+
+def finetuned(tmp_path, objective: str, regression: bool = False, use_pooler: bool = True):
+    """A fine-tuned-looking model: a tiny pretrained checkpoint's encoder plus random pooler and head."""
+    causal = objective == "clm"
+    cfg, tok, obj = tiny_objective({"name": objective})
+    ckpt = save_model(tmp_path / "ckpt", obj, cfg, tok)
+    card = card_from_dict({"name": "toy", "train": "t.csv", "dev": "t.csv", "text_columns": ["a", "b"],
+                           "label_column": "label", **({"regression": True} if regression
+                                                        else {"labels": ["neg", "neu", "pos"]})}, "toy.yaml")
+    torch.manual_seed(3)
+    model = SequenceClassifier(cfg.model, causal, card.num_outputs, regression, use_pooler and not causal)
+    model.encoder.load_state_dict(obj.encoder().state_dict())
+    with torch.no_grad():
+        model.head.bias.uniform_(-1, 1)  # a bias worth folding (GPT-2's score layer has none)
+    info = {"card": card.to_dict(), "causal": causal, "use_pooler": model.pooler is not None, "max_length": 40,
+            "mode": "finetune" if use_pooler or causal else "probe", "checkpoint": str(ckpt)}
+    save_finetuned(tmp_path / "best", model, cfg, tok, info)
+    return tmp_path / "best", tok
+
+
+def write_csv(path, with_labels: bool = True):
+    rows = ["a,b" + (",label" if with_labels else "")]
+    for i in range(7):
+        rows.append(f'"{TEXTS[i % 2]}","{TEXTS[(i + 1) % 2][:30 + i]}"' + (",pos" if with_labels else ""))
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def our_logits(directory, path):
+    model, tok, info = open_finetuned(directory)
+    rows = [line.split('","') for line in path.read_text().splitlines()[1:]]
+    texts = [(a[1:], b.split('"')[0]) for a, b in rows]
+    ids, types = encode_texts(tok, texts, info["causal"], info["max_length"])
+    examples = EncodedSet(ids, types, torch.zeros(len(ids), dtype=torch.long).numpy(), tok.pad_id or 0,
+                          info["causal"], model.use_types)
+    with torch.no_grad():
+        return model.logits(examples.batch(list(range(len(ids))))), ids, types
+
+
+@pytest.mark.parametrize("with_labels", [True, False])
+def test_predict_gives_the_models_labels_and_probabilities(tmp_path, with_labels):
+    directory, _ = finetuned(tmp_path, "mlm")
+    path = write_csv(tmp_path / "new.csv", with_labels)
+    records = predict(directory, path)
+    logits, _, _ = our_logits(directory, path)
+    assert [r["index"] for r in records] == list(range(7))
+    for record, row in zip(records, logits.softmax(-1)):
+        assert record["label"] == ["neg", "neu", "pos"][int(row.argmax())]
+        assert list(record["probabilities"].values()) == pytest.approx(row.tolist(), abs=1e-6)
+
+
+def test_predict_regression_and_the_cli(tmp_path, capsys):
+    directory, _ = finetuned(tmp_path, "clm", regression=True)
+    path = write_csv(tmp_path / "new.csv", with_labels=False)
+    logits, _, _ = our_logits(directory, path)
+    assert [r["score"] for r in predict(directory, path)] == pytest.approx(logits[:, 0].tolist(), abs=1e-6)
+    assert main(["predict", str(directory), str(path), "--out", str(tmp_path / "p.jsonl")]) == 0
+    assert json.loads(capsys.readouterr().out) == {"predictions": str(tmp_path / "p.jsonl"), "examples": 7}
+    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 7
+
+
+def test_bert_classifier_exports_to_bert_for_sequence_classification(tmp_path):
+    directory, tok = finetuned(tmp_path, "mlm")
+    path = write_csv(tmp_path / "new.csv")
+    assert export(directory, tmp_path / "hf")["architectures"] == {".": "BertForSequenceClassification"}
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    assert hf.config.id2label == {0: "neg", 1: "neu", 2: "pos"}
+    ours, ids, types = our_logits(directory, path)
+    width = max(map(len, ids))
+    pad = lambda rows: torch.tensor([list(r) + [0] * (width - len(r)) for r in rows])  # noqa: E731
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids])
+    with torch.no_grad():
+        theirs = hf(input_ids=pad(ids), token_type_ids=pad(types), attention_mask=mask).logits
+    torch.testing.assert_close(theirs, ours, atol=ATOL, rtol=0)
+    enc = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")(TEXTS[0], TEXTS[1][:30])
+    assert enc.input_ids == list(ids[0])  # the exported tokenizer builds the same pair
+
+
+def test_gpt2_classifier_exports_with_its_bias_folded(tmp_path):
+    directory, _ = finetuned(tmp_path, "clm")
+    path = write_csv(tmp_path / "new.csv")
+    assert export(directory, tmp_path / "hf")["architectures"] == {".": "GPT2ForSequenceClassification"}
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    ours, ids, _ = our_logits(directory, path)
+    with torch.no_grad():
+        theirs = torch.cat([hf(input_ids=torch.tensor([list(r)])).logits for r in ids])
+    torch.testing.assert_close(theirs, ours, atol=ATOL, rtol=0)
+
+
+def test_a_probe_has_no_bert_architecture(tmp_path, capsys):
+    directory, _ = finetuned(tmp_path, "mlm", use_pooler=False)
+    assert main(["export", str(directory), str(tmp_path / "hf")]) == 2
+    err = capsys.readouterr().err
+    assert "BertForSequenceClassification always applies its pooler" in err and not (tmp_path / "hf").exists()
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (("predict", "{ckpt}", "{csv}"), "{ckpt}: not a fine-tuned model directory (no finetune.json)"),
+    (("predict", "{ft}", "{tmp}/nothing.csv"), "FILE: not found: {tmp}/nothing.csv"),
+    (("predict", "{ft}", "{bad}"), "{bad}:2: no column 'b'; the row has 'a'"),
+    (("predict", "{ft}", "{csv}", "--out", "{tmp}"), "--out: {tmp} is a directory"),
+])
+def test_predict_bad_inputs(argv, fragment, tmp_path, capsys):
+    directory, _ = finetuned(tmp_path, "mlm")
+    values = {"ckpt": tmp_path / "ckpt", "ft": directory, "tmp": tmp_path, "csv": write_csv(tmp_path / "new.csv"),
+              "bad": tmp_path / "bad.csv"}
+    (tmp_path / "bad.csv").write_text("a\nonly one column\n")
+    code = main([a.format(**values) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("error: " + fragment.format(**values))
+    open_model(tmp_path / "ckpt")  # the source checkpoint is untouched
