@@ -180,7 +180,7 @@ def fit_probe(probe: LinearProbe, train_set: FeatureSet, dev_sets: dict, card: T
     return [record], ({**record, "score_selection": selectable(next(iter(dev.values()))["score"])}, state)
 
 
-def probe_features(model: SequenceClassifier, data: TaskData, fcfg: FinetuneConfig, device: torch.device):
+def probe_features(model: SequenceClassifier, data: EncodedTask, fcfg: FinetuneConfig, device: torch.device):
     """(training features, {dev set: features}, (mean, std)) of the frozen encoder, standardised by the training
     features' mean and std."""
     features = compute_features(model, data.train, fcfg.eval_batch_size, device, fcfg.precision)
@@ -219,7 +219,7 @@ def subsample_rows(total: int, size: int, data_seed: int) -> np.ndarray:
 
 
 @dataclass
-class TaskData:
+class EncodedTask:
     """A task's encoded training subsample and dev sets, and how they were drawn."""
     train: EncodedSet
     dev: dict[str, EncodedSet]
@@ -229,7 +229,7 @@ class TaskData:
     texts: dict[str, list[tuple[str, ...]]]  # the raw examples of "train" (the subsample) and of each dev set
 
 
-def encode_task(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig) -> TaskData:
+def encode_task(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig) -> EncodedTask:
     root = root_dir(fcfg.data_root)
     train = read_task_file(card, resolve_file(card, card.train, root))
     devs = {name: read_task_file(card, resolve_file(card, f, root)) for name, f in card.dev.items()}
@@ -250,7 +250,7 @@ def encode_task(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig) -> 
     dev_rows = {name: subsample_rows(len(d), fcfg.max_dev_examples, fcfg.data_seed) for name, d in devs.items()}
     texts = {"train": [train.texts[i] for i in rows],
              **{name: [d.texts[i] for i in dev_rows[name]] for name, d in devs.items()}}
-    return TaskData(encoded(train, rows), {name: encoded(d, dev_rows[name]) for name, d in devs.items()},
+    return EncodedTask(encoded(train, rows), {name: encoded(d, dev_rows[name]) for name, d in devs.items()},
                     len(train), subsample, max_length, texts)
 
 
@@ -269,7 +269,7 @@ def used_lr(fcfg: FinetuneConfig) -> float | None:
     return fcfg.probe_lr if fcfg.probe_solver == "adamw" else None  # scikit-learn's L-BFGS has no learning rate
 
 
-def run_task(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig, out: Path, data: TaskData | None = None,
+def run_task(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig, out: Path, data: EncodedTask | None = None,
              extra: dict | None = None) -> dict:
     """Fine-tune (or probe) on one task over `fcfg.seeds` seeds; write results.json (with `extra`, e.g. the
     baselines) and best/; return the results. `data`: the task already encoded (a grid's cells share it)."""

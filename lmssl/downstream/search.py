@@ -23,8 +23,8 @@ from lmssl.config import FinetuneConfig, Grid
 from lmssl.config.finetune import GRID_KEYS
 from lmssl.data.paths import root_dir
 from lmssl.downstream.finetune import (
+    EncodedTask,
     EncoderSource,
-    TaskData,
     check_output,
     encode_task,
     finite,
@@ -75,7 +75,7 @@ def grid_axes(cells: list[FinetuneConfig]) -> dict[str, list] | None:
 
 
 def run_cells(source: EncoderSource, card: TaskCard, cells: list[FinetuneConfig], out: Path, checkpoint_dir: str,
-              data: TaskData) -> dict:
+              data: EncodedTask) -> dict:
     """Every cell of one variant (pretrained or from scratch) into out/grid/<cell>, then the chosen cell's results
     with the grid's table; the cells already finished with these settings are reused."""
     ranked = []

@@ -220,7 +220,7 @@ def missing_files(card: TaskCard, root: Path) -> list[str]:
 
 
 @dataclass
-class TaskData:
+class TaskExamples:
     texts: list[tuple[str, ...]]  # one or two texts per example
     targets: np.ndarray  # (N,) int64 class indices or float32 scores
     path: Path  # the file read
@@ -268,7 +268,7 @@ def _get(row, column, path: Path, line: int, fmt: str):
     return row[column]
 
 
-def read_task_file(card: TaskCard, path: Path, labelled: bool = True) -> TaskData:
+def read_task_file(card: TaskCard, path: Path, labelled: bool = True) -> TaskExamples:
     """The examples of one file of the task (see the module docstring for the checks); `labelled=False` reads
     the texts only (files to predict), the targets are then zeros."""
     fmt = file_format(card, path)
@@ -304,7 +304,7 @@ def read_task_file(card: TaskCard, path: Path, labelled: bool = True) -> TaskDat
         texts.append(tuple(example))
     if not texts:
         raise ConfigError(f"{path}: no examples")
-    return TaskData(texts, np.asarray(targets, dtype=np.float32 if card.regression else np.int64), path)
+    return TaskExamples(texts, np.asarray(targets, dtype=np.float32 if card.regression else np.int64), path)
 
 
 def glue_task_name(task: str) -> str | None:
