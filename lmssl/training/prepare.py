@@ -63,12 +63,17 @@ def fills_from_init(raw: RawConfig) -> bool:
     return bool(model.get("init_from")) and not all(k in model for k in SHAPE_FIELDS)
 
 
+def resolve_config(raw: RawConfig) -> tuple[Config, ModelDir | None]:
+    """The Config of a config as read, and the `model.init_from` directory when the model keys it fills needed it
+    opened (None otherwise)."""
+    source = ModelDir.open(str(raw.model_keys()["init_from"]), "model.init_from") if fills_from_init(raw) else None
+    return complete_config(raw, source), source
+
+
 def load_run_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Config:
     """`lmssl train`'s config (as `lmssl config show` prints it): the YAML and overrides, completed from
     `model.init_from`."""
-    raw = read_config(path, overrides)
-    source = ModelDir.open(str(raw.model_keys()["init_from"]), "model.init_from") if fills_from_init(raw) else None
-    return complete_config(raw, source)
+    return resolve_config(read_config(path, overrides))[0]
 
 
 def with_vocab(cfg: Config, vocab_size: int) -> Config:
@@ -200,12 +205,7 @@ def prepare_run(config: Config | RawConfig) -> Run:
     global micro-batch (the data order is that of one process with world_size x train.batch_size sequences); only
     the main process logs and writes checkpoint files (DeepSpeed's partitions excepted), and it owns the output
     directory for the whole run (lmssl.storage.lock)."""
-    source = None
-    if isinstance(config, RawConfig):
-        init_from = config.model_keys().get("init_from")
-        source = ModelDir.open(str(init_from), "model.init_from") if fills_from_init(config) else None
-        config = complete_config(config, source)
-    cfg = config
+    cfg, source = resolve_config(config) if isinstance(config, RawConfig) else (config, None)
     dist = distributed.setup(require_group=cfg.train.engine == "deepspeed")
     check_output_dir(Path(cfg.train.output_dir))
     # missing, empty, binary, non-UTF-8 or uncached corpora stop the run before any work
