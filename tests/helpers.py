@@ -43,6 +43,28 @@ def tiny_model_config(preset: str = "bert", **overrides) -> ModelConfig:
     return ModelConfig(**fields)
 
 
+# trunk variants the block tests run on: (preset, ModelConfig overrides); every block kind appears in one
+BLOCKS = {
+    "bert-learned": ("bert", {}),
+    "gpt2-learned": ("gpt2", {}),
+    "bert-rope": ("bert", {"position": "rope"}),
+    "gpt2-rope": ("gpt2", {"position": "rope"}),
+    "modernbert": ("modernbert", {}),
+    "llama": ("llama", {}),
+    # the other kinds: RMSNorm after each residual with GeGLU, QK-norm and biases; pre-LN with SwiGLU and QK-norm
+    "post-rms-geglu-qknorm": ("bert", {"norm_type": "rmsnorm", "mlp": "geglu", "qk_norm": True, "position": "rope"}),
+    "pre-ln-swiglu-qknorm": ("llama", {"norm_type": "layernorm", "bias": True, "qk_norm": True,
+                                       "embedding_norm": True}),
+}
+CAUSAL_PRESETS = ("gpt2", "llama")
+
+
+def block_config(variant: str, **overrides) -> ModelConfig:
+    """tiny_model_config of one of BLOCKS."""
+    preset, fields = BLOCKS[variant]
+    return tiny_model_config(preset, **{**fields, **overrides})
+
+
 def save_model(directory: Path, model: torch.nn.Module, cfg: Config, tokenizer) -> Path:
     """A model directory as lmssl writes one: weights, config.yaml, tokenizer.json (no manifest: tests may edit it)."""
     directory.mkdir(parents=True)

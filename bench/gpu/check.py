@@ -5,9 +5,10 @@ runs out is recorded and the next one still runs. One JSON file (--out) says wha
     python bench/gpu/check.py --out dry.json --dry-run         # every step on CPU at tiny shapes, in about a minute
 
 Steps: the environment (versions, GPU, the flash provider `auto` picks, DeepSpeed); the `gpu` tests (flash vs
-SDPA in bf16, forward and backward); bench/mfu.py (GPT-2 124M at 1024, BERT-base MLM at 512, ours vs
-transformers' SDPA); a DeepSpeed ZeRO-2 bf16 run of configs/gpu/gpt2-124m-clm.yaml with the flash backend (loss
-falls, a checkpoint is written, a resume from it continues); bench/pppl.py at the BERT-base shape in bf16 (ours vs
+SDPA in bf16, forward and backward); bench/mfu.py (GPT-2 124M at 1024, BERT-base MLM at 512, the Llama at
+GPT-2 small's shape at 1024, ours vs transformers' SDPA); a DeepSpeed ZeRO-2 bf16 run of
+configs/gpu/gpt2-124m-clm.yaml with the flash backend (loss falls, a checkpoint is written, a resume from it
+continues); bench/pppl.py at the BERT-base shape in bf16 (ours vs
 the mlm-scoring-style baseline); `lmssl finetune` on SST-2 (4,000 examples, one epoch, bf16) from a randomly
 initialised BERT-base checkpoint (examples/s). The dry run keeps the steps' plumbing alive on CPU: the gpu tests
 skip, the benchmarks run at tiny shapes, and the training step uses the torch engine (DeepSpeed's first start
@@ -31,7 +32,7 @@ sys.path.insert(0, str(REPO))
 from lmssl.storage.atomic import write_text  # noqa: E402
 
 # seconds: 8 minutes in all
-BUDGETS = {"environment": 30, "gpu_tests": 90, "mfu": 120, "zero2": 120, "pppl": 50, "finetune": 70}
+BUDGETS = {"environment": 30, "gpu_tests": 80, "mfu": 150, "zero2": 120, "pppl": 40, "finetune": 60}
 
 ENVIRONMENT = """
 import json, torch
@@ -193,7 +194,7 @@ def main() -> None:
     tests = run("gpu_tests", [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider",
                               "tests/model/test_flash.py"], BUDGETS["gpu_tests"], env)
     steps["gpu_tests"] = pytest_counts(tests, expect_runs=not args.dry_run)  # on CPU the gpu tests skip
-    mfu = [sys.executable, "bench/mfu.py", "--which", "both"] + (["--small", "--device", "cpu"] if args.dry_run else [])
+    mfu = [sys.executable, "bench/mfu.py", "--which", "all"] + (["--small", "--device", "cpu"] if args.dry_run else [])
     steps["mfu"] = run("mfu", mfu, BUDGETS["mfu"], env)
     with tempfile.TemporaryDirectory() as tmp:
         steps["zero2"] = zero2(Path(tmp) / "gpt2", BUDGETS["zero2"], env, args.dry_run)

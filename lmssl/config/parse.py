@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 
 from lmssl.config.objectives import objective_config_class
-from lmssl.config.sections import MODEL_PRESETS, SECTIONS, Config, ModelConfig, ObjectiveConfig
+from lmssl.config.sections import MODEL_PRESETS, NORM_PLACEMENT_DEFAULTS, SECTIONS, Config, ModelConfig, ObjectiveConfig
 from lmssl.config.validate import validate
 from lmssl.errors import ConfigError, did_you_mean
 
@@ -160,7 +160,8 @@ def build_config(raw: RawConfig) -> Config:
     if preset not in MODEL_PRESETS:
         raise ConfigError(f"{source}: key 'model.preset': invalid value {preset!r}; "
                           f"choose one of {', '.join(map(repr, MODEL_PRESETS))}")
-    model_raw = {**MODEL_PRESETS[preset], **model_raw}
+    placement = NORM_PLACEMENT_DEFAULTS.get(model_raw.get("norm"), {})
+    model_raw = {**MODEL_PRESETS[preset], **placement, **model_raw}
     objective_raw = dict(raw.sections.get("objective", {}))
     try:
         objective_cls = objective_config_class(objective_raw.get("name", ObjectiveConfig.name))

@@ -8,7 +8,8 @@ from typing import Any, ClassVar, Literal
 
 @dataclass
 class ModelConfig:
-    preset: Literal["bert", "gpt2"] = "bert"  # architecture family; sets the defaults of the fields below
+    # architecture family; sets the defaults of the fields below (and names the Hugging Face class an export becomes)
+    preset: Literal["bert", "gpt2", "modernbert", "llama"] = "bert"
     vocab_size: int = 0  # 0 = the tokenizer's vocabulary size
     hidden_size: int = 256  # width of the residual stream
     num_layers: int = 4  # transformer blocks
@@ -17,15 +18,24 @@ class ModelConfig:
     max_positions: int = 512  # rows of the learned position table (upper bound on sequence length)
     embedding_size: int = 0  # factorised embedding width (ELECTRA); 0 = hidden_size
     type_vocab_size: int = 2  # token-type (segment) embeddings; 0 = none
-    norm: Literal["post", "pre"] = "post"  # LayerNorm placement: post-LN as BERT, pre-LN (+ final LN) as GPT-2
-    norm_eps: float = 1e-12  # LayerNorm epsilon (BERT 1e-12, GPT-2 1e-5)
+    norm: Literal["post", "pre"] = "post"  # norm placement: after each residual add (BERT), before each branch (GPT-2)
+    norm_type: Literal["layernorm", "rmsnorm"] = "layernorm"  # every norm of trunk and heads: LayerNorm or RMSNorm
+    norm_eps: float = 1e-12  # norm epsilon (BERT 1e-12, GPT-2 and ModernBERT 1e-5, Llama 1e-6)
+    # a norm on the embeddings (BERT, ModernBERT); with norm=pre the first block then has no attention norm (ModernBERT)
+    embedding_norm: bool = True
+    final_norm: bool = False  # a norm on the last block's output (GPT-2, ModernBERT, Llama)
+    bias: bool = True  # biases in the trunk's and heads' linear layers and LayerNorms (RMSNorm has none)
+    mlp: Literal["gelu", "geglu", "swiglu"] = "gelu"  # feed-forward: act(x W1) W2, or gated: (act(x W) * x V) W2
+    qk_norm: bool = False  # normalise each head's queries and keys (model.norm_type) before RoPE and the dot product
     position: Literal["learned", "rope"] = "learned"  # absolute learned positions, or rotary embeddings
     rope_theta: float = 10000.0  # RoPE base frequency
-    activation: Literal["gelu", "gelu_tanh"] = "gelu"  # exact GELU (BERT) or tanh approximation (GPT-2)
+    # GELU of the gelu/geglu feed-forward and the heads: exact (BERT) or tanh approximation (GPT-2); swiglu uses SiLU
+    activation: Literal["gelu", "gelu_tanh"] = "gelu"
     dropout: float = 0.1  # dropout on embeddings and residual branches
     attention_dropout: float = 0.1  # dropout on attention probabilities
     tie_embeddings: bool = True  # output projection shares the input embedding matrix
     init_std: float = 0.02  # std of the normal initialisation
+    pooler: Literal["tanh", "head"] = "tanh"  # [CLS] pooler: BERT's dense + tanh, or ModernBERT's dense + act + norm
     # attention kernel: sdpa (PyTorch, CPU/GPU); flash (flash-attn varlen: CUDA, fp16/bf16); auto = flash where it runs
     attention_backend: Literal["auto", "sdpa", "flash"] = "auto"
     # checkpoint, run or Hugging Face directory whose encoder initialises the trunk (unset model keys take its shape)
@@ -35,13 +45,28 @@ class ModelConfig:
 # fields that may differ from the model.init_from source: regularisation and execution choices, and the output
 # head's tying; every other field shapes or defines the trunk and must match the source
 INIT_FREE_FIELDS = ("preset", "dropout", "attention_dropout", "init_std", "attention_backend", "tie_embeddings",
-                    "init_from")
+                    "pooler", "init_from")
 
 # architecture families; values here are defaults, keys written in the config win
+_CLASSIC = dict(norm_type="layernorm", bias=True, mlp="gelu", qk_norm=False, position="learned", pooler="tanh")
+_MODERN = dict(norm="pre", bias=False, qk_norm=False, position="rope", type_vocab_size=0, dropout=0.0,
+               attention_dropout=0.0, final_norm=True)
 MODEL_PRESETS: dict[str, dict[str, Any]] = {
-    "bert": dict(norm="post", norm_eps=1e-12, activation="gelu", type_vocab_size=2, position="learned"),
-    "gpt2": dict(norm="pre", norm_eps=1e-5, activation="gelu_tanh", type_vocab_size=0, position="learned"),
+    "bert": dict(_CLASSIC, norm="post", norm_eps=1e-12, activation="gelu", type_vocab_size=2, embedding_norm=True,
+                 final_norm=False),
+    "gpt2": dict(_CLASSIC, norm="pre", norm_eps=1e-5, activation="gelu_tanh", type_vocab_size=0,
+                 embedding_norm=False, final_norm=True),
+    # ModernBertModel (Warner et al. 2024) with global attention in every layer: pre-LN without biases, GeGLU, RoPE
+    "modernbert": dict(_MODERN, norm_type="layernorm", norm_eps=1e-5, mlp="geglu", activation="gelu",
+                       embedding_norm=True, rope_theta=160000.0, pooler="head"),
+    # LlamaModel: pre-RMSNorm, SwiGLU, RoPE, untied output head
+    "llama": dict(_MODERN, norm_type="rmsnorm", norm_eps=1e-6, mlp="swiglu", activation="gelu",
+                  embedding_norm=False, rope_theta=10000.0, tie_embeddings=False, pooler="tanh"),
 }
+# where a config names model.norm but not these, they follow the placement as before they existed: an embedding norm
+# with post-LN, a final norm with pre-LN
+NORM_PLACEMENT_DEFAULTS: dict[str, dict[str, bool]] = {"post": dict(embedding_norm=True, final_norm=False),
+                                                       "pre": dict(embedding_norm=False, final_norm=True)}
 
 
 @dataclass

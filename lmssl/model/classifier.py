@@ -1,9 +1,10 @@
 """A sequence classifier / regressor over a pretrained encoder (fine-tuning, probing, fine-tuned models).
 
-Encoders pool the [CLS] state through a pooler (dense + tanh, BERT's): the pretrained one when the checkpoint
-has it (MLM with next-sentence / sentence-order prediction), else a fresh one (ELECTRA's classification head is
-the same shape on [CLS]). Causal models take the last real token's state (GPT's extract token), no pooler.
-Then dropout and a linear layer: class logits (cross-entropy) or one score (MSE).
+Encoders pool the [CLS] state through a pooler (model.pooler: BERT's dense + tanh, or ModernBERT's dense +
+activation + norm): the pretrained one when the checkpoint has it (MLM with next-sentence / sentence-order
+prediction), else a fresh one (ELECTRA's classification head is the same shape on [CLS]). Causal models take
+the last real token's state (GPT's extract token), no pooler. Then dropout and a linear layer: class logits
+(cross-entropy) or one score (MSE).
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ class SequenceClassifier(nn.Module):
         self.encoder = Transformer(model_cfg)
         self.pooler = Pooler(model_cfg) if use_pooler else None
         self.dropout = nn.Dropout(model_cfg.dropout)  # BERT: hidden dropout on the pooled output
-        self.head = classifier(model_cfg, num_outputs)
+        # a causal model without biases has a bias-free head (Llama's score layer); GPT-2's bias is folded on export
+        self.head = classifier(model_cfg, num_outputs, bias=model_cfg.bias or not causal)
         self.use_types = model_cfg.type_vocab_size >= 2
 
     def features(self, batch: TaskBatch) -> torch.Tensor:

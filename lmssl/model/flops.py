@@ -46,11 +46,12 @@ def trunk(m: ModelConfig, batch: int, length: int, last: LastBlockRows | None = 
     """Forward FLOPs of a trunk on `batch` sequences of `length` tokens: {"dense": its projections, "attention":
     scores and mixing}; `last`: the last block computes only these rows (`forward_at`), else every row."""
     H, F, E = m.hidden_size, m.ffn_size, m.embedding_size or m.hidden_size
+    gates = 2 if m.mlp != "gelu" else 1  # a gated feed-forward projects to F twice (GeGLU, SwiGLU)
     tokens = batch * length
 
     def block(rows: LastBlockRows) -> tuple[int, int]:
         dense = (linear(tokens, H, 2 * H) + linear(rows.queries, H, H) + linear(rows.out, H, H)
-                 + linear(rows.out, H, F) + linear(rows.out, F, H))
+                 + linear(rows.out, H, gates * F) + linear(rows.out, F, H))
         return dense, attention(rows.slots, length, H)
 
     full = LastBlockRows(tokens, tokens, tokens)

@@ -6,26 +6,27 @@ import torch.nn as nn
 
 from lmssl.config import ModelConfig
 from lmssl.model.fused_loss import projected_cross_entropy
-from lmssl.model.transformer import activation_fn
+from lmssl.model.layers import activation_fn, norm_layer
 
 
 class MaskedLMHead(nn.Module):
-    """BERT's prediction head: dense -> activation -> LayerNorm -> (tied) decoder + bias.
+    """BERT's (and ModernBERT's) prediction head: dense -> activation -> norm -> (tied) decoder + bias.
     Works at `embedding_size` so factorised embeddings (ELECTRA generator) tie too."""
 
     def __init__(self, cfg: ModelConfig, word_embeddings: nn.Embedding):
         super().__init__()
         width = word_embeddings.embedding_dim
-        self.dense = nn.Linear(cfg.hidden_size, width)
+        self.dense = nn.Linear(cfg.hidden_size, width, bias=cfg.bias)
         self.act = activation_fn(cfg.activation)
-        self.norm = nn.LayerNorm(width, eps=cfg.norm_eps)
-        self.decoder = nn.Linear(width, cfg.vocab_size)
+        self.norm = norm_layer(cfg, width)
+        self.decoder = nn.Linear(width, cfg.vocab_size)  # a bias whatever model.bias says, as BERT and ModernBERT
         if cfg.tie_embeddings:
             self.decoder.weight = word_embeddings.weight
         else:
             nn.init.normal_(self.decoder.weight, std=cfg.init_std)
         nn.init.normal_(self.dense.weight, std=cfg.init_std)
-        nn.init.zeros_(self.dense.bias)
+        if self.dense.bias is not None:
+            nn.init.zeros_(self.dense.bias)
         nn.init.zeros_(self.decoder.bias)
 
     def forward(self, hidden: torch.Tensor, targets: torch.Tensor | None = None):
@@ -53,26 +54,32 @@ class CausalLMHead(nn.Module):
 
 
 class Pooler(nn.Module):
-    """BERT's pooler (Devlin et al. 2019, §3): dense + tanh on the [CLS] hidden state. Named as HF's
-    BertPooler (`bert.pooler.dense`), so an export is a rename."""
+    """The pooler of the [CLS] hidden state, as model.pooler says: BERT's (Devlin et al. 2019, §3) dense + tanh,
+    named as HF's BertPooler (`bert.pooler.dense`), or ModernBERT's ModernBertPredictionHead, dense + activation +
+    norm (`head.dense`, `head.norm`), so an export is a rename."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.bias or cfg.pooler == "tanh")
+        self.act = torch.tanh if cfg.pooler == "tanh" else activation_fn(cfg.activation)
+        self.norm = norm_layer(cfg, cfg.hidden_size) if cfg.pooler == "head" else None
         nn.init.normal_(self.dense.weight, std=cfg.init_std)
-        nn.init.zeros_(self.dense.bias)
+        if self.dense.bias is not None:
+            nn.init.zeros_(self.dense.bias)
 
     def forward(self, cls_hidden: torch.Tensor) -> torch.Tensor:
         """(B, H) [CLS] states -> (B, H) pooled."""
-        return torch.tanh(self.dense(cls_hidden))
+        pooled = self.act(self.dense(cls_hidden))
+        return self.norm(pooled) if self.norm is not None else pooled
 
 
-def classifier(cfg: ModelConfig, num_outputs: int) -> nn.Linear:
+def classifier(cfg: ModelConfig, num_outputs: int, bias: bool = True) -> nn.Linear:
     """A linear layer from the hidden size, initialised as BERT's (normal(init_std) weights, zero bias):
     BERT's `cls.seq_relationship` (2 outputs for NSP/SOP)."""
-    layer = nn.Linear(cfg.hidden_size, num_outputs)
+    layer = nn.Linear(cfg.hidden_size, num_outputs, bias=bias)
     nn.init.normal_(layer.weight, std=cfg.init_std)
-    nn.init.zeros_(layer.bias)
+    if bias:
+        nn.init.zeros_(layer.bias)
     return layer
 
 

@@ -1,8 +1,10 @@
 """The trunk: token ids + AttnSpec -> hidden states. No heads, no labels, no losses.
 
-Post-LN (BERT) and pre-LN (GPT-2) are one `norm` flag. With the `bert` and `gpt2` presets the
-parameters are exactly those of Hugging Face's BertModel (without pooler) and GPT2Model, so an
-export is a rename (plus splitting our fused q/k/v projection).
+The blocks are data (ModelConfig): norm placement (post/pre), norm type (LayerNorm/RMSNorm), biases, plain or
+gated feed-forward (GELU, GeGLU, SwiGLU), QK-norm, embedding and final norms, learned or rotary positions. With
+the `bert`, `gpt2`, `modernbert` and `llama` presets the parameters are exactly those of Hugging Face's BertModel
+(without pooler), GPT2Model, ModernBertModel (global attention) and LlamaModel, so an export is a rename (plus
+splitting or fusing projections).
 """
 from __future__ import annotations
 
@@ -16,16 +18,11 @@ import torch.nn.functional as F
 from lmssl.config import ModelConfig
 from lmssl.model.attention import AttnSpec, Varlen, compute_dtype
 from lmssl.model.backends import build_attention_backend
-
-CPU_INFERENCE_ELEMENTS = 1 << 20  # feed-forward activations per chunk in CPU inference (4 MB in fp32)
-
-
-def activation_fn(name: str):
-    return {"gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}[name]
+from lmssl.model.layers import FeedForward, apply_rope, dropout_rows, norm_layer, rope_tables
 
 
 class Embeddings(nn.Module):
-    """Word + position + token-type embeddings at `embedding_size`; LayerNorm for post-LN models.
+    """Word + position + token-type embeddings at `embedding_size`, then a norm where model.embedding_norm.
     ELECTRA shares one of these between generator and discriminator."""
 
     def __init__(self, cfg: ModelConfig):
@@ -34,7 +31,7 @@ class Embeddings(nn.Module):
         self.word = nn.Embedding(cfg.vocab_size, width)
         self.position = nn.Embedding(cfg.max_positions, width) if cfg.position == "learned" else None
         self.token_type = nn.Embedding(cfg.type_vocab_size, width) if cfg.type_vocab_size else None
-        self.norm = nn.LayerNorm(width, eps=cfg.norm_eps) if cfg.norm == "post" else None
+        self.norm = norm_layer(cfg, width) if cfg.embedding_norm else None
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, input_ids, position_ids, token_type_ids=None):
@@ -50,28 +47,26 @@ class Embeddings(nn.Module):
         return self.dropout(x)
 
 
-def rope_tables(position_ids: torch.Tensor, head_dim: int, theta: float, dtype):
-    even = torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.float32)
-    inv_freq = 1.0 / (theta ** (even / head_dim))
-    angles = position_ids[:, None, :, None].float() * inv_freq  # (B, 1, T, D/2)
-    angles = torch.cat([angles, angles], dim=-1)  # (B, 1, T, D)
-    return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)  # rotate-half convention (GPT-NeoX)
-    return x * cos + rotated * sin
-
-
 class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, backend):
         super().__init__()
         self.num_heads = cfg.num_heads
-        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
-        self.out = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=cfg.bias)
+        self.out = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=cfg.bias)
+        head_dim = cfg.hidden_size // cfg.num_heads
+        self.q_norm = norm_layer(cfg, head_dim) if cfg.qk_norm else None
+        self.k_norm = norm_layer(cfg, head_dim) if cfg.qk_norm else None
         self.attention_dropout = cfg.attention_dropout
         self.backend = backend
+
+    def _position(self, q: torch.Tensor, k: torch.Tensor, rope, q_rope=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """QK-norm, then RoPE, on queries and keys of any layout whose last dimension is the head's (`q_rope`:
+        the queries' own tables when they are not the keys')."""
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, *(q_rope or rope)), apply_rope(k, *rope)
+        return q, k
 
     def forward(self, x, spec: AttnSpec, prepared, rope):
         return self.out(self.context(x, spec, prepared, rope))
@@ -109,13 +104,14 @@ class SelfAttention(nn.Module):
         heads, d = self.num_heads, H // self.num_heads
         slot = torch.arange(len(seq), device=x.device) - (counts.cumsum(0) - counts)[seq]  # rank within its sequence
         w_q, w_kv = self.qkv.weight.split([H, 2 * H])
-        b_q, b_kv = self.qkv.bias.split([H, 2 * H])
+        b_q, b_kv = self.qkv.bias.split([H, 2 * H]) if self.qkv.bias is not None else (None, None)
         q = F.linear(x[seq, pos], w_q, b_q).view(-1, heads, d)  # (n, h, d)
         k, v = F.linear(x, w_kv, b_kv).view(B, T, 2, heads, d).permute(2, 0, 3, 1, 4)  # 2 x (B, h, T, d)
+        q_rope = None
         if rope is not None:
             cos, sin = rope  # (B, 1, T, d)
-            k = apply_rope(k, cos, sin)
-            q = apply_rope(q, cos[seq, 0, pos, None], sin[seq, 0, pos, None])
+            q_rope = cos[seq, 0, pos, None], sin[seq, 0, pos, None]
+        q, k = self._position(q, k, rope, q_rope)
         grid = q.new_zeros(B, width, heads, d).index_put((seq, slot), q).transpose(1, 2)  # (B, h, width, d)
         mask = None
         if prepared is not None and prepared.shape[2] == 1:  # key padding (B, 1, 1, T): the same for every query
@@ -130,8 +126,7 @@ class SelfAttention(nn.Module):
         B, T, H = x.shape
         qkv = self.qkv(x).view(B, T, 3, self.num_heads, H // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # 3 x (B, h, T, d)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k = self._position(q, k, rope)
         return q, k, v
 
     def cached_context(self, x: torch.Tensor, cache: "KVCache", index: int, rope) -> torch.Tensor:
@@ -154,41 +149,22 @@ class SelfAttention(nn.Module):
     def _context_unpadded(self, x, spec: AttnSpec, prepared, rope) -> torch.Tensor:
         N, H = x.shape
         q, k, v = self.qkv(x).view(N, 3, self.num_heads, H // self.num_heads).unbind(1)  # 3 x (N, h, d)
-        if rope is not None:  # tables (N, 1, d); fp32 under autocast: back to the kernel's dtype (as v's)
-            q, k = apply_rope(q, *rope).to(v.dtype), apply_rope(k, *rope).to(v.dtype)
+        q, k = self._position(q, k, rope)  # RoPE tables (N, 1, d)
+        q, k = q.to(v.dtype), k.to(v.dtype)  # fp32 tables or norms under autocast: back to the kernel's dtype
         dropout_p = self.attention_dropout if self.training else 0.0
         return self.backend(q, k, v, spec, prepared, dropout_p).reshape(N, H)  # (N, h, d) -> (N, H)
 
 
-class FeedForward(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.fc_in = nn.Linear(cfg.hidden_size, cfg.ffn_size)
-        self.fc_out = nn.Linear(cfg.ffn_size, cfg.hidden_size)
-        self.act = activation_fn(cfg.activation)
-
-    def forward(self, x):
-        rows, width = x.numel() // x.shape[-1], self.fc_in.out_features
-        if torch.is_grad_enabled() or x.device.type != "cpu" or rows <= 2 * CPU_INFERENCE_ELEMENTS // width:
-            return self.fc_out(self.act(self.fc_in(x)))
-        # CPU inference on many rows: a chunk at a time, so the (rows, ffn_size) activations stay in the caches
-        # between the two projections (measured: 1.9x faster at 8192 x 256 -> 1024 on a 2-core CPU)
-        chunk = max(1, CPU_INFERENCE_ELEMENTS // width)
-        flat = x.reshape(rows, x.shape[-1])
-        out = torch.empty_like(flat)
-        for start in range(0, rows, chunk):
-            out[start:start + chunk] = self.fc_out(self.act(self.fc_in(flat[start:start + chunk])))
-        return out.view(x.shape)
-
-
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, backend):
+    def __init__(self, cfg: ModelConfig, backend, index: int = 0):
         super().__init__()
         self.pre_norm = cfg.norm == "pre"
         self.attn = SelfAttention(cfg, backend)
-        self.attn_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
+        # pre-norm after an embedding norm: the first block's input is normalised already (ModernBERT)
+        first_reads_normed = self.pre_norm and cfg.embedding_norm and index == 0
+        self.attn_norm = nn.Identity() if first_reads_normed else norm_layer(cfg, cfg.hidden_size)
         self.ffn = FeedForward(cfg)
-        self.ffn_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
+        self.ffn_norm = norm_layer(cfg, cfg.hidden_size)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x, spec, prepared, rope):
@@ -228,19 +204,6 @@ class Block(nn.Module):
         return self.ffn_norm(x + dropout(self.ffn(x)))
 
 
-def dropout_rows(dropout: nn.Dropout, x: torch.Tensor, shape: tuple[int, ...], index: torch.Tensor) -> torch.Tensor:
-    """`dropout(full)` gathered at the flat rows `index` of `full` (of `shape`), given only those rows `x`:
-    the mask is drawn as F.dropout draws it for the full tensor (same shape and dtype, so the same random
-    numbers), then gathered."""
-    p = dropout.p
-    if not dropout.training or p == 0.0:
-        return x
-    if p == 1.0:
-        return x * 0.0
-    noise = x.new_empty(shape).bernoulli_(1.0 - p).div_(1.0 - p)
-    return x * noise.view(-1, shape[-1]).index_select(0, index)
-
-
 @dataclass
 class KVCache:
     """The keys and values of the positions decoded so far: per layer (B, heads, length, head_dim), or None."""
@@ -267,8 +230,8 @@ class Transformer(nn.Module):
         self.embeddings = embeddings if embeddings is not None else Embeddings(cfg)
         width = self.embeddings.word.embedding_dim
         self.embed_proj = nn.Linear(width, cfg.hidden_size) if width != cfg.hidden_size else None
-        self.layers = nn.ModuleList(Block(cfg, self.backend) for _ in range(cfg.num_layers))
-        self.final_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps) if cfg.norm == "pre" else None
+        self.layers = nn.ModuleList(Block(cfg, self.backend, i) for i in range(cfg.num_layers))
+        self.final_norm = norm_layer(cfg, cfg.hidden_size) if cfg.final_norm else None
         self.apply(self._init)
         if cfg.norm == "pre":
             # GPT-2 §2.3: residual projections scaled by 1/sqrt(2 * layers): pre-LN activations do not grow with depth
@@ -281,9 +244,10 @@ class Transformer(nn.Module):
             nn.init.normal_(module.weight, std=self.cfg.init_std)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
-        if isinstance(module, nn.LayerNorm):
+        if isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
             nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
 
     @property
     def word_embeddings(self) -> nn.Embedding:

@@ -7,8 +7,8 @@ from lmssl.config import Config
 from lmssl.data.packing import Example
 from lmssl.data.tokenizer import TextTokenizer
 from lmssl.data.unigram import UnigramBaselines
-from lmssl.interop.hf.adapter import HFAdapter, ImportPart, Target, refuse
-from lmssl.interop.hf.rules import Rule, gpt2_trunk_rules
+from lmssl.interop.hf.adapter import HFAdapter, ImportPart, Target, check_gpt2_like, check_llama
+from lmssl.interop.hf.rules import Rule, gpt2_trunk_rules, llama_trunk_rules
 from lmssl.interop.hf.source import HFSource
 from lmssl.model import flops
 from lmssl.model.heads import CausalLMHead
@@ -71,29 +71,31 @@ class CausalLM(Objective):
 
 
 class CausalLMAdapter(HFAdapter):
-    """GPT2LMHeadModel (a tied head is read from and written as the word embeddings); imports GPT2Model too."""
-    exports = ("GPT2LMHeadModel",)
-    imports = ("GPT2LMHeadModel", "GPT2Model")
+    """GPT2LMHeadModel, or LlamaForCausalLM for the llama preset (a tied head is read from and written as the word
+    embeddings); imports their base models (GPT2Model, LlamaModel) too."""
+    exports = ("GPT2LMHeadModel", "LlamaForCausalLM")
+    imports = ("GPT2LMHeadModel", "GPT2Model", "LlamaForCausalLM", "LlamaModel")
 
     def export_targets(self, cfg: Config) -> list[Target]:
-        m, arch = cfg.model, "GPT2LMHeadModel"
-        refuse(m.position == "learned", "model.position", m.position, f"{arch} has learned absolute positions only")
-        refuse(m.norm == "pre", "model.norm", m.norm, f"{arch} is pre-LN (LayerNorm before each sub-block, plus a "
-                                                      f"final one)")
-        refuse(m.type_vocab_size == 0, "model.type_vocab_size", m.type_vocab_size,
-               f"{arch} has no token-type embeddings (it would add token types through the word embeddings)")
-        refuse(m.embedding_size in (0, m.hidden_size), "model.embedding_size", m.embedding_size,
-               f"{arch} has no factorised embeddings")
-        return [Target("", arch, "gpt2", m, self._rules(cfg, "transformer."))]
+        m = cfg.model
+        if m.preset == "llama":
+            check_llama(m, "LlamaForCausalLM")
+            return [Target("", "LlamaForCausalLM", "llama", m, self._rules(cfg, "llama", "model."))]
+        check_gpt2_like(m, "GPT2LMHeadModel")
+        return [Target("", "GPT2LMHeadModel", "gpt2", m, self._rules(cfg, "gpt2", "transformer."))]
 
     def recognise(self, sources: dict[str, HFSource]) -> dict | None:
         src = sources.get("")
-        return {"name": "clm"} if src is not None and src.model_type == "gpt2" else None
+        return {"name": "clm"} if src is not None and src.model_type in ("gpt2", "llama") else None
 
     def import_parts(self, cfg: Config, sources: dict[str, HFSource]) -> list[ImportPart]:
-        return [ImportPart(sources[""], self._rules(cfg, sources[""].prefix), "clm")]
+        src = sources[""]
+        return [ImportPart(src, self._rules(cfg, src.model_type, src.prefix), "clm")]
 
     @staticmethod
-    def _rules(cfg: Config, prefix: str) -> list[Rule]:
-        head = Rule("head.proj.weight", (f"{prefix}wte.weight" if cfg.model.tie_embeddings else "lm_head.weight",))
-        return gpt2_trunk_rules(cfg.model, "trunk.", prefix) + [head]
+    def _rules(cfg: Config, family: str, prefix: str) -> list[Rule]:
+        if family == "llama":
+            word, trunk = f"{prefix}embed_tokens.weight", llama_trunk_rules(cfg.model, "trunk.", prefix)
+        else:
+            word, trunk = f"{prefix}wte.weight", gpt2_trunk_rules(cfg.model, "trunk.", prefix)
+        return trunk + [Rule("head.proj.weight", (word if cfg.model.tie_embeddings else "lm_head.weight",))]

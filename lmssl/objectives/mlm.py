@@ -15,14 +15,29 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lmssl.config import Config, MLMConfig
+from lmssl.config import Config, MLMConfig, ModelConfig
 from lmssl.data import sentence_pairs
 from lmssl.data.packing import Example
 from lmssl.data.sentence_pairs import PairExample
 from lmssl.data.tokenizer import TextTokenizer
 from lmssl.data.unigram import UnigramBaselines
-from lmssl.interop.hf.adapter import HFAdapter, ImportPart, Target, check_bert_like, electra_generator_target, refuse
-from lmssl.interop.hf.rules import bert_trunk_rules, copy_rules, masked_lm_head_rules
+from lmssl.interop.hf.adapter import (
+    HFAdapter,
+    ImportPart,
+    Target,
+    check_bert_like,
+    check_modernbert,
+    electra_generator_target,
+    refuse,
+)
+from lmssl.interop.hf.rules import (
+    Rule,
+    bert_trunk_rules,
+    copy_rules,
+    masked_lm_head_rules,
+    modernbert_head_rules,
+    modernbert_trunk_rules,
+)
 from lmssl.interop.hf.source import HFSource
 from lmssl.model import flops
 from lmssl.model.attention import AttnSpec
@@ -152,12 +167,18 @@ class MaskedLM(Objective):
 
 class MaskedLMAdapter(HFAdapter):
     """BertForMaskedLM, BertForPreTraining with NSP/SOP (SOP's head has NSP's shape and label convention: 1 = not
-    in order), and ElectraForMaskedLM for factorised embeddings (the shape of an ELECTRA generator)."""
-    exports = ("BertForMaskedLM", "BertForPreTraining", "ElectraForMaskedLM")
+    in order), ElectraForMaskedLM for factorised embeddings (the shape of an ELECTRA generator), and
+    ModernBertForMaskedLM for the modernbert preset."""
+    exports = ("BertForMaskedLM", "BertForPreTraining", "ElectraForMaskedLM", "ModernBertForMaskedLM")
     imports = exports
 
     def export_targets(self, cfg: Config) -> list[Target]:
         m, task = cfg.model, cfg.objective.sentence_task
+        if m.preset == "modernbert":
+            arch = "ModernBertForMaskedLM"
+            refuse(task == "none", "objective.sentence_task", task, f"{arch} has no sentence head")
+            check_modernbert(m, arch)
+            return [Target("", arch, "modernbert", m, self._modernbert_rules(m, "model."))]
         if m.embedding_size not in (0, m.hidden_size):  # factorised: the ELECTRA generator's shape
             refuse(task == "none", "objective.sentence_task", task, "ElectraForMaskedLM (the only masked LM with "
                    "factorised embeddings) has no sentence head; set model.embedding_size=0 for BertForPreTraining")
@@ -180,10 +201,18 @@ class MaskedLMAdapter(HFAdapter):
             return {"name": "mlm", "sentence_task": "nsp" if src.has("cls.seq_relationship.weight") else "none"}
         if src.model_type == "electra" and src.has("generator_predictions.dense.weight"):
             return {"name": "mlm", "sentence_task": "none"}
+        if src.model_type == "modernbert" and src.has("head.dense.weight"):
+            return {"name": "mlm", "sentence_task": "none"}
         return None
 
     def import_parts(self, cfg: Config, sources: dict[str, HFSource]) -> list[ImportPart]:
         src = sources[""]
         if src.model_type == "electra":
             return [ImportPart(src, electra_generator_target(cfg.model, "", "").rules, "mlm")]
+        if src.model_type == "modernbert":
+            return [ImportPart(src, self._modernbert_rules(cfg.model, src.prefix), "mlm")]
         return [ImportPart(src, self.export_targets(cfg)[0].rules, "mlm")]
+
+    @staticmethod
+    def _modernbert_rules(m: ModelConfig, prefix: str) -> list[Rule]:
+        return modernbert_trunk_rules(m, "trunk.", prefix) + modernbert_head_rules(m, "head.", prefix)

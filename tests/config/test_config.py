@@ -28,6 +28,27 @@ def test_overrides_are_typed_and_presets_fill_defaults():
     assert explicit.model.norm == "post"  # written keys win over the preset
 
 
+def block_fields(m) -> tuple:
+    return (m.norm, m.norm_type, m.embedding_norm, m.final_norm, m.bias, m.mlp, m.qk_norm, m.position, m.pooler)
+
+
+def test_block_presets_and_the_placement_rule_of_older_configs():
+    modern = load_config(None, ["model.preset=modernbert"]).model
+    assert block_fields(modern) == ("pre", "layernorm", True, True, False, "geglu", False, "rope", "head")
+    assert (modern.type_vocab_size, modern.rope_theta, modern.norm_eps, modern.dropout) == (0, 160000.0, 1e-5, 0.0)
+    llama = load_config(None, ["model.preset=llama", "objective.name=clm"]).model
+    assert block_fields(llama) == ("pre", "rmsnorm", False, True, False, "swiglu", False, "rope", "tanh")
+    assert (llama.tie_embeddings, llama.norm_eps) == (False, 1e-6)
+    # a config written before the norm switches existed (a checkpoint's config.yaml names model.norm): the
+    # embedding norm follows post-LN and the final norm pre-LN, as they did then
+    pre_bert = load_config(None, ["model.preset=bert", "model.norm=pre"]).model
+    assert (pre_bert.embedding_norm, pre_bert.final_norm) == (False, True)
+    post_gpt2 = load_config(None, ["model.preset=gpt2", "model.norm=post", "objective.name=clm"]).model
+    assert (post_gpt2.embedding_norm, post_gpt2.final_norm) == (True, False)
+    written = load_config(None, ["model.norm=pre", "model.embedding_norm=true"]).model
+    assert (written.embedding_norm, written.final_norm) == (True, True)  # written keys still win
+
+
 @pytest.mark.parametrize("override, fragment", [
     ("train.max_step=5", "did you mean 'train.max_steps'"),
     ("trian.max_steps=5", "did you mean 'train'"),
@@ -35,6 +56,9 @@ def test_overrides_are_typed_and_presets_fill_defaults():
     ("train.max_steps=abc", "key 'train.max_steps': expected an integer"),
     ("train.resume=maybe", "key 'train.resume': expected true or false"),
     ("train.schedule=exp", "key 'train.schedule': invalid value 'exp'"),
+    ("model.mlp=relu", "key 'model.mlp': invalid value 'relu'; choose one of 'gelu', 'geglu', 'swiglu'"),
+    ("model.norm_type=batchnorm", "key 'model.norm_type': invalid value 'batchnorm'"),
+    ("model.qk_norm=1", "key 'model.qk_norm': expected true or false"),
     ("model.num_heads=3", "key 'model.num_heads': must divide model.hidden_size=256"),
     ("data.seq_len=4096", "key 'data.seq_len': 4096 exceeds model.max_positions=128"),
     ("objective.name=bart", "key 'objective.name': unknown objective 'bart'"),

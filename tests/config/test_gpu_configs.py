@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import dataclasses
 
+import pytest
 import torch
 from helpers import REPO_ROOT
 
 from lmssl.config import load_config
 from lmssl.data.tokenizer import TextTokenizer
+from lmssl.interop.hf.export import hf_config
 from lmssl.objectives import build_objective
+from lmssl.objectives.registry import hf_adapter
 
 GPU_CONFIGS = REPO_ROOT / "configs" / "gpu"
 def load_gpu_config(name: str):
@@ -39,7 +42,7 @@ def within(value: int, documented: float, tolerance: float = 0.01) -> bool:
 
 def test_all_gpu_configs_are_covered():
     assert sorted(p.stem for p in GPU_CONFIGS.glob("*.yaml")) == [
-        "bert-base-mlm", "electra-small", "gpt2-124m-clm", "simcse-bert-base"]
+        "bert-base-mlm", "electra-small", "gpt2-124m-clm", "llama-162m-clm", "modernbert-base-mlm", "simcse-bert-base"]
 
 
 def test_bert_base_mlm():
@@ -96,3 +99,38 @@ def test_simcse_bert_base():
         "simcse", 0.05, 32, 64)
     objective = build_on_meta(cfg, "wikitext2-wordpiece")
     assert count(objective, "trunk") == 108_891_648
+
+
+def hf_count(cfg, tokenizer_name: str) -> int:
+    """Parameters of the Hugging Face model our export of `cfg` becomes (its config.json), built on meta."""
+    transformers = pytest.importorskip("transformers")
+    tokenizer = TextTokenizer.from_file(REPO_ROOT / "tokenizers" / tokenizer_name / "tokenizer.json")
+    config = hf_config(hf_adapter(cfg.objective.name).export_targets(cfg)[0], tokenizer)
+    auto = transformers.AutoModelForCausalLM if cfg.objective.name == "clm" else transformers.AutoModelForMaskedLM
+    with torch.device("meta"):
+        return sum(p.numel() for p in auto.from_config(transformers.AutoConfig.for_model(**config)).parameters())
+
+
+def test_modernbert_base_mlm():
+    cfg = load_gpu_config("modernbert-base-mlm")
+    m = cfg.model
+    assert (m.preset, m.hidden_size, m.num_layers, m.num_heads, m.ffn_size, m.vocab_size, m.max_positions) == (
+        "modernbert", 768, 22, 12, 1152, 50368, 1024)
+    assert (m.norm, m.mlp, m.position, m.bias, m.rope_theta) == ("pre", "geglu", "rope", False, 160000.0)
+    assert (cfg.objective.name, cfg.objective.sentence_task, cfg.objective.mask_rate) == ("mlm", "none", 0.3)
+    total = count(build_on_meta(cfg, "wikitext2-wordpiece"))
+    assert total == hf_count(cfg, "wikitext2-wordpiece") == 149_655_232  # ModernBertForMaskedLM at this shape
+    assert within(total, 149e6)  # ModernBERT-base: 149M (Warner et al. 2024, Table 1)
+
+
+def test_llama_162m_clm():
+    cfg = load_gpu_config("llama-162m-clm")
+    m = cfg.model
+    gpt2 = load_gpu_config("gpt2-124m-clm").model
+    assert (m.preset, m.hidden_size, m.num_layers, m.num_heads, m.vocab_size, m.max_positions) == (
+        "llama", gpt2.hidden_size, gpt2.num_layers, gpt2.num_heads, gpt2.vocab_size, gpt2.max_positions)
+    assert 3 * m.ffn_size == 2 * gpt2.ffn_size  # SwiGLU's three matrices cost GPT-2's two
+    assert (m.norm_type, m.mlp, m.bias, m.tie_embeddings) == ("rmsnorm", "swiglu", False, False)
+    objective = build_on_meta(cfg, "wikitext2-bpe")
+    assert count(objective) == hf_count(cfg, "wikitext2-bpe") == 162_220_800  # LlamaForCausalLM at this shape
+    assert count(objective, "trunk") == 123_587_328

@@ -1,5 +1,6 @@
-"""`lmssl predict` on a fine-tuned model, and `lmssl export` of one: BertForSequenceClassification and
-GPT2ForSequenceClassification give our logits."""
+"""`lmssl predict` on a fine-tuned model, and `lmssl export` of one: BertForSequenceClassification,
+GPT2ForSequenceClassification, ModernBertForSequenceClassification and LlamaForSequenceClassification give our
+logits."""
 from __future__ import annotations
 
 import json
@@ -18,10 +19,10 @@ from lmssl.interop.hf.export import export
 from lmssl.model.classifier import SequenceClassifier
 
 
-def finetuned(tmp_path, objective: str, regression: bool = False, use_pooler: bool = True):
+def finetuned(tmp_path, objective: str, regression: bool = False, use_pooler: bool = True, **model):
     """A fine-tuned-looking model: a tiny pretrained checkpoint's encoder plus random pooler and head."""
     causal = objective == "clm"
-    cfg, tok, obj = tiny_objective({"name": objective})
+    cfg, tok, obj = tiny_objective({"name": objective}, **model)
     ckpt = save_model(tmp_path / "ckpt", obj, cfg, tok)
     card = card_from_dict({"name": "toy", "train": "t.csv", "dev": "t.csv", "text_columns": ["a", "b"],
                            "label_column": "label", **({"regression": True} if regression
@@ -30,7 +31,11 @@ def finetuned(tmp_path, objective: str, regression: bool = False, use_pooler: bo
     model = SequenceClassifier(cfg.model, causal, card.num_outputs, regression, use_pooler and not causal)
     model.encoder.load_state_dict(obj.encoder().state_dict())
     with torch.no_grad():
-        model.head.bias.uniform_(-1, 1)  # a bias worth folding (GPT-2's score layer has none)
+        if model.head.bias is not None:
+            model.head.bias.uniform_(-1, 1)  # a bias worth folding (GPT-2's score layer has none)
+        for name, p in model.named_parameters():
+            if name.startswith("pooler.norm"):
+                p.uniform_(0.5, 1.5)  # a norm's weight that is not all ones: a misplaced one would show
     info = {"card": card.to_dict(), "causal": causal, "use_pooler": model.pooler is not None, "max_length": 40,
             "mode": "finetune" if use_pooler or causal else "probe", "checkpoint": str(ckpt)}
     save_finetuned(tmp_path / "best", model, cfg, tok, info)
@@ -104,6 +109,35 @@ def test_gpt2_classifier_exports_with_its_bias_folded(tmp_path):
     with torch.no_grad():
         theirs = torch.cat([hf(input_ids=torch.tensor([list(r)])).logits for r in ids])
     torch.testing.assert_close(theirs, ours, atol=ATOL, rtol=0)
+
+
+def test_modernbert_classifier_exports_to_modernbert_for_sequence_classification(tmp_path):
+    directory, _ = finetuned(tmp_path, "mlm", preset="modernbert")
+    path = write_csv(tmp_path / "new.csv")
+    assert export(directory, tmp_path / "hf")["architectures"] == {".": "ModernBertForSequenceClassification"}
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    ours, ids, _ = our_logits(directory, path)
+    width = max(map(len, ids))
+    padded = torch.tensor([list(r) + [0] * (width - len(r)) for r in ids])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids])
+    with torch.no_grad():
+        theirs = hf(input_ids=padded, attention_mask=mask).logits
+    torch.testing.assert_close(theirs, ours, atol=ATOL, rtol=0)
+
+
+def test_llama_classifier_exports_to_llama_for_sequence_classification(tmp_path, capsys):
+    directory, _ = finetuned(tmp_path, "clm", preset="llama")
+    path = write_csv(tmp_path / "new.csv")
+    assert export(directory, tmp_path / "hf")["architectures"] == {".": "LlamaForSequenceClassification"}
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    ours, ids, _ = our_logits(directory, path)
+    with torch.no_grad():
+        theirs = torch.cat([hf(input_ids=torch.tensor([list(r)])).logits for r in ids])
+    torch.testing.assert_close(theirs, ours, atol=ATOL, rtol=0)
+    # with biases the score layer's bias has nowhere to go (RMSNorm has none): refused, naming the key
+    biased, _ = finetuned(tmp_path / "biased", "clm", preset="llama", bias=True)
+    assert main(["export", str(biased), str(tmp_path / "hf2")]) == 2
+    assert "key 'model.bias'" in capsys.readouterr().err and not (tmp_path / "hf2").exists()
 
 
 def test_a_probe_has_no_bert_architecture(tmp_path, capsys):

@@ -7,10 +7,9 @@ import io
 
 import pytest
 import torch
-from helpers import cli_json, save_model
+from helpers import BLOCKS, block_config, cli_json, save_model, spread_weights
 from hf_parity import tiny_objective, transformers
 
-from lmssl.config import MODEL_PRESETS, ModelConfig
 from lmssl.inference.fill_mask import fill_mask
 from lmssl.inference.generate import Sampling, filter_logits, generate
 from lmssl.interop.hf.export import export
@@ -20,13 +19,11 @@ from lmssl.model.transformer import KVCache, Transformer
 PROMPT = "Valkyria Chronicles III is a tactical"
 
 
-@pytest.mark.parametrize("preset, position", [("gpt2", "learned"), ("gpt2", "rope"), ("bert", "learned")])
-def test_the_cache_gives_the_uncached_hidden_states(preset, position):
-    cfg = ModelConfig(**{**MODEL_PRESETS[preset], "position": position}, preset=preset, vocab_size=50,
-                      hidden_size=32, num_layers=2, num_heads=4, ffn_size=64, max_positions=64,
-                      attention_backend="sdpa")
+@pytest.mark.parametrize("variant", list(BLOCKS))
+def test_the_cache_gives_the_uncached_hidden_states(variant):
+    cfg = block_config(variant, vocab_size=50, attention_backend="sdpa")
     torch.manual_seed(0)
-    trunk = Transformer(cfg).eval()
+    trunk = spread_weights(Transformer(cfg).eval())
     ids = torch.randint(0, 50, (3, 20))
     with torch.no_grad():
         full = trunk(ids, AttnSpec.dense(True))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import spread_weights, tiny_model_config
+from helpers import BLOCKS, block_config, spread_weights
 
 from lmssl.model.attention import AttnSpec, SdpaAttention
 from lmssl.model.transformer import Transformer
@@ -11,16 +11,14 @@ from lmssl.model.transformer import Transformer
 ATOL = 1e-5
 VOCAB = 100
 
-# (preset, position): both LayerNorm placements, learned positions and rotary embeddings
-VARIANTS = [("bert", "learned"), ("gpt2", "learned"), ("bert", "rope"), ("gpt2", "rope")]
-VARIANT_IDS = [f"{p}-{pos}" for p, pos in VARIANTS]
+VARIANTS = list(BLOCKS)  # both norm placements and types, learned positions and RoPE, each feed-forward, QK-norm
 
 
 
 
-def tiny_trunk(preset: str, position: str, seed: int = 0) -> Transformer:
+def tiny_trunk(variant: str, seed: int = 0) -> Transformer:
     torch.manual_seed(seed)
-    model = Transformer(tiny_model_config(preset, position=position)).eval()
+    model = Transformer(block_config(variant)).eval()
     return spread_weights(model)
 
 
@@ -82,9 +80,9 @@ def _specs(causal: bool, B: int, T: int):
     }
 
 
-@pytest.mark.parametrize("preset,position", VARIANTS, ids=VARIANT_IDS)
-def test_causal_trunk_never_sees_the_future(preset, position):
-    model = tiny_trunk(preset, position)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_causal_trunk_never_sees_the_future(variant):
+    model = tiny_trunk(variant)
     B, T = 2, 12
     torch.manual_seed(1)
     ids = torch.randint(0, VOCAB, (B, T))
@@ -103,9 +101,9 @@ def test_causal_trunk_never_sees_the_future(preset, position):
                 assert (out[:, t + 1:] - base[:, t + 1:]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("preset,position", VARIANTS, ids=VARIANT_IDS)
-def test_bidirectional_trunk_sees_the_future(preset, position):
-    model = tiny_trunk(preset, position)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bidirectional_trunk_sees_the_future(variant):
+    model = tiny_trunk(variant)
     B, T = 2, 12
     torch.manual_seed(1)
     ids = torch.randint(0, VOCAB, (B, T))
@@ -122,9 +120,9 @@ def test_bidirectional_trunk_sees_the_future(preset, position):
 # ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
-@pytest.mark.parametrize("preset,position", VARIANTS, ids=VARIANT_IDS)
-def test_packed_documents_equal_separate_documents(preset, position, causal):
-    model = tiny_trunk(preset, position)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_packed_documents_equal_separate_documents(variant, causal):
+    model = tiny_trunk(variant)
     doc_lengths = [[3, 2, 4], [6, 3], [1, 7, 1]]
     B, T = len(doc_lengths), 9
     torch.manual_seed(2)
@@ -148,9 +146,9 @@ def test_packed_documents_equal_separate_documents(preset, position, causal):
 # ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
-@pytest.mark.parametrize("preset,position", VARIANTS, ids=VARIANT_IDS)
-def test_padding_never_changes_real_tokens(preset, position, causal):
-    model = tiny_trunk(preset, position)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_padding_never_changes_real_tokens(variant, causal):
+    model = tiny_trunk(variant)
     lengths = [8, 5, 1, 3]
     B, T = len(lengths), max(lengths)
     torch.manual_seed(3)

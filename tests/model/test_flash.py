@@ -13,7 +13,15 @@ import types
 
 import pytest
 import torch
-from helpers import REPO_ROOT, assert_forward_at_is_the_full_forward, spread_weights, tiny_model_config
+from helpers import (
+    BLOCKS,
+    CAUSAL_PRESETS,
+    REPO_ROOT,
+    assert_forward_at_is_the_full_forward,
+    block_config,
+    spread_weights,
+    tiny_model_config,
+)
 
 from lmssl.config import ConfigError, load_config
 from lmssl.model.attention import AttnSpec, SdpaAttention, Varlen, VarlenAttention, varlen_reference
@@ -22,8 +30,7 @@ from lmssl.model.transformer import Transformer
 
 ATOL = 1e-5
 VOCAB = 100
-VARIANTS = [("bert", "learned"), ("gpt2", "learned"), ("bert", "rope"), ("gpt2", "rope")]
-VARIANT_IDS = [f"{p}-{pos}" for p, pos in VARIANTS]
+VARIANTS = list(BLOCKS)  # every block kind (tests/helpers.py)
 B, T = 3, 9
 LENGTHS = [9, 4, 1]  # padded layout: real tokens per row
 DOCS = [[3, 2, 4], [6, 3], [1, 7, 1]]  # packed layout: documents per row
@@ -31,11 +38,11 @@ DOCS = [[3, 2, 4], [6, 3], [1, 7, 1]]  # packed layout: documents per row
 
 
 
-def trunk_pair(preset: str, position: str, seed: int = 0, **overrides) -> tuple[Transformer, Transformer]:
+def trunk_pair(variant: str, seed: int = 0, **overrides) -> tuple[Transformer, Transformer]:
     """The same weights behind the SDPA backend and behind the varlen path with the reference kernel. Large
     random weights make attention far from uniform, so a leak across sequences would show."""
     torch.manual_seed(seed)
-    cfg = tiny_model_config(preset, **{"position": position, "attention_backend": "sdpa", **overrides})
+    cfg = block_config(variant, **{"attention_backend": "sdpa", **overrides})
     sdpa = spread_weights(Transformer(cfg))
     varlen = Transformer(cfg, backend=VarlenAttention(varlen_reference))
     varlen.load_state_dict(sdpa.state_dict())
@@ -105,12 +112,12 @@ def test_reference_kernel_is_block_diagonal_sdpa(causal):
 # ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
-@pytest.mark.parametrize("preset,position", VARIANTS, ids=VARIANT_IDS)
-def test_varlen_path_equals_sdpa(preset, position, causal):
-    sdpa, varlen = trunk_pair(preset, position)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_varlen_path_equals_sdpa(variant, causal):
+    sdpa, varlen = trunk_pair(variant)
     torch.manual_seed(1)
     ids = torch.randint(1, VOCAB, (B, T))
-    types = torch.randint(0, 2, (B, T)) if preset == "bert" else None
+    types = torch.randint(0, 2, (B, T)) if sdpa.cfg.type_vocab_size else None
     for layout, (spec, real) in layouts(causal).items():
         with torch.no_grad():
             expected, out = sdpa(ids, spec, types), varlen(ids, spec, types)
@@ -120,11 +127,11 @@ def test_varlen_path_equals_sdpa(preset, position, causal):
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
-@pytest.mark.parametrize("preset,position", VARIANTS, ids=VARIANT_IDS)
-def test_varlen_forward_at_equals_forward_gathered(preset, position, causal):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_varlen_forward_at_equals_forward_gathered(variant, causal):
     """The sparse last block (MLM's masked rows) on unpadded tokens: == forward(...)[where], row-major order,
     also when `where` selects padding (forward's zeros there), and == the SDPA backend's rows."""
-    sdpa, varlen = trunk_pair(preset, position)
+    sdpa, varlen = trunk_pair(variant)
     torch.manual_seed(2)
     ids = torch.randint(1, VOCAB, (B, T))
     for layout, (spec, real) in layouts(causal).items():
@@ -139,10 +146,10 @@ def test_varlen_forward_at_equals_forward_gathered(preset, position, causal):
         torch.testing.assert_close(sparse_real, expected, atol=ATOL, rtol=0, msg=layout)
 
 
-@pytest.mark.parametrize("preset,position,causal", [("bert", "learned", False), ("gpt2", "learned", True),
-                                                    ("bert", "rope", False), ("gpt2", "rope", True)], ids=VARIANT_IDS)
-def test_varlen_gradients_equal_sdpa(preset, position, causal):
-    sdpa, varlen = trunk_pair(preset, position)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_varlen_gradients_equal_sdpa(variant):
+    causal = BLOCKS[variant][0] in CAUSAL_PRESETS
+    sdpa, varlen = trunk_pair(variant)
     torch.manual_seed(3)
     ids = torch.randint(1, VOCAB, (B, T))
     for layout, (spec, real) in layouts(causal).items():
@@ -165,7 +172,7 @@ def test_varlen_gradients_equal_sdpa(preset, position, causal):
 def test_varlen_padding_length_invariance(causal):
     """Padding is removed before the embeddings: the real tokens' outputs do not depend on how much padding
     there is or what it holds (bit for bit), and equal each row run alone."""
-    _, varlen = trunk_pair("bert", "rope")
+    _, varlen = trunk_pair("bert-rope")
     torch.manual_seed(4)
     ids = torch.randint(1, VOCAB, (B, T))
     real = right_padding(LENGTHS, T)
@@ -196,12 +203,12 @@ def test_varlen_dropout_forward_at_draws_as_forward():
     assert not torch.allclose(model(ids, spec)[where], full)  # dropout is really on
 
 
-@pytest.mark.parametrize("preset,position", VARIANTS, ids=VARIANT_IDS)
-def test_varlen_path_under_bf16_autocast(preset, position):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_varlen_path_under_bf16_autocast(variant):
     """Under autocast the kernel gets q, k, v in one half-precision dtype, as flash-attn requires (RoPE's fp32
     tables must not promote q and k; the reference kernel asserts it), and the result stays within bf16
     tolerance of the SDPA path under the same autocast."""
-    sdpa, varlen = trunk_pair(preset, position)
+    sdpa, varlen = trunk_pair(variant)
     seen = []
 
     def recording_kernel(q, k, v, *args, **kwargs):
@@ -212,7 +219,7 @@ def test_varlen_path_under_bf16_autocast(preset, position):
     varlen.load_state_dict(sdpa.state_dict())
     torch.manual_seed(6)
     ids = torch.randint(1, VOCAB, (B, T))
-    for layout, (spec, real) in layouts(preset == "gpt2").items():
+    for layout, (spec, real) in layouts(BLOCKS[variant][0] in CAUSAL_PRESETS).items():
         seen.clear()
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
             out, expected = varlen(ids, spec), sdpa(ids, spec)
@@ -428,11 +435,11 @@ def _assert_bf16_close(flash_result, sdpa_result, real):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("position", ["learned", "rope"])
-def test_gpu_flash_packed_document_clm_matches_sdpa(position):
-    """GPT-2 style causal LM on packed documents (data.document_mask): 4 x 1024 tokens, documents of uneven
-    lengths, positions restarting per document."""
-    flash, sdpa = _gpu_pair("gpt2", position=position)
+@pytest.mark.parametrize("preset, position", [("gpt2", "learned"), ("gpt2", "rope"), ("llama", "rope")])
+def test_gpu_flash_packed_document_clm_matches_sdpa(preset, position):
+    """GPT-2 / Llama style causal LM on packed documents (data.document_mask): 4 x 1024 tokens, documents of
+    uneven lengths, positions restarting per document."""
+    flash, sdpa = _gpu_pair(preset, position=position)
     g = torch.Generator().manual_seed(1)
     docs = []
     for _ in range(4):
@@ -451,9 +458,11 @@ def test_gpu_flash_packed_document_clm_matches_sdpa(position):
 
 
 @pytest.mark.gpu
-def test_gpu_flash_padded_mlm_matches_sdpa():
-    """BERT style bidirectional MLM on right-padded rows (sentence pairs, SimCSE): 8 x 512, lengths 1..512."""
-    flash, sdpa = _gpu_pair("bert")
+@pytest.mark.parametrize("preset", ["bert", "modernbert"])
+def test_gpu_flash_padded_mlm_matches_sdpa(preset):
+    """BERT / ModernBERT style bidirectional MLM on right-padded rows (sentence pairs, SimCSE): 8 x 512, lengths
+    1..512."""
+    flash, sdpa = _gpu_pair(preset)
     g = torch.Generator().manual_seed(2)
     lengths = [512, 1, 37, 128, 300, 511, 64, 200]
     real = right_padding(lengths, 512).cuda()

@@ -21,7 +21,8 @@ from hf_parity import (
 
 from lmssl.model.attention import AttnSpec
 from lmssl.model.heads import CausalLMHead, MaskedLMHead
-from lmssl.model.transformer import Transformer, apply_rope, rope_tables
+from lmssl.model.layers import apply_rope, rope_tables
+from lmssl.model.transformer import Transformer
 
 transformers = pytest.importorskip("transformers")
 
@@ -119,7 +120,7 @@ def test_hf_gelu_variants_are_ours():
     """The activations the parity tests rely on: BERT 'gelu' is exact, GPT-2 'gelu_new' is the tanh form."""
     from transformers.activations import ACT2FN
 
-    from lmssl.model.transformer import activation_fn
+    from lmssl.model.layers import activation_fn
 
     x = torch.linspace(-6, 6, 1001)
     torch.testing.assert_close(activation_fn("gelu")(x), ACT2FN["gelu"](x), atol=0, rtol=0)
@@ -377,11 +378,11 @@ def test_forward_at_computes_only_the_selected_queries(preset, position, layout,
 
 
 def test_cpu_inference_feed_forward_in_chunks_equals_one_pass(monkeypatch):
-    from lmssl.model import transformer
+    from lmssl.model import layers
 
     cfg = tiny_model_config("bert")
-    monkeypatch.setattr(transformer, "CPU_INFERENCE_ELEMENTS", 5 * cfg.ffn_size)  # chunks of 5 rows; 36 rows
-    ffn = transformer.FeedForward(cfg)
+    monkeypatch.setattr(layers, "CPU_INFERENCE_ELEMENTS", 5 * cfg.ffn_size)  # chunks of 5 rows; 36 rows
+    ffn = layers.FeedForward(cfg)
     x = torch.randn(3, 12, cfg.hidden_size)
     calls = []
     ffn.fc_in.register_forward_hook(lambda *args: calls.append(args[1][0].shape[0]))
@@ -390,3 +391,20 @@ def test_cpu_inference_feed_forward_in_chunks_equals_one_pass(monkeypatch):
         chunked = ffn(x)
     assert calls == [3, 5, 5, 5, 5, 5, 5, 5, 1]  # one (3, 12, H) pass, then 36 rows five at a time
     torch.testing.assert_close(chunked, one_pass.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_block_kinds_build_what_they_say():
+    modern = Transformer(tiny_model_config("modernbert"))
+    assert isinstance(modern.layers[0].attn_norm, torch.nn.Identity)  # the embedding norm already normalised it
+    assert isinstance(modern.layers[1].attn_norm, torch.nn.LayerNorm) and modern.layers[1].attn_norm.bias is None
+    assert modern.embeddings.norm is not None and modern.final_norm is not None
+    assert modern.layers[0].ffn.fc_in.out_features == 2 * 64 and modern.layers[0].attn.qkv.bias is None
+    llama = Transformer(tiny_model_config("llama", qk_norm=True))
+    assert isinstance(llama.layers[0].attn_norm, torch.nn.RMSNorm) and llama.embeddings.norm is None
+    q_norm = llama.layers[0].attn.q_norm
+    assert isinstance(q_norm, torch.nn.RMSNorm) and q_norm.weight.shape == (8,)  # per head: 32 / 4 heads
+    # SwiGLU by hand: (silu(x W) * x V) W2, W and V the two halves of fc_in
+    ffn = llama.layers[0].ffn
+    x = torch.randn(3, 32)
+    w, v = ffn.fc_in.weight.chunk(2)
+    torch.testing.assert_close(ffn(x), torch.nn.functional.silu(x @ w.T) * (x @ v.T) @ ffn.fc_out.weight.T)

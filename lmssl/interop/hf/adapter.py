@@ -18,7 +18,7 @@ class Target:
     """One HF model directory: its architecture, the trunk config it describes and the renames."""
     subdir: str  # "" = the output directory itself; ELECTRA writes discriminator/ and generator/
     architecture: str  # config.json "architectures"[0]
-    model_type: str  # bert | gpt2 | electra
+    model_type: str  # bert | gpt2 | electra | modernbert | llama
     model: ModelConfig  # the trunk described by config.json
     rules: list[Rule]
 
@@ -69,13 +69,67 @@ def refuse(cond: bool, key: str, value: Any, why: str) -> None:
         raise ConfigError(f"cannot export: key '{key}' is {value!r} but {why}")
 
 
+# how an architecture's blocks read in a refusal, field by field
+BLOCK_WORDS: dict[str, dict[Any, str]] = {
+    "norm_type": {"layernorm": "LayerNorm", "rmsnorm": "RMSNorm"},
+    "bias": {True: "biases in every linear layer and norm", False: "no biases"},
+    "mlp": {"gelu": "a plain (not gated) feed-forward", "geglu": "a GeGLU feed-forward",
+            "swiglu": "a SwiGLU feed-forward"},
+    "qk_norm": {False: "no QK-norm", True: "QK-norm"},
+    "embedding_norm": {True: "a norm on its embeddings", False: "no norm on its embeddings"},
+    "final_norm": {True: "a final norm", False: "no final norm"},
+    "pooler": {"tanh": "BERT's dense + tanh pooler", "head": "ModernBERT's dense + activation + norm pooler"},
+}
+
+
+def check_blocks(m: ModelConfig, architecture: str, **required: Any) -> None:
+    """Refuse, naming the field, the first block field whose value `architecture` cannot express."""
+    for field, want in required.items():
+        refuse(getattr(m, field) == want, f"model.{field}", getattr(m, field),
+               f"{architecture} has {BLOCK_WORDS[field][want]}")
+
+
+def check_unfactorised(m: ModelConfig, architecture: str) -> None:
+    refuse(m.embedding_size in (0, m.hidden_size), "model.embedding_size", m.embedding_size,
+           f"{architecture} has no factorised embeddings (only ELECTRA does)")
+
+
 def check_bert_like(m: ModelConfig, architecture: str, factorised_ok: bool = False) -> None:
     refuse(m.position == "learned", "model.position", m.position, f"{architecture} has learned absolute positions only")
     refuse(m.norm == "post", "model.norm", m.norm, f"{architecture} is post-LN (LayerNorm after each residual)")
     refuse(m.type_vocab_size >= 1, "model.type_vocab_size", m.type_vocab_size, f"{architecture} always has token types")
+    check_blocks(m, architecture, norm_type="layernorm", bias=True, mlp="gelu", qk_norm=False, embedding_norm=True,
+                 final_norm=False)
     if not factorised_ok:
-        refuse(m.embedding_size in (0, m.hidden_size), "model.embedding_size", m.embedding_size,
-               f"{architecture} has no factorised embeddings (only ELECTRA does)")
+        check_unfactorised(m, architecture)
+
+
+def check_gpt2_like(m: ModelConfig, architecture: str) -> None:
+    refuse(m.position == "learned", "model.position", m.position, f"{architecture} has learned absolute positions only")
+    refuse(m.norm == "pre", "model.norm", m.norm, f"{architecture} is pre-LN (LayerNorm before each sub-block, plus a "
+                                                  f"final one)")
+    refuse(m.type_vocab_size == 0, "model.type_vocab_size", m.type_vocab_size,
+           f"{architecture} has no token-type embeddings (it would add token types through the word embeddings)")
+    check_blocks(m, architecture, norm_type="layernorm", bias=True, mlp="gelu", qk_norm=False, embedding_norm=False,
+                 final_norm=True)
+    check_unfactorised(m, architecture)
+
+
+def check_modern(m: ModelConfig, architecture: str, **required: Any) -> None:
+    """ModernBERT and Llama: pre-norm blocks with RoPE, no token types, as `required` says for the rest."""
+    refuse(m.position == "rope", "model.position", m.position, f"{architecture} has rotary position embeddings")
+    refuse(m.norm == "pre", "model.norm", m.norm, f"{architecture} normalises before each sub-block (pre-norm)")
+    refuse(m.type_vocab_size == 0, "model.type_vocab_size", m.type_vocab_size, f"{architecture} has no token types")
+    check_blocks(m, architecture, qk_norm=False, final_norm=True, **required)
+    check_unfactorised(m, architecture)
+
+
+def check_modernbert(m: ModelConfig, architecture: str) -> None:
+    check_modern(m, architecture, norm_type="layernorm", mlp="geglu", embedding_norm=True)
+
+
+def check_llama(m: ModelConfig, architecture: str) -> None:
+    check_modern(m, architecture, norm_type="rmsnorm", mlp="swiglu", embedding_norm=False)
 
 
 def electra_generator_target(g: ModelConfig, ours: str, subdir: str) -> Target:

@@ -1,7 +1,9 @@
 """A fine-tuned classifier (`lmssl finetune`'s best/) as transformers' *ForSequenceClassification:
 
     encoder with the BERT pooler (fine-tuning)   BertForSequenceClassification (bert.pooler + classifier)
+    modernbert preset, its pooler on [CLS]       ModernBertForSequenceClassification (head + classifier)
     causal encoder, last token                   GPT2ForSequenceClassification (score: a bias-free layer)
+    llama preset (no biases), last token         LlamaForSequenceClassification (score: a bias-free layer)
 
 GPT-2's score layer has no bias; ours is folded into the final LayerNorm's bias (b_ln + W⁺b), which changes
 nothing else because that model reads the last hidden state only through `score`. transformers finds the last
@@ -16,26 +18,51 @@ import torch
 
 from lmssl.config import Config
 from lmssl.errors import ConfigError
-from lmssl.interop.hf.adapter import Target, check_bert_like, refuse
-from lmssl.interop.hf.rules import Rule, bert_trunk_rules, copy_rules, gpt2_trunk_rules
+from lmssl.interop.hf.adapter import (
+    Target,
+    check_bert_like,
+    check_blocks,
+    check_gpt2_like,
+    check_llama,
+    check_modernbert,
+    refuse,
+)
+from lmssl.interop.hf.rules import (
+    Rule,
+    bert_trunk_rules,
+    copy_rules,
+    gpt2_trunk_rules,
+    llama_trunk_rules,
+    modernbert_trunk_rules,
+    norm_rules,
+)
 
 
 def classifier_target(cfg: Config, info: dict) -> Target:
     m = cfg.model
+    if info["causal"] and m.preset == "llama":
+        arch = "LlamaForSequenceClassification"
+        check_llama(m, arch)
+        refuse(not m.bias, "model.bias", m.bias, f"{arch}'s score layer has no bias, and RMSNorm none to fold it into")
+        return Target("", arch, "llama", m, llama_trunk_rules(m, "encoder.", "model.")
+                      + [Rule("head.weight", ("score.weight",))])
     if info["causal"]:
         arch = "GPT2ForSequenceClassification"
-        refuse(m.position == "learned", "model.position", m.position, f"{arch} has learned absolute positions only")
-        refuse(m.norm == "pre", "model.norm", m.norm, f"{arch} is pre-LN (with a final LayerNorm)")
-        refuse(m.type_vocab_size == 0, "model.type_vocab_size", m.type_vocab_size, f"{arch} has no token types")
-        refuse(m.embedding_size in (0, m.hidden_size), "model.embedding_size", m.embedding_size,
-               f"{arch} has no factorised embeddings")
+        check_gpt2_like(m, arch)
         rules = gpt2_trunk_rules(m, "encoder.", "transformer.") + [Rule("head.weight", ("score.weight",))]
         return Target("", arch, "gpt2", m, rules)
-    arch = "BertForSequenceClassification"
+    arch = "ModernBertForSequenceClassification" if m.preset == "modernbert" else "BertForSequenceClassification"
     if not info["use_pooler"]:
         raise ConfigError(f"cannot export: this {info.get('mode', 'probe')} reads the raw [CLS] state, and {arch} "
                           f"always applies its pooler; export a fine-tuned (not probed) model")
+    if m.preset == "modernbert":
+        check_modernbert(m, arch)
+        check_blocks(m, arch, pooler="head")
+        rules = (modernbert_trunk_rules(m, "encoder.", "model.") + copy_rules("pooler.dense", "head.dense", bias=m.bias)
+                 + norm_rules(m, "pooler.norm", "head.norm") + copy_rules("head", "classifier"))
+        return Target("", arch, "modernbert", m, rules)
     check_bert_like(m, arch)
+    check_blocks(m, arch, pooler="tanh")
     rules = (bert_trunk_rules(m, "encoder.", "bert.") + copy_rules("pooler.dense", "bert.pooler.dense")
              + copy_rules("head", "classifier"))
     return Target("", arch, "bert", m, rules)

@@ -1,8 +1,9 @@
 """`lmssl export`: an lmssl model as `transformers` model directories (config.json + model.safetensors +
 tokenizer files), as its objective's adapter maps it (lmssl.interop.hf.adapter):
 
-    mlm                  BertForMaskedLM; + nsp/sop: BertForPreTraining; factorised embeddings: ElectraForMaskedLM
-    clm                  GPT2LMHeadModel
+    mlm                  BertForMaskedLM; + nsp/sop: BertForPreTraining; factorised embeddings: ElectraForMaskedLM;
+                         modernbert preset: ModernBertForMaskedLM
+    clm                  GPT2LMHeadModel; llama preset: LlamaForCausalLM
     electra              discriminator/ ElectraForPreTraining + generator/ ElectraForMaskedLM
     simcse               BertModel (its training MLP as pooler) + sentence-transformers pooling files
 
@@ -36,6 +37,17 @@ def hf_config(t: Target, tokenizer: TextTokenizer) -> dict[str, Any]:
     m = t.model
     common = {"architectures": [t.architecture], "model_type": t.model_type, "vocab_size": m.vocab_size,
               "initializer_range": m.init_std, "tie_word_embeddings": m.tie_embeddings, "torch_dtype": "float32"}
+    if t.model_type == "modernbert":
+        return {**common, **modernbert_config(m, tokenizer)}
+    if t.model_type == "llama":
+        eos = tokenizer.eos_id
+        return {**common, "hidden_size": m.hidden_size, "intermediate_size": m.ffn_size,
+                "num_hidden_layers": m.num_layers, "num_attention_heads": m.num_heads,
+                "num_key_value_heads": m.num_heads, "head_dim": m.hidden_size // m.num_heads, "hidden_act": "silu",
+                "max_position_embeddings": m.max_positions, "rms_norm_eps": m.norm_eps,
+                "rope_parameters": {"rope_type": "default", "rope_theta": m.rope_theta},
+                "attention_bias": m.bias, "mlp_bias": m.bias, "attention_dropout": m.attention_dropout,
+                "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": None}
     if t.model_type == "gpt2":
         eos = tokenizer.eos_id
         return {**common, "n_positions": m.max_positions, "n_embd": m.hidden_size, "n_layer": m.num_layers,
@@ -54,6 +66,21 @@ def hf_config(t: Target, tokenizer: TextTokenizer) -> dict[str, Any]:
     return out
 
 
+def modernbert_config(m: ModelConfig, tokenizer: TextTokenizer) -> dict[str, Any]:
+    """ModernBertConfig with global attention in every layer (one RoPE base for all), one bias switch for all."""
+    rope = {"rope_type": "default", "rope_theta": m.rope_theta}
+    ids = {f"{role}_token_id": tokenizer.roles.get(role) for role in ("pad", "cls", "sep")}
+    return {"hidden_size": m.hidden_size, "intermediate_size": m.ffn_size, "num_hidden_layers": m.num_layers,
+            "num_attention_heads": m.num_heads, "hidden_activation": ACTIVATION_TO_HF[m.activation],
+            "classifier_activation": ACTIVATION_TO_HF[m.activation], "max_position_embeddings": m.max_positions,
+            "norm_eps": m.norm_eps, "norm_bias": m.bias, "attention_bias": m.bias, "mlp_bias": m.bias,
+            "classifier_bias": m.bias, "decoder_bias": True, "layer_types": ["full_attention"] * m.num_layers,
+            "rope_parameters": {"full_attention": rope, "sliding_attention": dict(rope)},
+            "embedding_dropout": m.dropout, "mlp_dropout": m.dropout, "attention_dropout": m.attention_dropout,
+            "classifier_dropout": m.dropout, "classifier_pooling": "cls", **ids,
+            "bos_token_id": ids["cls_token_id"], "eos_token_id": ids["sep_token_id"]}
+
+
 def tokenizer_files(tokenizer: TextTokenizer, model: ModelConfig, causal: bool) -> dict[str, str]:
     """tokenizer_config.json and special_tokens_map.json for our tokenizer.json, loaded by AutoTokenizer as a
     fast tokenizer that tokenizes exactly as ours (the same `tokenizers` file: normalizer, pre-tokenizer,
@@ -68,7 +95,8 @@ def tokenizer_files(tokenizer: TextTokenizer, model: ModelConfig, causal: bool) 
         names = ["input_ids", "attention_mask"]  # GPT2 would add token_type_ids through its word embeddings
     else:
         special = {f"{r}_token": token(r) for r in ("unk", "sep", "pad", "cls", "mask")}
-        names = ["input_ids", "token_type_ids", "attention_mask"]
+        names = ["input_ids", "token_type_ids", "attention_mask"] if model.type_vocab_size else [
+            "input_ids", "attention_mask"]
     special = {k: v for k, v in special.items() if v is not None}
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model.max_positions,
               "padding_side": "right", "model_input_names": names, "clean_up_tokenization_spaces": False, **special}
@@ -119,7 +147,7 @@ def export_classifier(source: ModelDir, out_dir: Path) -> dict[str, Any]:
     target = classifier_target(cfg, info)
     state = model.state_dict()
     tensors = hf_state_dict(state, target.rules)
-    if info["causal"]:
+    if target.model_type == "gpt2":
         fold_head_bias(tensors, state)
     config = {**hf_config(target, tokenizer), **classifier_config(info)}
     with atomic_directory(out_dir) as tmp:

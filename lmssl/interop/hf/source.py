@@ -15,7 +15,8 @@ from lmssl.errors import ConfigError
 
 ACTIVATION_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
                       "gelu_fast": "gelu_tanh"}
-BASE_PREFIX = {"bert": "bert.", "electra": "electra.", "gpt2": "transformer."}  # base model inside *For* heads
+BASE_PREFIX = {"bert": "bert.", "electra": "electra.", "gpt2": "transformer.", "modernbert": "model.",
+               "llama": "model."}  # the base model inside *For* heads
 
 
 def read_json(path: Path) -> dict:
@@ -65,7 +66,84 @@ def model_fields(hf: dict, where: Path) -> dict[str, Any]:
                     activation=activation("hidden_act", "gelu"), dropout=hf.get("hidden_dropout_prob", 0.1),
                     attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
                     tie_embeddings=hf.get("tie_word_embeddings", True), init_std=hf.get("initializer_range", 0.02))
-    raise ConfigError(f"{where}: model_type {mt!r} is not supported; lmssl imports bert, electra and gpt2 models")
+    if mt == "modernbert":
+        return modernbert_fields(hf, where, activation("hidden_activation", "gelu"))
+    if mt == "llama":
+        return llama_fields(hf, where)
+    raise ConfigError(f"{where}: model_type {mt!r} is not supported; lmssl imports bert, electra, gpt2, modernbert "
+                      f"and llama models")
+
+
+def one_bias(hf: dict, where: Path, keys: tuple[str, ...], default: bool) -> bool:
+    """lmssl's one model.bias from a config's several bias switches, which must agree."""
+    values = {key: bool(hf.get(key, default)) for key in keys}
+    if len(set(values.values())) > 1:
+        raise ConfigError(f"{where}: {', '.join(f'{k}={v}' for k, v in values.items())} differ; lmssl has one "
+                          f"model.bias for every linear layer and norm")
+    return next(iter(values.values()))
+
+
+def rope_theta(hf: dict, where: Path, layer_type: str | None, legacy_key: str, default: float) -> float:
+    params = hf.get("rope_parameters") or {}
+    if layer_type is not None:
+        params = params.get(layer_type) or {}
+    if params.get("rope_type", "default") != "default" or hf.get("rope_scaling"):
+        raise ConfigError(f"{where}: rope_type {params.get('rope_type')!r} (RoPE scaling) is not supported; lmssl has "
+                          f"plain rotary embeddings")
+    return float(params.get("rope_theta", hf.get(legacy_key, default)))
+
+
+def modernbert_fields(hf: dict, where: Path, activation: str) -> dict[str, Any]:
+    """ModernBertConfig with global attention in every layer, or sliding windows that cover every position."""
+    layers = hf.get("num_hidden_layers", 22)
+    every = hf.get("global_attn_every_n_layers", 3)
+    types = hf.get("layer_types") or ["sliding_attention" if i % every else "full_attention" for i in range(layers)]
+    theta = rope_theta(hf, where, "full_attention", "global_rope_theta", 160000.0)
+    if "sliding_attention" in types:
+        local_theta = rope_theta(hf, where, "sliding_attention", "local_rope_theta", 10000.0)
+        window = hf.get("local_attention", 128) // 2
+        if window < hf.get("max_position_embeddings", 8192) or local_theta != theta:
+            raise ConfigError(f"{where}: layer_types has sliding-window layers (local_attention="
+                              f"{hf.get('local_attention', 128)}, their own RoPE base); lmssl's modernbert preset "
+                              f"attends globally in every layer with one RoPE base")
+    if hf.get("classifier_activation", hf.get("hidden_activation", "gelu")) != hf.get("hidden_activation", "gelu"):
+        raise ConfigError(f"{where}: classifier_activation differs from hidden_activation; lmssl has one "
+                          f"model.activation")
+    if not hf.get("decoder_bias", True):
+        raise ConfigError(f"{where}: decoder_bias=false is not supported; lmssl's masked-LM decoder has a bias")
+    hidden = hf.get("hidden_size", 768)
+    return dict(preset="modernbert", vocab_size=hf.get("vocab_size", 50368), hidden_size=hidden, num_layers=layers,
+                num_heads=hf.get("num_attention_heads", 12), ffn_size=hf.get("intermediate_size", 1152),
+                max_positions=hf.get("max_position_embeddings", 8192), embedding_size=0, type_vocab_size=0,
+                norm="pre", norm_type="layernorm", norm_eps=hf.get("norm_eps", 1e-5), embedding_norm=True,
+                final_norm=True, mlp="geglu", qk_norm=False, position="rope", rope_theta=theta,
+                bias=one_bias(hf, where, ("norm_bias", "attention_bias", "mlp_bias", "classifier_bias"), False),
+                activation=activation, dropout=hf.get("embedding_dropout", 0.0),
+                attention_dropout=hf.get("attention_dropout", 0.0), tie_embeddings=hf.get("tie_word_embeddings", True),
+                init_std=hf.get("initializer_range", 0.02), pooler="head")
+
+
+def llama_fields(hf: dict, where: Path) -> dict[str, Any]:
+    """LlamaConfig with as many key/value heads as query heads (no grouped-query attention)."""
+    hidden, heads = hf.get("hidden_size", 4096), hf.get("num_attention_heads", 32)
+    if hf.get("num_key_value_heads", heads) != heads:
+        raise ConfigError(f"{where}: num_key_value_heads={hf['num_key_value_heads']} differs from "
+                          f"num_attention_heads={heads}; lmssl has no grouped-query attention")
+    if hf.get("head_dim", hidden // heads) != hidden // heads:
+        raise ConfigError(f"{where}: head_dim={hf['head_dim']} is not hidden_size / num_attention_heads; lmssl's "
+                          f"heads split the hidden size")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise ConfigError(f"{where}: hidden_act={hf['hidden_act']!r} is not supported; lmssl's SwiGLU uses silu")
+    return dict(preset="llama", vocab_size=hf.get("vocab_size", 32000), hidden_size=hidden,
+                num_layers=hf.get("num_hidden_layers", 32), num_heads=heads,
+                ffn_size=hf.get("intermediate_size", 11008),
+                max_positions=hf.get("max_position_embeddings", 2048), embedding_size=0, type_vocab_size=0,
+                norm="pre", norm_type="rmsnorm", norm_eps=hf.get("rms_norm_eps", 1e-6), embedding_norm=False,
+                final_norm=True, mlp="swiglu", qk_norm=False, position="rope",
+                rope_theta=rope_theta(hf, where, None, "rope_theta", 10000.0),
+                bias=one_bias(hf, where, ("attention_bias", "mlp_bias"), False), dropout=0.0,
+                attention_dropout=hf.get("attention_dropout", 0.0), tie_embeddings=hf.get("tie_word_embeddings", False),
+                init_std=hf.get("initializer_range", 0.02))
 
 
 def weight_names(directory: Path) -> set[str]:
