@@ -106,18 +106,26 @@ class DataConfig:
 class TrainConfig:
     output_dir: str = "runs/default"  # metrics, TensorBoard logs and checkpoints go here
     max_steps: int = 300  # optimizer steps
-    # compute budget in FLOPs (matmuls, forward + backward: lmssl.model.flops); > 0 sets max_steps = budget / the
-    # mean FLOPs of the run's first steps, rounded up
+    # compute budget in FLOPs (0 = off): max_steps = budget / the mean FLOPs of the first steps (lmssl.model.flops)
     max_flops: float = 0.0
+    # wall-clock budget in minutes (0 = off): sets max_steps once from the first steps' speed; evaluations not counted
+    max_minutes: float = 0.0
     batch_size: int = 32  # sequences per micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 1e-3  # peak learning rate
-    weight_decay: float = 0.01  # AdamW decay (never applied to norms, biases, embeddings)
+    weight_decay: float = 0.01  # AdamW's (and Muon's) decoupled decay, never applied to norms, biases, embeddings
     adam_beta1: float = 0.9  # AdamW beta1
     adam_beta2: float = 0.98  # AdamW beta2
     adam_eps: float = 1e-6  # AdamW epsilon
+    # adamw; muon = torch.optim.Muon for the transformer blocks' 2-D weight matrices, AdamW for the rest (torch engine)
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    # muon: peak lr of the block matrices, scaled by Muon by sqrt(max(1, rows/cols)) (torch's default adjust_lr_fn)
+    muon_lr: float = 0.02
+    muon_momentum: float = 0.95  # muon: Nesterov momentum of the block matrices
     warmup_steps: int = 30  # linear warmup steps
-    schedule: Literal["linear", "cosine", "constant"] = "linear"  # decay after warmup
+    # after warmup: linear or cosine decay, constant, or wsd (constant, then linear decay over the last decay_fraction)
+    schedule: Literal["linear", "cosine", "constant", "wsd"] = "linear"
+    decay_fraction: float = 0.2  # wsd: share of max_steps at the end over which the lr decays linearly
     final_lr_ratio: float = 0.0  # learning rate at max_steps as a fraction of lr
     clip_grad: float = 1.0  # max global gradient norm; 0 = no clipping
     max_skipped_steps: int = 3  # steps in a row with a non-finite loss or gradient (skipped) that stop the run

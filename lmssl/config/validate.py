@@ -33,7 +33,13 @@ def validate(cfg: Config, source: str) -> None:
     for key in ("warmup_steps", "save_every", "keep_checkpoints", "num_threads", "seed"):
         _check(getattr(t, key) >= 0, source, f"train.{key}", "must be >= 0")
     _check(t.max_flops >= 0, source, "train.max_flops", "must be >= 0 (0 = train.max_steps sets the length)")
+    _check(t.max_minutes >= 0, source, "train.max_minutes", "must be >= 0 (0 = train.max_steps sets the length)")
+    _check(not (t.max_minutes and t.max_flops), source, "train.max_minutes",
+           "and train.max_flops both set the run's length: set one of them to 0")
     _check(t.lr > 0, source, "train.lr", "must be positive")
+    _check(t.muon_lr > 0, source, "train.muon_lr", "must be positive")
+    _check(0.0 <= t.muon_momentum < 1.0, source, "train.muon_momentum", "must be in [0, 1)")
+    _check(0.0 <= t.decay_fraction <= 1.0, source, "train.decay_fraction", "must be in [0, 1]")
     _check(0.0 <= t.final_lr_ratio <= 1.0, source, "train.final_lr_ratio", "must be in [0, 1]")
     _check(t.clip_grad >= 0, source, "train.clip_grad", "must be >= 0 (0 = no clipping)")
     _check(bool(t.output_dir), source, "train.output_dir", "must not be empty")
@@ -47,6 +53,9 @@ def validate(cfg: Config, source: str) -> None:
         _check(t.precision != "fp16", source, "train.precision",
                "fp16 needs loss scaling, which the torch engine does not do: use bf16, or train.engine=deepspeed")
     else:
+        _check(t.optimizer == "adamw", source, "train.optimizer",
+               f"{t.optimizer} runs with train.engine=torch only; DeepSpeed steps lmssl's AdamW (set "
+               f"train.optimizer=adamw)")
         _check(not t.offload_optimizer or t.zero_stage >= 1, source, "train.offload_optimizer",
                f"needs train.zero_stage >= 1 (got {t.zero_stage})")
         _check(not t.offload_params or t.zero_stage == 3, source, "train.offload_params",

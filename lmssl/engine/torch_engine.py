@@ -1,5 +1,5 @@
-"""TorchEngine: AdamW + warmup/decay schedule, gradient accumulation, clipping, optional bf16 autocast, and
-DistributedDataParallel when launched with torchrun.
+"""TorchEngine: AdamW (or Muon for the blocks' matrices + AdamW) + warmup/decay schedule, gradient accumulation,
+clipping, optional bf16 autocast, and DistributedDataParallel when launched with torchrun.
 
 Both engines share one interface: `train_step`, `eval_forward`, `save_state` / `load_state` (everything a resume
 needs, weights included), `consolidated_model` (the full weights, for model.safetensors) and `gathered`;
@@ -17,30 +17,48 @@ from lmssl.distributed import DistInfo
 from lmssl.engine.accumulation import MetricSums, loss_weights
 from lmssl.errors import ConfigError
 from lmssl.model.batch import Batch, Output
+from lmssl.model.transformer import Block
 from lmssl.model.weights import load_weights
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no decay on norms, biases and embeddings (BERT, GPT-2 practice).
-    A tied output projection shares the embedding's tensor, so it is not decayed either."""
+def parameter_groups(model: nn.Module, weight_decay: float, exclude: frozenset[int] = frozenset()) -> list[dict]:
+    """AdamW groups: no decay on norms, biases and embeddings (BERT, GPT-2 practice); the parameters whose id is in
+    `exclude` (Muon's) are left out. A tied output projection shares the embedding's tensor, so it is not decayed
+    either."""
     no_decay: set[int] = set()
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
-            if isinstance(module, (nn.LayerNorm, nn.Embedding)) or name == "bias":
+            if isinstance(module, (nn.LayerNorm, nn.RMSNorm, nn.Embedding)) or name == "bias":
                 no_decay.add(id(p))
-    params = [p for p in model.parameters() if p.requires_grad]  # shared tensors appear once
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in exclude]  # shared tensors appear once
     return [{"params": [p for p in params if id(p) not in no_decay], "weight_decay": weight_decay},
             {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0}]
 
 
+def muon_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """What Muon steps: the 2-D weight matrices of the transformer blocks (attention qkv/out, feed-forward in/out),
+    of every trunk the model holds (ELECTRA's generator's too); embeddings, norms, biases and heads stay with AdamW."""
+    found: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        if isinstance(module, Block):
+            found.update((id(p), p) for p in module.parameters() if p.ndim == 2 and p.requires_grad)
+    return list(found.values())
+
+
 def lr_multiplier(step: int, cfg: TrainConfig) -> float:
-    """Multiplier of cfg.lr for optimizer step `step` (0-based): linear warmup, then decay."""
+    """Multiplier of the peak lr for optimizer step `step` (0-based): linear warmup, then the schedule. It reads
+    cfg.max_steps at each call: train.max_minutes decides it after the run's first steps."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return 1.0
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-    shape = 1.0 - progress if cfg.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+    start = cfg.warmup_steps  # where the decay starts: after warmup, or (wsd) decay_fraction before the end
+    if cfg.schedule == "wsd":
+        start = max(cfg.warmup_steps, cfg.max_steps - round(cfg.decay_fraction * cfg.max_steps))
+        if step < start:
+            return 1.0
+    progress = min(1.0, (step - start) / max(1, cfg.max_steps - start))
+    shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1.0 - progress
     return cfg.final_lr_ratio + (1.0 - cfg.final_lr_ratio) * shape
 
 
@@ -51,12 +69,29 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def build_optimizer(model: nn.Module,
-                    cfg: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over `parameter_groups` and the warmup/decay schedule: the same for both engines."""
-    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr,
+def scheduled(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, cfg))
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig,
+                    exclude: frozenset[int] = frozenset()) -> tuple[torch.optim.Optimizer,
+                                                                    torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over `parameter_groups` (less `exclude`) and the warmup/decay schedule: the same for both engines."""
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay, exclude), lr=cfg.lr,
                                   betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, cfg))
+    return optimizer, scheduled(optimizer, cfg)
+
+
+def build_optimizers(model: nn.Module, cfg: TrainConfig) -> dict[str, tuple[torch.optim.Optimizer,
+                                                                             torch.optim.lr_scheduler.LambdaLR]]:
+    """train.optimizer's optimizers by name, each with the same warmup/decay schedule (a multiplier of its own
+    peak lr): {"adamw"} alone, or with muon {"muon": the block matrices at train.muon_lr, "adamw": the rest}."""
+    if cfg.optimizer == "adamw":
+        return {"adamw": build_optimizer(model, cfg)}
+    matrices = muon_parameters(model)
+    muon = torch.optim.Muon(matrices, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay)
+    return {"adamw": build_optimizer(model, cfg, frozenset(id(p) for p in matrices)),
+            "muon": (muon, scheduled(muon, cfg))}
 
 
 class TorchEngine:
@@ -66,7 +101,7 @@ class TorchEngine:
         self.device = device or self.dist.device
         self.model = model.to(self.device)
         self.cfg = cfg
-        self.optimizer, self.scheduler = build_optimizer(model, cfg)
+        self.optimizers = build_optimizers(model, cfg)  # name -> (optimizer, its schedule)
         self.ddp = None
         if self.dist.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -94,16 +129,18 @@ class TorchEngine:
                     out = forward(batch)
                 (out.loss * weight).backward()
             metrics.add({"loss": out.loss, **out.metrics}, weight)
-        lr = self.scheduler.get_last_lr()[0]
+        lrs = {f"{name}_lr" if name != "adamw" else "lr": schedule.get_last_lr()[0]
+               for name, (_, schedule) in self.optimizers.items()}
         max_norm = self.cfg.clip_grad if self.cfg.clip_grad > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         stats = metrics.means()  # the same on every process (all-reduced), as is grad_norm after DDP's all-reduce
         applied = bool(torch.isfinite(stats["loss"]) & torch.isfinite(grad_norm))  # the step's one host sync
-        if applied:
-            self.optimizer.step()
-            self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return {**stats, "lr": lr, "grad_norm": grad_norm.detach(), "skipped": float(not applied)}
+        for optimizer, schedule in self.optimizers.values():
+            if applied:
+                optimizer.step()
+                schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+        return {**stats, **lrs, "grad_norm": grad_norm.detach(), "skipped": float(not applied)}
 
     @torch.no_grad()
     def eval_forward(self, batch: Batch) -> Output:
@@ -112,8 +149,13 @@ class TorchEngine:
             return self.model(batch.to(self.device))
 
     def save_state(self, directory) -> dict:
-        """Engine state for trainer_state.pt (every process holds the same replicated state)."""
-        return {"engine": {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}}
+        """Engine state for trainer_state.pt (every process holds the same replicated state): AdamW's under
+        `optimizer` and `scheduler` (the keys of every release), Muon's under `muon_optimizer` and `muon_scheduler`."""
+        state = {}
+        for name, (optimizer, schedule) in self.optimizers.items():
+            prefix = "" if name == "adamw" else f"{name}_"
+            state.update({f"{prefix}optimizer": optimizer.state_dict(), f"{prefix}scheduler": schedule.state_dict()})
+        return {"engine": state}
 
     def load_state(self, directory, trainer_state: dict) -> None:
         """The weights of directory/model.safetensors, then the optimizer and schedule of trainer_state."""
@@ -122,8 +164,13 @@ class TorchEngine:
             raise ConfigError(f"{directory}: this checkpoint was written by the {state} engine; resume it with "
                               f"train.engine={state} (or start a new run from it with model.init_from)")
         load_weights(self.model, directory)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        for name, (optimizer, schedule) in self.optimizers.items():
+            prefix = "" if name == "adamw" else f"{name}_"
+            if f"{prefix}optimizer" not in state:  # the config check refuses a changed train.optimizer first
+                raise ConfigError(f"{directory}: its trainer state holds no {name} optimizer; resume it with the "
+                                  f"train.optimizer it was trained with")
+            optimizer.load_state_dict(state[f"{prefix}optimizer"])
+            schedule.load_state_dict(state[f"{prefix}scheduler"])
 
     def consolidated_model(self, directory, build) -> nn.Module:
         """The module holding the full weights to write as model.safetensors: the live one here."""

@@ -79,7 +79,8 @@ class RunLog:
     """The loop's logger: `train_step` after each step, `write` for an evaluation's line. Closed by the Run
     (lmssl.training.prepare) also on an error, so the bar ends before the error line."""
 
-    def __init__(self, output_dir: Path, step: int, max_steps: int, log_every: int, tensorboard: bool, main: bool):
+    def __init__(self, output_dir: Path, step: int, max_steps: int | None, log_every: int, tensorboard: bool,
+                 main: bool):
         self.metrics = MetricsLogger(output_dir, tensorboard, truncate_after=step) if main else None
         self.log_every, self.max_steps = log_every, max_steps
         self.bar = tqdm(total=max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True, disable=not main)
@@ -95,6 +96,16 @@ class RunLog:
         self.write(state.step, values)
         self.bar.set_postfix(loss=f"{values['loss']:.3f}", tok_s=f"{values['tokens_per_s']:.0f}")
         state.tokens, self.window_start = 0, time.perf_counter()
+
+    def set_max_steps(self, max_steps: int) -> None:
+        """train.max_minutes decided the run's length after its first steps (None until then)."""
+        self.max_steps, self.bar.total = max_steps, max_steps
+        self.bar.refresh()
+
+    def note(self, message: str) -> None:
+        """A line on stderr above the bar (main process only)."""
+        if self.metrics is not None:
+            tqdm.write(message, file=sys.stderr)
 
     def write(self, step: int, values: dict) -> None:
         if self.metrics is not None:

@@ -39,9 +39,10 @@ def run_loop(run: Run) -> RunResult:
         return RunResult(state.step, str(run.resumed_from))
     with StopSignals() as signals:
         while state.step < cfg.train.max_steps:
-            micro = state.micro_batches(objective, cfg.train.grad_accum, cfg.train.seed)
-            stats = engine.train_step(micro)
-            state.advance(objective, micro, stats)
+            with run.budget.timed(state):  # train.max_minutes: the first steps' speed sets max_steps
+                micro = state.micro_batches(objective, cfg.train.grad_accum, cfg.train.seed)
+                stats = engine.train_step(micro)
+                state.advance(objective, micro, stats)
             run.log.train_step(state, stats)
             state.guard.check(state.step, cfg)  # too many skipped steps in a row stop the run (after logging this one)
             stopping = distributed.any_process(signals.received is not None)

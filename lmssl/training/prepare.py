@@ -1,8 +1,8 @@
 """The one resolve step: a config -> a Run the loop can start. It settles, in this order and once each: the model
 keys left to `model.init_from` (whose directory is opened once: lmssl.checkpoint.model_dir), the output directory
 and what it holds (a run to resume, leftovers of a stopped one), the tokenizer and vocabulary, the objective with its
-initial weights, the data, the FLOP budget's max_steps, the engine and the TrainState, and the evaluator,
-checkpointer and logger the loop asks when to act."""
+initial weights, the data, the FLOP budget's max_steps (or the time budget's, recorded by a resumed run), the engine
+and the TrainState, and the evaluator, checkpointer and logger the loop asks when to act."""
 from __future__ import annotations
 
 import dataclasses
@@ -41,6 +41,7 @@ from lmssl.training.faults import SkipGuard, check_resumable
 from lmssl.training.logger import RunLog
 from lmssl.training.rundir import RunDirectory
 from lmssl.training.state import TrainState, masking_generator, step_flops
+from lmssl.training.time_budget import TimeBudget, decided_length, now
 
 SHAPE_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name not in INIT_FREE_FIELDS)
 FLOP_SAMPLE_STEPS = 8  # the first steps whose mean FLOPs turn train.max_flops into train.max_steps
@@ -177,6 +178,7 @@ class Run:
     evaluator: Evaluator | None = None
     checkpointer: Checkpointer | None = None
     best: BestCheckpoint | None = None
+    budget: TimeBudget = dataclasses.field(default_factory=TimeBudget)  # train.max_minutes' measurement, or inert
 
     @property
     def finished(self) -> bool:
@@ -205,6 +207,7 @@ def prepare_run(config: Config | RawConfig) -> Run:
     global micro-batch (the data order is that of one process with world_size x train.batch_size sequences); only
     the main process logs and writes checkpoint files (DeepSpeed's partitions excepted), and it owns the output
     directory for the whole run (lmssl.storage.lock)."""
+    started = now()  # train.max_minutes counts from here
     cfg, source = resolve_config(config) if isinstance(config, RawConfig) else (config, None)
     dist = distributed.setup(require_group=cfg.train.engine == "deepspeed")
     check_output_dir(Path(cfg.train.output_dir))
@@ -214,13 +217,13 @@ def prepare_run(config: Config | RawConfig) -> Run:
     require_engine(cfg.train)
     run_dir = RunDirectory(Path(cfg.train.output_dir), cfg.train.overwrite, dist.is_main).open()
     try:
-        return build_run(cfg, dist, run_dir, source)
+        return build_run(cfg, dist, run_dir, source, started)
     except BaseException as e:
         release(run_dir, e)
         raise
 
 
-def build_run(cfg: Config, dist, run_dir: RunDirectory, source: ModelDir | None) -> Run:
+def build_run(cfg: Config, dist, run_dir: RunDirectory, source: ModelDir | None, started: float) -> Run:
     out = run_dir.path
     if dist.is_main:
         removed = remove_stale(checkpoints_dir(out)) + remove_stale(out)
@@ -251,18 +254,21 @@ def build_run(cfg: Config, dist, run_dir: RunDirectory, source: ModelDir | None)
     params = sum(p.numel() for p in objective.parameters())  # before ZeRO-3 partitions them
     if cfg.train.max_flops:
         cfg = budget_steps(cfg, objective, train_data, batch, dist)
+    cfg, decided = decided_length(cfg, saved, dist)  # train.max_minutes: the checkpoint's decision, or UNDECIDED
     engine = build_engine(objective, cfg.train, dist)
     state = TrainState(loader, SkipGuard(cfg.train.max_skipped_steps), dist)
     if resumed_from is not None:
         engine.load_state(resumed_from, saved)  # weights, optimizer and schedule
         state.load_state_dict(saved)
+        state.time_budget = decided
         if dist.is_main:
             print(f"resumed from {resumed_from} at step {state.step}", file=sys.stderr)
     run = Run(cfg, dist, run_dir, objective, engine, state, resumed_from)
     if state.step >= cfg.train.max_steps:  # finished already: nothing to add, nothing logged twice
         if dist.is_main:
+            length = next(f"train.{k}" for k in ("max_flops", "max_minutes", "max_steps") if getattr(cfg.train, k))
             print(f"note: {resumed_from} is at step {state.step} >= train.max_steps={cfg.train.max_steps}: nothing to "
-                  f"do (raise train.max_steps to train longer)", file=sys.stderr)
+                  f"do (raise {length} to train longer)", file=sys.stderr)
         return run
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -273,7 +279,11 @@ def build_run(cfg: Config, dist, run_dir: RunDirectory, source: ModelDir | None)
               file=sys.stderr)
         if source is not None and resumed_from is None:
             print(f"encoder initialised from {source.path}", file=sys.stderr)
-    run.log = RunLog(out, state.step, cfg.train.max_steps, cfg.train.log_every, cfg.train.tensorboard, dist.is_main)
+    measuring = bool(cfg.train.max_minutes) and decided is None
+    run.log = RunLog(out, state.step, None if measuring else cfg.train.max_steps, cfg.train.log_every,
+                     cfg.train.tensorboard, dist.is_main)
+    if measuring:
+        run.budget = TimeBudget(cfg, run.log, started)
     run.best = BestCheckpoint(out, objective.selection_metric)
     run.evaluator = Evaluator(cfg, dist, engine, tokenizer, (train_data, valid_data), likelihood, probe, run.best,
                               run.log)

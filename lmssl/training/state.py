@@ -1,6 +1,6 @@
 """TrainState: everything a run has done besides its weights and optimizer (the engine's): the step, the loader's
-position, the skipped steps, the FLOPs counted and every process's random generators; saved in trainer_state.pt
-and restored whole, so a resumed run continues the same sample order and the same draws."""
+position, the skipped steps, the FLOPs counted, train.max_minutes' decision and every process's random generators;
+saved in trainer_state.pt and restored whole, so a resumed run continues the same sample order and the same draws."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -31,6 +31,7 @@ class TrainState:
     step: int = 0  # optimizer steps done
     flops: int = 0  # training FLOPs of every process so far (0 for an objective that counts none)
     tokens: int = field(default=0, repr=False)  # tokens of every process since the last log line (throughput)
+    time_budget: dict | None = None  # train.max_minutes' decision (lmssl.training.time_budget), once taken
 
     def micro_batches(self, objective, grad_accum: int, seed: int) -> list:
         """This process's share of the step's micro-batches, collated with the step's masking draws."""
@@ -56,11 +57,13 @@ class TrainState:
     def state_dict(self) -> dict:
         """Collective: every process's RNG states are gathered (trainer_state.pt's keys since the first release)."""
         rngs = gather_objects(rng_state())
-        return {"loader": self.loader.state_dict(), "skipped_steps": self.guard.total, "flops": self.flops,
-                "step": self.step, "rng": rngs[0], "rng_ranks": rngs}
+        state = {"loader": self.loader.state_dict(), "skipped_steps": self.guard.total, "flops": self.flops,
+                 "step": self.step, "rng": rngs[0], "rng_ranks": rngs}
+        return {**state, "time_budget": self.time_budget} if self.time_budget is not None else state
 
     def load_state_dict(self, state: dict) -> None:
         self.loader.load_state_dict(state["loader"])
         rngs = state.get("rng_ranks") or [state["rng"]]  # a checkpoint of fewer processes: rank 0's for the rest
         set_rng_state(rngs[self.dist.rank] if self.dist.rank < len(rngs) else rngs[0])
         self.step, self.guard.total, self.flops = state["step"], state.get("skipped_steps", 0), state.get("flops", 0)
+        self.time_budget = state.get("time_budget")

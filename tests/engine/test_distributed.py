@@ -77,6 +77,33 @@ def test_ddp_under_torchrun_matches_one_process(reference, tmp_path):
     assert_same_weights(final_weights(tmp_path / "ddp"), final_weights(ref_out))
 
 
+@pytest.mark.slow
+def test_ddp_with_muon_matches_one_process(tmp_path, data_root):
+    """train.optimizer=muon under DDP: every process orthogonalises the same all-reduced gradient of the blocks'
+    matrices (Muon's state is replicated like AdamW's), so two processes follow one. Tolerance: Muon's
+    Newton-Schulz iteration runs in bf16, where a gradient that differs in its last fp32 bits (the reduction order)
+    can round an entry to the next bf16 value (2^-8 relative); an update entry is at most ~ the adjusted lr
+    (0.02 x sqrt(3) for qkv), so 4 steps differ by < 6e-4 in a weight and much less in the loss."""
+    one = run(tmp_path / "one", 0, "train.optimizer=muon")
+    assert one[-1] < one[0]
+    assert run(tmp_path / "ddp", 2, "train.optimizer=muon") == pytest.approx(one, abs=1e-4)
+    a, b = final_weights(tmp_path / "ddp"), final_weights(tmp_path / "one")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-3, rtol=0) for k in a)
+
+
+@pytest.mark.slow
+def test_ddp_processes_agree_on_the_max_steps_of_a_time_budget(tmp_path, data_root):
+    """train.max_minutes under DDP: the main process's clock decides for all (processes that disagreed would hang in
+    their next collective); what it decided is what both trained and recorded. Nothing about the time is asserted."""
+    from lmssl.checkpoint.format import latest_checkpoint, load_trainer_state
+
+    out = tmp_path / "ddp"
+    trained = run(out, 2, "train.max_minutes=0.05", "train.save_every=0")
+    record = load_trainer_state(latest_checkpoint(out))["time_budget"]
+    assert record["at_step"] == 9 and record["max_steps"] == len(trained) >= 9
+    assert latest_checkpoint(out).name == f"step-{len(trained):07d}"
+
+
 def run_nodes(out: Path, nodes: int, per_node: int, *extra: str) -> list[float]:
     """Train as `nodes` machines of `per_node` processes: one torchrun agent per "node", all on this machine,
     meeting at a localhost c10d rendezvous (what `torchrun --nnodes N --rdzv-backend c10d --rdzv-endpoint
@@ -227,6 +254,7 @@ def test_deepspeed_file_adds_keys_and_contradictions_name_both_values(tmp_path):
     (["train.engine=deepspeed", "train.offload_optimizer=true"], "train.offload_optimizer"),
     (["train.engine=deepspeed", "train.precision=bf16"], "train.zero_stage"),
     (["train.engine=deepspeedd"], "train.engine"),
+    (["train.engine=deepspeed", "train.optimizer=muon"], "train.optimizer"),  # DeepSpeed steps lmssl's AdamW only
 ])
 def test_engine_options_are_validated(override, key):
     with pytest.raises(ConfigError, match=f"key '{key}'"):

@@ -60,8 +60,11 @@ def test_training_on_wikitext_lowers_the_loss(objective, extra, data_root, tmp_p
 
 
 @pytest.mark.slow
-def test_interrupted_and_resumed_run_reproduces_the_losses_exactly(data_root, tmp_path, monkeypatch):
-    common = ["train.max_steps=12", "train.save_every=4", "train.keep_checkpoints=0"]
+@pytest.mark.parametrize("extra", [[], ["train.optimizer=muon"], ["train.schedule=wsd", "train.decay_fraction=0.5"]],
+                         ids=["adamw", "muon", "wsd"])
+def test_interrupted_and_resumed_run_reproduces_the_losses_exactly(extra, data_root, tmp_path, monkeypatch):
+    """With each optimizer, and with wsd (its decay starts at step 7, after the crash), from the step-4 checkpoint."""
+    common = ["train.max_steps=12", "train.save_every=4", "train.keep_checkpoints=0", *extra]
     straight = tmp_path / "straight"
     train(tiny_config("mlm", straight, *common))
 
@@ -85,9 +88,16 @@ def test_interrupted_and_resumed_run_reproduces_the_losses_exactly(data_root, tm
     train(tiny_config("mlm", interrupted, *common, "train.resume=true"))
 
     def trajectory(out):
-        return [(r["step"], r["loss"], r["grad_norm"], r["lr"], r["mlm_acc"]) for r in read_metrics(out)[0]]
+        return [(r["step"], r["loss"], r["grad_norm"], r["lr"], r.get("muon_lr"), r["mlm_acc"])
+                for r in read_metrics(out)[0]]
 
     assert trajectory(interrupted) == trajectory(straight)  # bit-exact, steps 5-6 logged once
+    lrs = [(lr, muon_lr) for _, _, _, lr, muon_lr, _ in trajectory(straight)]
+    if extra == ["train.optimizer=muon"]:  # Muon's own peak, on the same schedule
+        assert [muon for _, muon in lrs] == pytest.approx([20 * lr for lr, _ in lrs], rel=1e-12)
+    if extra and extra[0] == "train.schedule=wsd":  # warmup to step 5, stable to step 7, then the decay
+        assert [lr for lr, _ in lrs] == pytest.approx([2e-4, 4e-4, 6e-4, 8e-4, 1e-3, 1e-3, 1e-3, 1e-3 * 5 / 6,
+                                                       1e-3 * 4 / 6, 1e-3 * 3 / 6, 1e-3 * 2 / 6, 1e-3 * 1 / 6])
     a = load_file(latest_checkpoint(straight) / "model.safetensors")
     b = load_file(latest_checkpoint(interrupted) / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
