@@ -188,7 +188,7 @@ CASES = [
     Case("config-bad-choice", mlm("train.precision=fp64"), f"{SRC}: key 'train.precision': invalid value 'fp64'; "
                                                            "choose one of 'fp32', 'bf16', 'fp16'"),
     Case("config-bad-preset", mlm("model.preset=roberta"), f"{SRC}: key 'model.preset': invalid value 'roberta'; "
-                                                           "choose one of 'bert', 'gpt2'"),
+                                                           "choose one of 'bert', 'gpt2', 'modernbert', 'llama'"),
     Case("config-unknown-objective", mlm("objective.name=bert"), f"{SRC}: key 'objective.name': unknown objective "
                                                                  "'bert'; choose one of 'mlm', 'clm', 'electra', "
                                                                  "'simcse'"),
@@ -467,7 +467,8 @@ CASES = [
     Case("import-not-hf", ("import", "{mlm_ckpt}", "{tmp}/out"),
          "{mlm_ckpt}: not a Hugging Face model directory (no config.json)"),
     Case("import-roberta", ("import", "{tmp}/hf", "{tmp}/out"),
-         "{tmp}/hf/config.json: model_type 'roberta' is not supported; lmssl imports bert, electra and gpt2 models",
+         "{tmp}/hf/config.json: model_type 'roberta' is not supported; lmssl imports bert, electra, gpt2, modernbert "
+         "and llama models",
          write("hf/config.json", json.dumps({"model_type": "roberta", "hidden_size": 32}))),
     Case("import-config-not-json", ("import", "{tmp}/hf", "{tmp}/out"),
          "{tmp}/hf/config.json: cannot read it as JSON (Expecting property name enclosed in double quotes: line 1 "

@@ -35,8 +35,9 @@ def test_config_show_prints_every_key_with_its_comment(capsys):
     keys = [line for line in lines if line.startswith("  ")]
     assert len(keys) > 60 and all("  # " in line for line in keys)
     assert "  max_steps: 7  # optimizer steps" in lines and "  preset: gpt2  # architecture family; sets the " \
-                                                           "defaults of the fields below" in lines
-    assert "  norm: pre  # LayerNorm placement: post-LN as BERT, pre-LN (+ final LN) as GPT-2" in lines
+        "defaults of the fields below (and names the Hugging Face class an export becomes)" in lines
+    assert "  norm: pre  # norm placement: after each residual add (BERT), before each branch (GPT-2)" in lines
+    assert "  mlp: gelu  # feed-forward: act(x W1) W2, or gated: (act(x W) * x V) W2" in lines
 
 
 def parsers(parser: argparse.ArgumentParser, path=("lmssl",)):
