@@ -26,6 +26,7 @@ from lmssl.interop.hf.adapter import (
     ImportPart,
     Target,
     check_bert_like,
+    check_blocks,
     check_modernbert,
     electra_generator_target,
     refuse,
@@ -189,6 +190,7 @@ class MaskedLMAdapter(HFAdapter):
             m, "head.", "cls.predictions", "cls.predictions.bias", "cls.predictions.decoder.weight",
             "bert.embeddings.word_embeddings.weight")
         if task != "none":
+            check_blocks(m, arch, pooler="tanh")
             rules += copy_rules("pooler.dense", "bert.pooler.dense") + copy_rules("seq_relationship",
                                                                                    "cls.seq_relationship")
         return [Target("", arch, "bert", m, rules)]

@@ -20,7 +20,14 @@ from lmssl.data.paths import cache_dir, corpus_of
 from lmssl.data.sentences import SentenceDataset, pad_sentences, tokenize_sentences
 from lmssl.data.tokenizer import TextTokenizer
 from lmssl.errors import ConfigError
-from lmssl.interop.hf.adapter import HFAdapter, ImportPart, Target, check_bert_like, sentence_transformers_files
+from lmssl.interop.hf.adapter import (
+    HFAdapter,
+    ImportPart,
+    Target,
+    check_bert_like,
+    check_blocks,
+    sentence_transformers_files,
+)
 from lmssl.interop.hf.rules import Rule, bert_trunk_rules, copy_rules
 from lmssl.interop.hf.source import HFSource, read_json
 from lmssl.model import flops
@@ -126,6 +133,8 @@ class SimCSEAdapter(HFAdapter):
 
     def export_targets(self, cfg: Config) -> list[Target]:
         check_bert_like(cfg.model, "BertModel")
+        if cfg.objective.pooling == "cls":  # the training MLP becomes BERT's dense + tanh pooler
+            check_blocks(cfg.model, "BertModel", pooler="tanh")
         return [Target("", "BertModel", "bert", cfg.model, self._rules(cfg, ""))]
 
     def extra_files(self, cfg: Config, target: Target) -> dict[str, str]:

@@ -72,6 +72,20 @@ def test_modernbert_export_gives_our_logits(modernbert):
     assert_close(ours[real], theirs[real])
 
 
+def test_the_exported_tokenizers_feed_the_models(modernbert, llama):
+    """AutoTokenizer on each export gives what its model takes (ModernBERT and Llama have no token types) and
+    the ids lmssl encodes."""
+    for hf, cfg, tok, obj, tmp in (modernbert, llama):
+        enc = transformers.AutoTokenizer.from_pretrained(tmp / "hf")([TEXTS[0]], return_tensors="pt")
+        assert set(enc) == {"input_ids", "attention_mask"}
+        expected = tok.encode_batch(TEXTS[:1])[0]
+        if not obj.causal:
+            expected = [tok.cls_id, *expected, tok.sep_id]
+        assert enc.input_ids[0].tolist() == expected
+        with torch.no_grad():
+            hf(**enc)
+
+
 def test_modernbert_fill_mask_is_hfs_top_k(modernbert):
     hf, cfg, tok, obj, _ = modernbert
     text = "the game 's battle [MASK] is carried over [MASK] ."
@@ -169,6 +183,8 @@ def test_sliding_window_and_grouped_query_models_are_refused(tmp_path):
      "objective.sentence_task"),
     ({"name": "mlm"}, {"mlp": "swiglu"}, "model.mlp"),
     ({"name": "simcse"}, {"qk_norm": True}, "model.qk_norm"),
+    ({"name": "simcse", "pooling": "cls"}, {"pooler": "head"}, "model.pooler"),
+    ({"name": "mlm", "sentence_task": "nsp"}, {"pooler": "head"}, "model.pooler"),
 ])
 def test_export_refuses_a_block_the_architecture_lacks(tmp_path, objective, model, key):
     cfg, tok, obj = tiny_objective(objective, **model)
