@@ -100,10 +100,13 @@ def test_bert_classifier_exports_to_bert_for_sequence_classification(tmp_path):
     assert enc.input_ids == list(ids[0])  # the exported tokenizer builds the same pair
 
 
-def test_gpt2_classifier_exports_with_its_bias_folded(tmp_path):
-    directory, _ = finetuned(tmp_path, "clm")
+@pytest.mark.parametrize("preset, architecture", [("gpt2", "GPT2ForSequenceClassification"),
+                                                  ("llama", "LlamaForSequenceClassification")])
+def test_causal_classifiers_export_with_our_logits(tmp_path, preset, architecture):
+    """GPT-2's score layer has no bias: ours is folded into the final LayerNorm's; the llama preset's head has none."""
+    directory, _ = finetuned(tmp_path, "clm", preset=preset)
     path = write_csv(tmp_path / "new.csv")
-    assert export(directory, tmp_path / "hf")["architectures"] == {".": "GPT2ForSequenceClassification"}
+    assert export(directory, tmp_path / "hf")["architectures"] == {".": architecture}
     hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
     ours, ids, _ = our_logits(directory, path)
     with torch.no_grad():
@@ -125,19 +128,11 @@ def test_modernbert_classifier_exports_to_modernbert_for_sequence_classification
     torch.testing.assert_close(theirs, ours, atol=ATOL, rtol=0)
 
 
-def test_llama_classifier_exports_to_llama_for_sequence_classification(tmp_path, capsys):
-    directory, _ = finetuned(tmp_path, "clm", preset="llama")
-    path = write_csv(tmp_path / "new.csv")
-    assert export(directory, tmp_path / "hf")["architectures"] == {".": "LlamaForSequenceClassification"}
-    hf = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
-    ours, ids, _ = our_logits(directory, path)
-    with torch.no_grad():
-        theirs = torch.cat([hf(input_ids=torch.tensor([list(r)])).logits for r in ids])
-    torch.testing.assert_close(theirs, ours, atol=ATOL, rtol=0)
-    # with biases the score layer's bias has nowhere to go (RMSNorm has none): refused, naming the key
-    biased, _ = finetuned(tmp_path / "biased", "clm", preset="llama", bias=True)
-    assert main(["export", str(biased), str(tmp_path / "hf2")]) == 2
-    assert "key 'model.bias'" in capsys.readouterr().err and not (tmp_path / "hf2").exists()
+def test_a_llama_classifier_with_biases_has_no_hugging_face_architecture(tmp_path, capsys):
+    """LlamaForSequenceClassification's score layer has no bias, and RMSNorm none to fold ours into."""
+    biased, _ = finetuned(tmp_path, "clm", preset="llama", bias=True)
+    assert main(["export", str(biased), str(tmp_path / "hf")]) == 2
+    assert "key 'model.bias'" in capsys.readouterr().err and not (tmp_path / "hf").exists()
 
 
 def test_a_probe_has_no_bert_architecture(tmp_path, capsys):

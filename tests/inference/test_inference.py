@@ -8,7 +8,7 @@ import io
 import pytest
 import torch
 from helpers import BLOCKS, block_config, cli_json, save_model, spread_weights
-from hf_parity import tiny_objective, transformers
+from hf_parity import assert_greedy_decoding_is_generates, tiny_objective, transformers
 
 from lmssl.inference.fill_mask import fill_mask
 from lmssl.inference.generate import Sampling, filter_logits, generate
@@ -52,12 +52,7 @@ def test_greedy_decoding_equals_transformers_generate(clm, tmp_path):
     path, cfg, tok, obj = clm
     export(path, tmp_path / "hf")
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
-    ours = generate(obj, tok, PROMPT, Sampling(max_new_tokens=20, temperature=0, stop_at_eos=False))[0]
-    context = torch.tensor([[tok.eos_id, *tok.encode_batch([PROMPT])[0]]])
-    with torch.no_grad():
-        theirs = hf.generate(context, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=tok.eos_id,
-                             attention_mask=torch.ones_like(context))[0, context.shape[1]:]
-    assert ours["tokens"] == 20 and ours["text"] == tok.decode(theirs.tolist())
+    assert_greedy_decoding_is_generates(obj, tok, hf, PROMPT)
 
 
 def test_sampling_is_seeded_and_the_cache_changes_nothing(clm):

@@ -9,17 +9,14 @@ import dataclasses
 import pytest
 import torch
 from helpers import open_model, save_model
-from hf_parity import ATOL, BPE, TEXTS, WORDPIECE, tiny_objective, transformers
+from hf_parity import ATOL, BPE, TEXTS, WORDPIECE, assert_greedy_decoding_is_generates, tiny_objective, transformers
 
 from lmssl.config import ConfigError
 from lmssl.data.tokenizer import TextTokenizer
 from lmssl.inference.fill_mask import fill_mask
-from lmssl.inference.generate import Sampling, generate
 from lmssl.interop.hf.export import export
 from lmssl.interop.hf.importer import import_model
 from lmssl.model.attention import AttnSpec
-
-PROMPT = "Valkyria Chronicles III is a tactical"
 
 
 def loaded(cls, directory):
@@ -105,12 +102,7 @@ def test_llama_export_gives_our_logits_and_generation(llama):
     ids = torch.tensor(tok.encode_batch(TEXTS[:1]))
     with torch.no_grad():
         assert_close(obj.head(obj.trunk(ids, AttnSpec.dense(True))), hf(input_ids=ids).logits)
-    ours = generate(obj, tok, PROMPT, Sampling(max_new_tokens=20, temperature=0, stop_at_eos=False))[0]
-    context = torch.tensor([[tok.eos_id, *tok.encode_batch([PROMPT])[0]]])
-    with torch.no_grad():
-        theirs = hf.generate(context, max_new_tokens=20, do_sample=False, eos_token_id=None, pad_token_id=tok.eos_id,
-                             attention_mask=torch.ones_like(context))[0, context.shape[1]:]
-    assert ours["tokens"] == 20 and ours["text"] == tok.decode(theirs.tolist())
+    assert_greedy_decoding_is_generates(obj, tok, hf, "Valkyria Chronicles III is a tactical")
 
 
 @pytest.mark.parametrize("family", ["modernbert", "llama"])
