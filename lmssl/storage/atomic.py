@@ -1,6 +1,6 @@
 """The one way a file or directory lands on disk: written under a temporary name beside its target, flushed to
 the device (fsync of the files and the directory), then renamed into place. A reader never sees a half-written
-one, a crash leaves at most a `.tmp-*` beside it (removed by `remove_stale`), and a full disk is one line
+one, a crash leaves at most a `.lmssl-tmp-*` beside it (removed by `remove_stale`), and a full disk is one line
 (lmssl.errors.storage_error) with nothing half-written left behind."""
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from typing import Iterator, Literal
 
 from lmssl.errors import ConfigError, storage_error
 
-TMP_PREFIX, OLD_PREFIX = ".tmp-", ".old-"
+# the names of lmssl's temporaries carry its own marker, so that cleaning them never touches a user's .tmp-* file
+TMP_PREFIX, OLD_PREFIX = ".lmssl-tmp-", ".lmssl-old-"
 
 
 def fsync_path(path: Path) -> None:
@@ -152,7 +153,8 @@ def check_output_target(out: Path, source: Path, option: str) -> None:
 
 
 def remove_stale(directory: Path) -> list[Path]:
-    """Remove the `.tmp-*` / `.old-*` entries a killed writer left in `directory` (call it while owning it)."""
+    """Remove the `.lmssl-tmp-*` / `.lmssl-old-*` entries a killed writer of lmssl left in `directory` (call it
+    while owning it); other names, a user's `.tmp-*` or `.old-*` included, are never touched."""
     removed = []
     if Path(directory).is_dir():
         for p in sorted(Path(directory).iterdir()):

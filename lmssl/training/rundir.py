@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from lmssl.distributed import barrier
-from lmssl.storage.atomic import replace_directory
+from lmssl.storage.atomic import TMP_PREFIX, replace_directory
 from lmssl.storage.lock import LOCK_NAME, RunLock
 
 
@@ -17,7 +17,7 @@ class RunDirectory:
         self.out, self.main = Path(out), main
         self.created = not self.out.exists()
         has_run = not self.created and any(p.name != LOCK_NAME for p in self.out.iterdir())
-        self.staging = self.out.parent / f".tmp-{self.out.name}-overwrite" if overwrite and has_run else None
+        self.staging = self.out.parent / f"{TMP_PREFIX}{self.out.name}-overwrite" if overwrite and has_run else None
         self.locks: list[RunLock] = []
 
     @property

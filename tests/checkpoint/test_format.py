@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import random
+import tempfile
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import torch
 from lmssl.checkpoint.format import damage, latest_checkpoint, list_checkpoints, nonfinite_parameter, seal
 from lmssl.errors import ConfigError
 from lmssl.model.weights import UnsafeCheckpoint, load_plain_data
+from lmssl.storage.atomic import OLD_PREFIX, TMP_PREFIX, remove_stale, write_text
 
 
 def test_seal_records_every_file_and_damage_names_the_first_change(tmp_path):
@@ -44,7 +46,7 @@ def test_a_directory_without_manifest_is_not_checked(tmp_path):
 def test_checkpoints_sort_by_step_number_not_by_name(tmp_path):
     for step in (9, 10, 100):
         (tmp_path / "checkpoints" / f"step-{step}").mkdir(parents=True)
-    (tmp_path / "checkpoints" / ".tmp-step-0000200").mkdir()  # a write in progress is no checkpoint
+    (tmp_path / "checkpoints" / f"{TMP_PREFIX}step-0000200-x1y2z3w4").mkdir()  # a write in progress is no checkpoint
     (tmp_path / "checkpoints" / "notes").mkdir()
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-9", "step-10", "step-100"]
     assert latest_checkpoint(tmp_path).name == "step-100"
@@ -86,3 +88,23 @@ def test_a_state_file_that_would_run_code_is_refused_naming_what_it_imports(tmp_
     with pytest.raises(ConfigError, match="cannot be read \\(damaged or truncated\\)") as e:
         load_plain_data(path)
     assert not isinstance(e.value, UnsafeCheckpoint)  # damaged files are passed over on resume; unsafe ones are not
+
+
+def test_only_lmssls_own_temporaries_are_cleaned(tmp_path, monkeypatch):
+    """A stopped writer's leftovers go; a user's files that merely look temporary stay (.tmp-thesis.tex,
+    .old-photos/: issue 28's probe lost both to a fresh run)."""
+    (tmp_path / ".tmp-thesis.tex").write_text("chapter 1")
+    (tmp_path / ".old-photos").mkdir()
+    (tmp_path / ".old-photos" / "a.jpg").write_bytes(b"jpg")
+    leftovers = [f"{OLD_PREFIX}step-0000005-q1w2e3r4", f"{TMP_PREFIX}metrics.jsonl-k2j3h4g5",
+                 f"{TMP_PREFIX}step-0000010-abcd1234"]
+    for name in leftovers:
+        (tmp_path / name).mkdir()
+    assert sorted(p.name for p in remove_stale(tmp_path)) == leftovers
+    assert (tmp_path / ".tmp-thesis.tex").read_text() == "chapter 1" and (tmp_path / ".old-photos" / "a.jpg").exists()
+    # what lmssl's writer leaves behind when killed carries the marker
+    made = []
+    mkstemp = tempfile.mkstemp
+    monkeypatch.setattr(tempfile, "mkstemp", lambda *a, **k: made.append(mkstemp(*a, **k)) or made[-1])
+    write_text(tmp_path / "notes.txt", "x")
+    assert os.path.basename(made[0][1]).startswith(f"{TMP_PREFIX}notes.txt-")

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from lmssl.checkpoint.format import latest_checkpoint, list_checkpoints, nonfinite_parameter
 from lmssl.errors import RunError
+from lmssl.storage.atomic import TMP_PREFIX
 from lmssl.training.loop import train
 
 pytestmark = pytest.mark.slow
@@ -94,7 +95,7 @@ def logged_lines(out: Path) -> int:
 
 def saving(out: Path) -> bool:
     root = out / "checkpoints"
-    return root.is_dir() and any(p.name.startswith(".tmp-") for p in root.iterdir())
+    return root.is_dir() and any(p.name.startswith(TMP_PREFIX) for p in root.iterdir())
 
 
 @pytest.mark.parametrize("objective", list(PER_OBJECTIVE))
