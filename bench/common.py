@@ -13,6 +13,18 @@ import torch
 PEAK_SIZE = 2048  # square matmul used to measure the peak: large enough to run at the BLAS library's best
 
 
+def hf_model(cfg, tokenizer):
+    """The transformers model (random weights, SDPA attention) that `lmssl export` of a `cfg` model becomes: built
+    from the config.json the export writes, so its shape cannot drift from ours."""
+    import transformers
+
+    from lmssl.interop.hf.export import export_config
+
+    config = transformers.AutoConfig.for_model(**export_config(cfg, tokenizer))
+    auto = transformers.AutoModelForCausalLM if cfg.objective.name == "clm" else transformers.AutoModelForMaskedLM
+    return auto.from_config(config, attn_implementation="sdpa")
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 

@@ -48,16 +48,14 @@ sys.path.insert(0, str(REPO))
 
 import torch
 import yaml
-from common import model_flops_per_token
+from common import hf_model, model_flops_per_token
 
 from lmssl.config import config_from_dict
 from lmssl.data.tokenizer import TextTokenizer
-from lmssl.interop.hf.export import hf_config
 from lmssl.model.attention import AttnSpec
 from lmssl.objectives import build_objective
 from lmssl.objectives.base import IGNORE_INDEX, Batch
 from lmssl.objectives.clm import next_token_labels
-from lmssl.objectives.registry import hf_adapter
 
 TARGET_MFU = {"gpt2": 0.50, "bert": 0.45}  # the issue's targets for ours, one GPU
 SHAPES = {  # config, stand-in tokenizer (special-token ids only), default batch, default sequence length
@@ -85,15 +83,6 @@ def model_config(kind: str, seq_len: int, small: bool):
     if small:
         raw["model"].update(SMALL)
     return config_from_dict(raw, f"configs/gpu/{SHAPES[kind][0]}")
-
-
-def build_hf(kind: str, cfg, tokenizer):
-    """The transformers model our export of `cfg` becomes (its config.json), with SDPA attention."""
-    import transformers
-
-    config = hf_config(hf_adapter(cfg.objective.name).export_targets(cfg)[0], tokenizer)
-    auto = transformers.AutoModelForCausalLM if cfg.objective.name == "clm" else transformers.AutoModelForMaskedLM
-    return auto.from_config(transformers.AutoConfig.for_model(**config), attn_implementation="sdpa")
 
 
 def make_batches(kind: str, cfg, objective, batch_size: int, seq_len: int, count: int, device) -> list[Batch]:
@@ -185,7 +174,7 @@ def bench(kind: str, args, device) -> dict:
     backend = ours.trunk.backend.name
     if not args.no_hf:
         torch.manual_seed(args.seed)
-        hf = build_hf(kind, cfg, tokenizer).to(device).train()
+        hf = hf_model(cfg, tokenizer).to(device).train()
         runners.append(Runner("hf", torch.compile(hf) if args.compile else hf, hf_loss, batches, device, args.dtype))
     params = {"ours": sum(p.numel() for p in ours.parameters())}
     if not args.no_hf:

@@ -54,14 +54,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import torch
-from common import log, machine, matmul_peak_gflops, model_flops_per_token, own_peak_rss_mb, peak_rss_mb
+from common import hf_model, log, machine, matmul_peak_gflops, model_flops_per_token, own_peak_rss_mb, peak_rss_mb
 
 from lmssl.config import load_config
 from lmssl.data import load_tokenizer, sequences
 from lmssl.data.loader import SequenceLoader
 from lmssl.engine import compile_in_place
 from lmssl.engine.torch_engine import parameter_groups
-from lmssl.interop.hf.export import hf_config, hf_state_dict
+from lmssl.interop.hf.export import hf_state_dict
 from lmssl.objectives import build_objective
 from lmssl.objectives.base import IGNORE_INDEX
 from lmssl.objectives.registry import hf_adapter
@@ -98,17 +98,6 @@ def build_ours(kind: str, args) -> tuple[torch.nn.Module, list, dict]:
              "attention_dropout": m.attention_dropout, "tokenizer": cfg.data.tokenizer,
              "document_mask": cfg.data.document_mask}
     return objective, pool, {"cfg": cfg, "shape": shape, "tokenizer": tokenizer}
-
-
-def build_hf(kind: str, cfg, tokenizer, args) -> torch.nn.Module:
-    """The Hugging Face model with exactly our shape: the config.json our export writes for this model."""
-    import transformers
-
-    config = hf_config(hf_adapter(cfg.objective.name).export_targets(cfg)[0], tokenizer)
-    hf_cfg = transformers.AutoConfig.for_model(config.pop("model_type"), **config)
-    auto = transformers.AutoModelForCausalLM if cfg.objective.name == "clm" else transformers.AutoModelForMaskedLM
-    torch.manual_seed(args.seed)
-    return auto.from_config(hf_cfg, attn_implementation="sdpa")
 
 
 def hf_inputs(kind: str, batch) -> dict:
@@ -186,7 +175,8 @@ def runners(kind: str, args, sides=("ours", "hf")) -> tuple[dict, list, dict]:
         built["ours"] = Runner("ours", ours, lambda b: ours(b).loss, make_optimizer(ours, cfg), pool,
                                autocast_for(args.dtype))
     if "hf" in sides:
-        hf = build_hf(kind, cfg, info["tokenizer"], args).train()
+        torch.manual_seed(args.seed)
+        hf = hf_model(cfg, info["tokenizer"]).train()
         built["hf"] = Runner("hf", hf, lambda b: hf(**hf_inputs(kind, b)).loss, make_optimizer(hf, cfg), pool,
                              autocast_for(args.dtype))
     return built, pool, {**info, "objective": ours if "ours" in sides else None}

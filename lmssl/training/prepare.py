@@ -223,13 +223,30 @@ def prepare_run(config: Config | RawConfig) -> Run:
         raise
 
 
+def remove_leftovers(out: Path) -> None:
+    """The temporaries a stopped lmssl writer left in the run's directory and its checkpoints/, with a note."""
+    removed = remove_stale(checkpoints_dir(out)) + remove_stale(out)
+    if removed:
+        print(f"note: removed {len(removed)} temporary file(s) a stopped run left behind: "
+              f"{', '.join(p.name for p in removed[:4])}", file=sys.stderr)
+
+
+def announce(cfg: Config, dist, out: Path, params: int, train_data, source: ModelDir | None) -> None:
+    """The run's one line of what it trains, on what, how, and where (plus where its encoder came from)."""
+    batch = cfg.train.batch_size * dist.world_size
+    count = "streamed" if cfg.data.streaming else f"{len(train_data)}"
+    print(f"{cfg.objective.name}: {params / 1e6:.2f}M parameters, {count} training sequences of {cfg.data.seq_len} "
+          f"tokens, {dist.world_size} process(es) x {cfg.train.batch_size} x {cfg.train.grad_accum} accumulated = "
+          f"{batch * cfg.train.grad_accum} sequences per step, engine {cfg.train.engine}, output in {out}",
+          file=sys.stderr)
+    if source is not None:
+        print(f"encoder initialised from {source.path}", file=sys.stderr)
+
+
 def build_run(cfg: Config, dist, run_dir: RunDirectory, source: ModelDir | None, started: float) -> Run:
     out = run_dir.path
     if dist.is_main:
-        removed = remove_stale(checkpoints_dir(out)) + remove_stale(out)
-        if removed:
-            print(f"note: removed {len(removed)} temporary file(s) a stopped run left behind: "
-                  f"{', '.join(p.name for p in removed[:4])}", file=sys.stderr)
+        remove_leftovers(out)
     resumed_from, saved, tokenizer = resume_point(cfg, out, dist)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
@@ -272,13 +289,7 @@ def build_run(cfg: Config, dist, run_dir: RunDirectory, source: ModelDir | None,
         return run
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        count = "streamed" if cfg.data.streaming else f"{len(train_data)}"
-        print(f"{cfg.objective.name}: {params / 1e6:.2f}M parameters, {count} training sequences of {cfg.data.seq_len} "
-              f"tokens, {dist.world_size} process(es) x {cfg.train.batch_size} x {cfg.train.grad_accum} accumulated = "
-              f"{batch * cfg.train.grad_accum} sequences per step, engine {cfg.train.engine}, output in {out}",
-              file=sys.stderr)
-        if source is not None and resumed_from is None:
-            print(f"encoder initialised from {source.path}", file=sys.stderr)
+        announce(cfg, dist, out, params, train_data, source if resumed_from is None else None)
     measuring = bool(cfg.train.max_minutes) and decided is None
     run.log = RunLog(out, state.step, None if measuring else cfg.train.max_steps, cfg.train.log_every,
                      cfg.train.tensorboard, dist.is_main)

@@ -9,9 +9,8 @@ from helpers import REPO_ROOT
 
 from lmssl.config import load_config
 from lmssl.data.tokenizer import TextTokenizer
-from lmssl.interop.hf.export import hf_config
+from lmssl.interop.hf.export import export_config
 from lmssl.objectives import build_objective
-from lmssl.objectives.registry import hf_adapter
 
 GPU_CONFIGS = REPO_ROOT / "configs" / "gpu"
 def load_gpu_config(name: str):
@@ -105,7 +104,7 @@ def hf_count(cfg, tokenizer_name: str) -> int:
     """Parameters of the Hugging Face model our export of `cfg` becomes (its config.json), built on meta."""
     transformers = pytest.importorskip("transformers")
     tokenizer = TextTokenizer.from_file(REPO_ROOT / "tokenizers" / tokenizer_name / "tokenizer.json")
-    config = hf_config(hf_adapter(cfg.objective.name).export_targets(cfg)[0], tokenizer)
+    config = export_config(cfg, tokenizer)
     auto = transformers.AutoModelForCausalLM if cfg.objective.name == "clm" else transformers.AutoModelForMaskedLM
     with torch.device("meta"):
         return sum(p.numel() for p in auto.from_config(transformers.AutoConfig.for_model(**config)).parameters())

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import save_file
 
 from lmssl.checkpoint.model_dir import ModelDir
-from lmssl.config import ModelConfig
+from lmssl.config import Config, ModelConfig
 from lmssl.data.tokenizer import TextTokenizer
 from lmssl.errors import ConfigError
 from lmssl.interop.hf.adapter import Target
@@ -64,6 +64,11 @@ def hf_config(t: Target, tokenizer: TextTokenizer) -> dict[str, Any]:
     if t.model_type == "electra":
         out["embedding_size"] = m.embedding_size or m.hidden_size
     return out
+
+
+def export_config(cfg: Config, tokenizer: TextTokenizer) -> dict[str, Any]:
+    """The config.json `lmssl export` writes for a model of `cfg` (its first directory: ELECTRA's discriminator)."""
+    return hf_config(hf_adapter(cfg.objective.name).export_targets(cfg)[0], tokenizer)
 
 
 def modernbert_config(m: ModelConfig, tokenizer: TextTokenizer) -> dict[str, Any]:
