@@ -2,7 +2,10 @@
 # Fill a folder (default bench/gpu/wheels, git-ignored) with what the bare GPU machine lacks, for CPython 3.12 on
 # x86-64: DeepSpeed built here as a wheel from its source distribution without compiled ops (its Python engine is
 # what ZeRO-2 uses), the pure-Python or manylinux packages it, `datasets` and `evaluate` need and that machine
-# does not have (see /work/.library/device/KINDS.md), at the versions this checkout's .venv runs; and WikiText-2
+# does not have, at the versions this checkout's .venv runs. The bare image (CUDA, PyTorch, transformers,
+# tokenizers, safetensors, tensorboard, numpy, scikit-learn; no network) lacks DeepSpeed, datasets, evaluate and
+# of their dependencies hjson, pydantic (pydantic-core, annotated-types, typing-inspection), dill and multiprocess
+# (PACKAGES below); it lacks flash-attn too, which run.sh measures only where it is importable. WikiText-2
 # and SST-2 into bench/gpu/data, and the GPU configs' tokenizers into bench/gpu/tokenizers. The three folders are
 # git-ignored: carry them. Prints JSON.
 #   bash bench/gpu/wheels.sh [OUT_DIR]

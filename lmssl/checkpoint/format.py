@@ -23,7 +23,7 @@ from lmssl.distributed import all_reduce_sum, barrier
 from lmssl.errors import ConfigError, storage_error
 from lmssl.model.weights import UnsafeCheckpoint, load_plain_data, save_weights
 from lmssl.objectives import build_objective
-from lmssl.storage.atomic import AtomicDirectory, atomic_directory
+from lmssl.storage.atomic import TMP_PREFIX, AtomicDirectory, atomic_directory
 
 CHECKPOINT_NAME = re.compile(r"^step-(\d+)$")
 TRAINER_STATE = "trainer_state.pt"
@@ -123,9 +123,9 @@ def save_training_checkpoint(output_dir: Path, step: int, engine, cfg: Config, t
                   f"earlier checkpoints are kept", file=sys.stderr)
         return None
     final = checkpoints_dir(output_dir) / f"step-{step:07d}"
-    target = AtomicDirectory(final, tmp_name=f".tmp-{final.name}") if dist.is_main else None
+    tmp = checkpoints_dir(output_dir) / f"{TMP_PREFIX}{final.name}"
+    target = AtomicDirectory(final, tmp_name=tmp.name) if dist.is_main else None
     barrier()
-    tmp = checkpoints_dir(output_dir) / f".tmp-{final.name}"
     try:
         engine_state = engine.save_state(tmp)
         barrier()  # every process's files are complete

@@ -60,6 +60,7 @@ def config_show(args) -> None:
          arg("--text-field", default="text", help="field holding the text in .jsonl / .parquet"),
          arg("--overwrite", action="store_true", help="replace an existing tokenizer there"))
 def tokenizer_train(args) -> None:
+    from lmssl.config.validate import PLAIN_NAME_RULE, is_plain_name
     from lmssl.data.corpus import iter_documents
     from lmssl.data.tokenizer import save_tokenizer, tokenizers_root, train_tokenizer
 
@@ -71,6 +72,8 @@ def tokenizer_train(args) -> None:
             raise ConfigError(f"corpus file not found: {f}")
     if args.vocab_size < 100:
         raise ConfigError(f"--vocab-size: must be at least 100, got {args.vocab_size}")
+    if args.name and not args.out and not is_plain_name(args.name):
+        raise ConfigError(f"--name: {args.name!r} is not {PLAIN_NAME_RULE}; give a path with --out instead")
     out = Path(args.out) if args.out else tokenizers_root() / args.name
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {out} is a file, not a directory")

@@ -73,8 +73,9 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is str:
         if value is None:
             return ""
-        if isinstance(value, (dict, list)):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        if isinstance(value, (dict, list, bool)):  # YAML reads an unquoted yes/no/true as a boolean
+            raise ConfigError(f"{where}: expected a string, got {value!r}" +
+                              (" (quote it to mean the word)" if isinstance(value, bool) else ""))
         return str(value)
     raise TypeError(f"unsupported config annotation {tp!r} at {where}")
 

@@ -136,7 +136,7 @@ class TrainConfig:
     save_every: int = 100  # steps between checkpoints (0 = only at the end)
     keep_checkpoints: int = 2  # most recent checkpoints kept (0 = all)
     resume: bool = False  # continue from the latest checkpoint in output_dir
-    overwrite: bool = False  # replace a previous run in output_dir, once this run has written its first checkpoint
+    overwrite: bool = False  # replace the lmssl run in output_dir (nothing else), once this run has checkpointed
     tensorboard: bool = True  # also write TensorBoard event files
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
     compile: bool = False  # torch.compile (inductor) the objective; a part that fails to compile runs eagerly

@@ -1,8 +1,19 @@
 """Cross-field validation of a typed Config: every rule names its key and what would be valid."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from lmssl.config.sections import Config
 from lmssl.errors import ConfigError
+
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
+PLAIN_NAME_RULE = "a plain name (letters, digits and _ . + -, not starting with . or -)"
+
+
+def is_plain_name(name: str) -> bool:
+    """A name that becomes one directory under lmssl's own (tokenizers/NAME/, OUT/TASK/): never `..` or a path."""
+    return bool(PLAIN_NAME.fullmatch(name)) and name not in (".", "..")
 
 
 def _check(cond: bool, source: str, key: str, message: str) -> None:
@@ -25,6 +36,11 @@ def validate(cfg: Config, source: str) -> None:
     _check(d.seq_len >= 4, source, "data.seq_len", "must be at least 4")
     _check(d.seq_len <= m.max_positions or m.position == "rope", source, "data.seq_len",
            f"{d.seq_len} exceeds model.max_positions={m.max_positions}")
+    given = Path(d.tokenizer).expanduser()
+    a_path = d.tokenizer.endswith(".json") or "/" in d.tokenizer or given.is_file() or \
+        (given / "tokenizer.json").is_file()
+    _check(a_path or is_plain_name(d.tokenizer), source, "data.tokenizer",
+           f"{d.tokenizer!r} is neither a tokenizer.json path nor {PLAIN_NAME_RULE} for tokenizers/NAME/")
     _check(d.tokenizer_vocab_size >= 100, source, "data.tokenizer_vocab_size", "must be at least 100")
     _check(bool(d.train), source, "data.train", "a training corpus is required")
     _check(0.0 < d.valid_fraction < 1.0, source, "data.valid_fraction", "must be in (0, 1)")

@@ -108,12 +108,18 @@ class TextTokenizer:
 # training
 # ---------------------------------------------------------------------------------------------
 
+def progress_shown() -> bool:
+    """The tokenizers library's bars only on a terminal: elsewhere they are blank lines in a log."""
+    return sys.stderr.isatty()
+
+
 def _wordpiece(vocab_size: int) -> tuple[Tokenizer, trainers.Trainer]:
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=BERT_SPECIALS, show_progress=True)
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=BERT_SPECIALS,
+                                        show_progress=progress_shown())
     return tok, trainer
 
 
@@ -121,7 +127,7 @@ def _bpe(vocab_size: int) -> tuple[Tokenizer, trainers.Trainer]:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[GPT_EOS], show_progress=True,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[GPT_EOS], show_progress=progress_shown(),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     return tok, trainer
 
@@ -204,10 +210,10 @@ def tokenizers_root() -> Path:
 
 
 def tokenizer_path(name_or_path: str) -> Path:
-    """`name` -> tokenizers/name/tokenizer.json; an existing file or directory path is used as is."""
+    """`name` -> tokenizers/name/tokenizer.json; an existing file, or a directory holding tokenizer.json, as is."""
     p = Path(name_or_path).expanduser()
     if p.is_file():
         return p
-    if p.is_dir():
+    if (p / "tokenizer.json").is_file():
         return p / "tokenizer.json"
     return tokenizers_root() / name_or_path / "tokenizer.json"

@@ -205,6 +205,8 @@ def finite(value):
 
 
 def check_output(out: Path, fcfg: FinetuneConfig) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"key 'finetune.output_dir': {out} is a file, not a directory")
     if (out / "results.json").exists() and not fcfg.overwrite:
         raise ConfigError(f"key 'finetune.output_dir': {out} already holds results.json; set finetune.overwrite=true "
                           f"or choose another finetune.output_dir")

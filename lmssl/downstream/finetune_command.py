@@ -17,6 +17,7 @@ from lmssl.downstream.task_metrics import glue_table
 from lmssl.downstream.tasks import GLUE_TASKS, glue_card, missing_files, task_card
 from lmssl.errors import ConfigError
 from lmssl.storage.atomic import write_text
+from lmssl.storage.lock import owning
 
 
 def summary_line(results: dict, out: Path) -> dict:
@@ -40,10 +41,9 @@ def summary_line(results: dict, out: Path) -> dict:
     return finite(line)
 
 
-def run_glue(checkpoint: str, fcfg: FinetuneConfig, grid: Grid, root: Path) -> dict:
+def run_glue(checkpoint: str, fcfg: FinetuneConfig, grid: Grid, root: Path, out: Path) -> dict:
     """Every GLUE task present under the data root (a task already done with the same checkpoint and settings is
     reused, an unfinished grid resumes at its first unfinished cell), then glue.md and glue.json."""
-    out = Path(fcfg.output_dir or "runs/finetune/glue")
     present, absent = [], {}
     for name in GLUE_TASKS:
         missing = missing_files(glue_card(name), root)
@@ -88,8 +88,12 @@ def finetune(checkpoint: str, task: str, overrides: list[str]) -> dict:
         torch.set_num_threads(fcfg.num_threads)
     root = root_dir(fcfg.data_root)
     if task.lower() == "glue":
-        return run_glue(checkpoint, fcfg, grid, root)
+        out = Path(fcfg.output_dir or "runs/finetune/glue")
+        check_output(out, fcfg)
+        with owning(out, "finetune.output_dir"):  # two runs into one directory would replace each other's results
+            return run_glue(checkpoint, fcfg, grid, root, out)
     card = task_card(task, root)
     out = Path(fcfg.output_dir or f"runs/finetune/{card.name}")
     check_output(out, fcfg)
-    return summary_line(run_finetune(checkpoint, ModelDir.open(checkpoint), card, fcfg, grid, out), out)
+    with owning(out, "finetune.output_dir"):
+        return summary_line(run_finetune(checkpoint, ModelDir.open(checkpoint), card, fcfg, grid, out), out)

@@ -32,6 +32,7 @@ import yaml
 
 from lmssl.config.finetune import GRID_KEYS
 from lmssl.config.parse import yaml_problem
+from lmssl.config.validate import PLAIN_NAME_RULE, is_plain_name
 from lmssl.data.jsonl import jsonl_objects
 from lmssl.data.paths import shipped
 from lmssl.downstream.task_metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
@@ -97,6 +98,9 @@ def card_from_dict(raw: dict, source: str) -> TaskCard:
         if raw.get(key) in (None, "", [], {}):
             fail(key, "required")
     name = str(raw.get("name") or Path(source).stem)
+    if not is_plain_name(name):  # it names the task's output directory: never a path out of it
+        fail("name", f"{name!r} is not {PLAIN_NAME_RULE}" + ("" if raw.get("name") else
+                                                                 " (it comes from the file's name: set name:)"))
     dev = raw["dev"]
     dev = {"dev": dev} if isinstance(dev, str) else dev
     if not isinstance(dev, dict) or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in dev.items()):

@@ -3,13 +3,16 @@ names it (pid, host). The OS drops the lock when the process dies, even by SIGKI
 taken over (with a notice); a second live run stops in one line naming the owner."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import shutil
 import socket
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 from lmssl.errors import ConfigError
 
@@ -17,8 +20,8 @@ LOCK_NAME = "lmssl.lock"
 
 
 class RunLock:
-    def __init__(self, directory: Path):
-        self.path = Path(directory) / LOCK_NAME
+    def __init__(self, directory: Path, key: str = "train.output_dir"):
+        self.path, self.key = Path(directory) / LOCK_NAME, key  # key: the setting that named the directory
         self.fd: int | None = None
 
     def acquire(self) -> "RunLock":
@@ -29,10 +32,10 @@ class RunLock:
         except BlockingIOError:
             owner = self._owner(fd)
             os.close(fd)
-            raise ConfigError(f"key 'train.output_dir': {self.path.parent} is in use by another run (pid "
+            raise ConfigError(f"key '{self.key}': {self.path.parent} is in use by another run (pid "
                               f"{owner.get('pid', '?')} on {owner.get('host', '?')}, started "
                               f"{owner.get('started', '?')}); wait for it to finish or choose another "
-                              f"train.output_dir") from None
+                              f"{self.key}") from None
         previous = self._owner(fd)
         if previous.get("pid"):
             print(f"note: {self.path.parent} was left by process {previous['pid']} ({previous.get('host', '?')}), "
@@ -64,3 +67,18 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+@contextlib.contextmanager
+def owning(directory: Path, key: str) -> Iterator[None]:
+    """Hold `directory`'s lock for the block; a directory the block created and left holding only the lock (a bad
+    input stopped it) is removed again."""
+    directory = Path(directory)
+    created = not directory.exists()
+    lock = RunLock(directory, key).acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+        if created and all(p.name == LOCK_NAME for p in directory.iterdir()):
+            shutil.rmtree(directory, ignore_errors=True)

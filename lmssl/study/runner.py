@@ -17,11 +17,16 @@ from lmssl.checkpoint.format import latest_checkpoint
 from lmssl.config.study import StudySpec
 from lmssl.errors import RunError
 from lmssl.storage.metrics_log import read_metrics
+from lmssl.storage.ownership import foreign_entries, refuse_foreign
 from lmssl.study.cells import Cell, cells_of, read_json, write_json
 from lmssl.study.evaluations import evaluate_cell, prepare_pairs
 from lmssl.study.report import write_results
 from lmssl.training.loop import train
 from lmssl.training.prepare import load_run_config
+
+# all a study writes in its directory: a directory holding anything else is not written into
+STUDY_ENTRIES = ("cells", "runs", "scratch", "pairs.jsonl", "results.json", "report.md", "val_loss_vs_flops.png",
+                 "scores_vs_flops.png", "label_efficiency.png", "scaling_isoflop.png")
 
 
 def train_overrides(spec: StudySpec, cell: Cell, study_dir: Path) -> list[str]:
@@ -79,6 +84,8 @@ def run_study(spec: StudySpec, print_only: bool = False) -> dict:
     """Train and evaluate every cell (or print the training commands of the unfinished ones); returns the summary
     `lmssl study` prints."""
     study_dir = Path(spec.output_dir)
+    refuse_foreign(f"{spec.source}: key 'output_dir'", study_dir, foreign_entries(study_dir, STUDY_ENTRIES),
+                   "a study directory", "choose another output_dir")
     cells = cells_of(spec)
     if print_only:
         pending = [c for c in cells if not (study_dir / "cells" / c.name / "train.json").is_file()]

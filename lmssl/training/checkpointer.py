@@ -10,10 +10,11 @@ from lmssl.checkpoint.format import latest_checkpoint, save_training_checkpoint
 
 
 class Checkpointer:
-    def __init__(self, cfg, dist, engine, tokenizer, run_dir, best):
+    def __init__(self, cfg, dist, engine, tokenizer, run_dir, best, log):
         self.cfg, self.dist, self.engine, self.tokenizer = cfg, dist, engine, tokenizer
         self.run_dir = run_dir  # lmssl.training.rundir.RunDirectory
         self.best = best  # lmssl.checkpoint.format.BestCheckpoint
+        self.log = log  # lmssl.training.logger.RunLog
         self.last: Path | None = None  # the newest checkpoint this process wrote
 
     def due(self, step: int, stopping: bool) -> bool:
@@ -28,7 +29,10 @@ class Checkpointer:
             return
         written = save_training_checkpoint(self.run_dir.path, state.step, self.engine, self.cfg, self.tokenizer,
                                            state.state_dict(), self.cfg.train.keep_checkpoints, self.dist)
-        if written is not None and self.run_dir.committed():  # train.overwrite: the new run takes the old one's place
+        if written is not None and self.run_dir.replacing:  # train.overwrite: the new run takes the old one's place
+            self.log.moving()
+            self.run_dir.commit()
+            self.log.moved(self.run_dir.path)
             self.best.relocate(self.run_dir.path)
             written = self.run_dir.path / written.relative_to(written.parent.parent)
         self.last = written or self.last

@@ -38,11 +38,16 @@ class Evaluator:
         return bool(every) and step % every == 0 and step < self.cfg.train.max_steps and not stopping
 
     def evaluate(self, state) -> None:
-        """The evaluations of a step during training, each logged."""
+        """The evaluations of a step during training, each logged, and a line of them on the console."""
+        metrics = {}
         if self.valid_data is not None:
-            self.log.write(state.step, self.validation(state))
-        self.sts(state)
-        self.probed(state)
+            metrics = self.validation(state)
+            self.log.write(state.step, metrics)
+        metrics.update(self.sts(state))
+        metrics.update(self.probed(state))
+        shown = [f"{k} {v:.4g}" for k, v in metrics.items() if k != "flops" and isinstance(v, float)]
+        if shown:
+            self.log.note(f"step {state.step}: {', '.join(shown)}")
 
     def final(self, state) -> tuple[dict, dict]:
         """(the final metrics, each logged, and the baselines the main process printed beside them)."""

@@ -38,11 +38,24 @@ class MetricsLogger:
                       file=sys.stderr)
             write_text(self.path, "".join(json.dumps(row) + "\n" for row in rows if row["step"] <= truncate_after))
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self.writer = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+        self.writer = self.tensorboard(output_dir, purge_step=truncate_after + 1) if tensorboard else None
 
-            self.writer = SummaryWriter(str(Path(output_dir) / "tensorboard"), purge_step=truncate_after + 1)
+    @staticmethod
+    def tensorboard(output_dir: Path, purge_step: int | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(Path(output_dir) / "tensorboard"), purge_step=purge_step)
+
+    def moving(self) -> None:
+        """The run's directory is about to move (train.overwrite): TensorBoard appends by path, so it closes first."""
+        if self.writer is not None:
+            self.writer.close()
+
+    def moved(self, output_dir: Path) -> None:
+        """metrics.jsonl's descriptor survives the rename; TensorBoard goes on in a new event file of the new place."""
+        self.path = Path(output_dir) / METRICS_FILE
+        if self.writer is not None:
+            self.writer = self.tensorboard(output_dir)
 
     def log(self, step: int, values: dict[str, float]) -> None:
         line = (json.dumps({"step": step, **values}) + "\n").encode()
@@ -110,6 +123,14 @@ class RunLog:
     def write(self, step: int, values: dict) -> None:
         if self.metrics is not None:
             self.metrics.log(step, values)
+
+    def moving(self) -> None:
+        if self.metrics is not None:
+            self.metrics.moving()
+
+    def moved(self, output_dir: Path) -> None:
+        if self.metrics is not None:
+            self.metrics.moved(output_dir)
 
     def close_bar(self) -> None:
         """Before the final evaluation: its lines come after the bar."""

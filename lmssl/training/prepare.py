@@ -39,7 +39,7 @@ from lmssl.training.checkpointer import Checkpointer
 from lmssl.training.evaluator import Evaluator
 from lmssl.training.faults import SkipGuard, check_resumable
 from lmssl.training.logger import RunLog
-from lmssl.training.rundir import RunDirectory
+from lmssl.training.rundir import RunDirectory, check_run_directory
 from lmssl.training.state import TrainState, masking_generator, step_flops
 from lmssl.training.time_budget import TimeBudget, decided_length, now
 
@@ -211,6 +211,7 @@ def prepare_run(config: Config | RawConfig) -> Run:
     cfg, source = resolve_config(config) if isinstance(config, RawConfig) else (config, None)
     dist = distributed.setup(require_group=cfg.train.engine == "deepspeed")
     check_output_dir(Path(cfg.train.output_dir))
+    check_run_directory(Path(cfg.train.output_dir), cfg.train.resume)
     # missing, empty, binary, non-UTF-8 or uncached corpora stop the run before any work
     for split in ("train", "valid") if cfg.data.valid not in ("", "auto") else ("train",):
         corpus_of(cfg, split).check()
@@ -298,5 +299,5 @@ def build_run(cfg: Config, dist, run_dir: RunDirectory, source: ModelDir | None,
     run.best = BestCheckpoint(out, objective.selection_metric)
     run.evaluator = Evaluator(cfg, dist, engine, tokenizer, (train_data, valid_data), likelihood, probe, run.best,
                               run.log)
-    run.checkpointer = Checkpointer(cfg, dist, engine, tokenizer, run_dir, run.best)
+    run.checkpointer = Checkpointer(cfg, dist, engine, tokenizer, run_dir, run.best, run.log)
     return run

@@ -1,15 +1,29 @@
 """A run's output directory: owned by one live process (lmssl.storage.lock), and with `train.overwrite=true` written
 in a staging directory beside it that replaces the previous run only once the new run has written its first
-checkpoint (before that, a failure leaves the previous run as it was)."""
+checkpoint (before that, a failure leaves the previous run as it was). Only a directory holding nothing but what a
+run writes is trained into or replaced (lmssl.storage.ownership)."""
 from __future__ import annotations
 
 import shutil
 import sys
 from pathlib import Path
 
+from lmssl.checkpoint.format import latest_checkpoint
 from lmssl.distributed import barrier
 from lmssl.storage.atomic import TMP_PREFIX, replace_directory
 from lmssl.storage.lock import LOCK_NAME, RunLock
+from lmssl.storage.metrics_log import METRICS_FILE
+from lmssl.storage.ownership import foreign_entries, refuse_foreign
+
+RUN_ENTRIES = ("checkpoints", "best", "tensorboard", METRICS_FILE, LOCK_NAME)  # all a run writes in its directory
+
+
+def check_run_directory(out: Path, resume: bool) -> None:
+    """Before any work, and before the lock file is made: `out` is new, empty or an lmssl run (a resumed run may
+    hold a user's notes beside its checkpoints: resuming deletes nothing)."""
+    if not (resume and latest_checkpoint(out) is not None):
+        refuse_foreign("key 'train.output_dir'", out, foreign_entries(out, RUN_ENTRIES), "an lmssl run",
+                       "choose another train.output_dir")
 
 
 class RunDirectory:
@@ -19,6 +33,11 @@ class RunDirectory:
         has_run = not self.created and any(p.name != LOCK_NAME for p in self.out.iterdir())
         self.staging = self.out.parent / f"{TMP_PREFIX}{self.out.name}-overwrite" if overwrite and has_run else None
         self.locks: list[RunLock] = []
+
+    @property
+    def replacing(self) -> bool:
+        """train.overwrite=true over a previous run, until the new run's first checkpoint takes its place."""
+        return self.staging is not None
 
     @property
     def path(self) -> Path:
@@ -33,17 +52,14 @@ class RunDirectory:
                 self.locks.append(RunLock(self.staging).acquire())
         return self
 
-    def committed(self) -> bool:
-        """After each checkpoint (every process): the first one of an overwrite swaps the staging directory in."""
-        if self.staging is None:
-            return False
+    def commit(self) -> None:
+        """After an overwrite's first checkpoint (every process): the staging directory takes the old run's place."""
         if self.main:
             self.locks.pop(0).release()  # the old run's lock goes with it
             replace_directory(self.staging, self.out)  # the new run's lock moves with its directory
             print(f"note: train.overwrite=true: the previous run in {self.out} is replaced", file=sys.stderr)
         barrier()
         self.staging = None
-        return True
 
     def discard_if_new(self) -> None:
         """After a bad input: remove what this run created (nothing of a previous run)."""

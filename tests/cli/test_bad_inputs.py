@@ -167,6 +167,8 @@ RESUME_ONLY = ("only its length, cadence and paths may change (train.max_steps, 
                "back, or start a new run (model.init_from={tmp}/run/" + STEP + " continues from its weights)")
 DS_KEY = "is a DeepSpeed option; set train.engine=deepspeed"
 SRC = "configs/mlm.yaml + overrides"
+OWN_ONLY = "lmssl writes only into a new or empty directory or over an lmssl run it wrote, and deletes nothing else: "
+PLAIN = "a plain name (letters, digits and _ . + -, not starting with . or -)"
 
 CASES = [
     # --- config (lmssl train) ---
@@ -484,6 +486,40 @@ CASES = [
     Case("import-no-weights", ("import", "{tmp}/hf", "{tmp}/out"),
          "{tmp}/hf: no weights (model.safetensors or pytorch_model.bin)",
          lambda tmp, paths: (tmp / "hf").mkdir() or shutil.copy(paths["hf"] / "config.json", tmp / "hf")),
+
+    # --- what lmssl writes over: only its own runs, model directories and studies (issues 28 and 29) ---
+    Case("train-overwrite-parent-of-runs", mlm("train.overwrite=true"),
+         "key 'train.output_dir': {tmp}/run is not an lmssl run (it holds child-run/, notes.txt); " + OWN_ONLY
+         + "choose another train.output_dir", steps(copy("mlm", "run/child-run"), write("run/notes.txt", "keep\n"))),
+    Case("train-into-a-data-root", mlm(),
+         "key 'train.output_dir': {tmp}/run is not an lmssl run (it holds thesis.tex, wikitext-2/); " + OWN_ONLY
+         + "choose another train.output_dir",
+         steps(write("run/wikitext-2/train.txt", NSP_SENTENCES), write("run/thesis.tex", "chapter 1\n"))),
+    Case("export-overwrite-not-a-model-dir", ("export", "{mlm}", "{tmp}/out", "--overwrite"),
+         "OUT_DIR: {tmp}/out is not a model directory (it holds notes.txt); " + OWN_ONLY.replace("an lmssl run",
+                                                                                              "a model directory")
+         + "choose a new or empty OUT_DIR", write("out/notes.txt", "keep me\n")),
+    Case("import-overwrite-parent-of-exports", ("import", "{hf}", "{tmp}/out", "--overwrite"),
+         "OUT_DIR: {tmp}/out is not a model directory (it holds hf/, notes.txt); " + OWN_ONLY.replace(
+             "an lmssl run", "a model directory") + "choose a new or empty OUT_DIR",
+         steps(copy("hf", "out/hf"), write("out/notes.txt", "keep me\n"))),
+    Case("study-output-not-a-study", ("study", "{tmp}/s.yaml"),
+         "{tmp}/s.yaml: key 'output_dir': {tmp}/thesis is not a study directory (it holds thesis.tex); "
+         + OWN_ONLY.replace("an lmssl run", "a study directory") + "choose another output_dir",
+         lambda tmp, paths: write("s.yaml", f"budgets: [1e10]\nruns:\n  - {{name: a, config: configs/clm.yaml}}\n"
+                                            f"output_dir: {tmp}/thesis\n")(tmp, paths)
+         or write("thesis/thesis.tex", "chapter 1\n")(tmp, paths)),
+    Case("finetune-card-name-escapes", ("finetune", "{mlm}", "{tmp}/toy.yaml", FT),
+         "{tmp}/toy.yaml: key 'name': '../../victim' is not " + PLAIN,
+         write("toy.yaml", CARD.replace("name: toy", "name: ../../victim"))),
+    Case("finetune-output-is-a-file", ("finetune", "{mlm}", "rte", FT),
+         "key 'finetune.output_dir': {tmp}/ft is a file, not a directory", write("ft", "a file\n")),
+    Case("config-tokenizer-parent-dir", mlm("data.tokenizer=.."),
+         f"{SRC}: key 'data.tokenizer': '..' is neither a tokenizer.json path nor {PLAIN} for tokenizers/NAME/"),
+    Case("config-tokenizer-boolean", mlm("data.tokenizer=true"),
+         f"{SRC}: key 'data.tokenizer': expected a string, got True (quote it to mean the word)"),
+    Case("tokenizer-train-name-escapes", ("tokenizer", "train", "{data}/wikitext-2/valid.txt", "--name", "../x"),
+         f"--name: '../x' is not {PLAIN}; give a path with --out instead"),
 
     # --- finetune and task cards ---
     Case("finetune-probe-solver-unknown", ("finetune", "{mlm}", "rte", "finetune.probe_solver=sgd", FT),

@@ -65,7 +65,7 @@ def test_tokenizer_training_prints_only_json_on_stdout(tmp_path, data_root):
                            "--type", "bpe", "--vocab-size", "300", "--out", str(tmp_path / "tok")], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and json.loads(done.stdout)["vocab_size"] == 300  # one JSON document, nothing else
-    assert done.stdout.count("\n") == 1
+    assert done.stdout.count("\n") == 1 and done.stderr == ""  # no blank lines of a bar drawn into a pipe
 
 
 def test_tensorboard_tags_are_grouped(tmp_path, data_root):
@@ -81,7 +81,7 @@ def test_tensorboard_tags_are_grouped(tmp_path, data_root):
     assert not [t for t in tags if "/" not in t]
 
 
-def test_overwrite_replaces_a_run_only_once_the_new_one_has_a_checkpoint(tmp_path, data_root, monkeypatch):
+def test_overwrite_replaces_a_run_only_once_the_new_one_has_a_checkpoint(tmp_path, data_root, monkeypatch, capsys):
     out = tmp_path / "run"
     first = train(tiny_config("clm", out, *TINY))
     old_metrics = (out / "metrics.jsonl").read_text()
@@ -95,10 +95,19 @@ def test_overwrite_replaces_a_run_only_once_the_new_one_has_a_checkpoint(tmp_pat
         train(tiny_config("clm", out, *TINY, "train.overwrite=true", "train.seed=5"))
     assert (out / "metrics.jsonl").read_text() == old_metrics and first["checkpoint"].endswith("step-0000002")
     monkeypatch.setattr(TorchEngine, "train_step", real_step)
-    second = train(tiny_config("clm", out, *TINY, "train.overwrite=true", "train.seed=5"))
-    assert second["checkpoint"] == str(out / "checkpoints" / "step-0000002")
+    capsys.readouterr()
+    second = train(tiny_config("clm", out, *TINY, "train.overwrite=true", "train.seed=5", "train.max_steps=4",
+                               "train.tensorboard=true"))
+    assert second["checkpoint"] == str(out / "checkpoints" / "step-0000004")
     assert (out / "metrics.jsonl").read_text() != old_metrics  # the new run's own
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging or old directory left
+    # TensorBoard went on in the run's new place after the swap at step 2 (issue 29: it kept the staging path)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert [e.step for e in events.Scalars("val/loss")] == [4] and "TensorBoard" not in capsys.readouterr().err
     with pytest.raises(ConfigError, match="train.overwrite': and train.resume=true contradict each other"):
         tiny_config("clm", out, *TINY, "train.overwrite=true", "train.resume=true")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from lmssl.engine.rng import seed_everything
 from lmssl.model.attention import AttnSpec
 from lmssl.model.classifier import SequenceClassifier
 from lmssl.objectives import build_objective
+from lmssl.storage.lock import RunLock
 from lmssl.training.prepare import with_vocab
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -352,6 +354,13 @@ def test_cli_prints_json_last_and_writes_results(checkpoints, toy_task, tmp_path
     assert (out / "results.json").is_file() and (out / "best" / "model.safetensors").is_file()
     code, _, err = cli(capsys, "finetune", str(checkpoints["clm"]), str(toy_task), f"finetune.output_dir={out}")
     assert code == 2 and "already holds results.json; set finetune.overwrite=true" in err
+    # a second fine-tuning into the directory while one runs there stops at once (issue 28: one result vanished)
+    before = (out / "results.json").read_bytes()
+    with RunLock(out, "finetune.output_dir"):
+        code, _, err = cli(capsys, "finetune", str(checkpoints["clm"]), str(toy_task), f"finetune.output_dir={out}",
+                           "finetune.overwrite=true")
+    assert code == 2 and f"error: key 'finetune.output_dir': {out} is in use by another run (pid {os.getpid()}" in err
+    assert (out / "results.json").read_bytes() == before
 
 
 @pytest.mark.parametrize("args, message", [

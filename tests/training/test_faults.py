@@ -112,6 +112,7 @@ def test_sigkill_at_random_moments_and_mid_save_resumes_bit_for_bit(objective, s
         done = run(objective, out, "train.resume=true")
         assert done.returncode == 0, (name, done.stderr[-2000:])
         assert_same_run(out, straight / objective)
+        assert not saving(out)  # the killed save's temporary was cleaned
     assert kills >= 1  # a tiny run may finish before its moment comes
 
 

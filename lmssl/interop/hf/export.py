@@ -22,12 +22,12 @@ from safetensors.torch import save_file
 from lmssl.checkpoint.model_dir import ModelDir
 from lmssl.config import Config, ModelConfig
 from lmssl.data.tokenizer import TextTokenizer
-from lmssl.errors import ConfigError
 from lmssl.interop.hf.adapter import Target
 from lmssl.interop.hf.classifier import classifier_config, classifier_target, fold_head_bias
 from lmssl.interop.hf.rules import Rule
 from lmssl.objectives import hf_adapter
 from lmssl.storage.atomic import atomic_directory, check_output_target
+from lmssl.storage.ownership import check_model_output
 
 # our activation -> HF's name for the same function (gelu_pytorch_tanh is F.gelu(approximate="tanh") itself)
 ACTIVATION_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh"}
@@ -123,8 +123,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, overwrite: bool = False)
     nothing behind."""
     out_dir, source = Path(out_dir), ModelDir.open(checkpoint)
     check_output_target(out_dir, source.path, "OUT_DIR")
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise ConfigError(f"{out_dir} exists and is not empty; choose another output directory or pass --overwrite")
+    check_model_output(out_dir, overwrite)
     if source.kind == "finetuned":
         return export_classifier(source, out_dir)
     cfg, tokenizer, objective = source.config, source.tokenizer, source.objective()

@@ -22,6 +22,7 @@ from lmssl.interop.hf.adapter import HFAdapter, ImportPart
 from lmssl.interop.hf.source import HFSource, read_json, read_sources
 from lmssl.objectives import OBJECTIVES, Objective, build_objective
 from lmssl.storage.atomic import atomic_directory, check_output_target
+from lmssl.storage.ownership import check_model_output
 
 IGNORED_HF_BUFFERS = ("embeddings.position_ids", ".attn.bias", ".attn.masked_bias")  # buffers, not weights
 # tied copies some exporters write although they equal the word embeddings / the prediction bias
@@ -126,8 +127,7 @@ def import_model(path: str | Path, out_dir: str | Path, overwrite: bool = False)
     tokenizer.json), written atomically."""
     out_dir = Path(out_dir)
     check_output_target(out_dir, Path(path), "OUT_DIR")
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise ConfigError(f"{out_dir} exists and is not empty; choose another output directory or pass --overwrite")
+    check_model_output(out_dir, overwrite)
     sources = read_sources(Path(path))
     cfg = import_config(path, sources)
     tokenizer = import_tokenizer(Path(path), cfg, sources)
