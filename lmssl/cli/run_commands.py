@@ -109,8 +109,9 @@ def study(args) -> None:
          arg("--seed", type=non_negative, default=0, help="seeds the sentence order and the edits"),
          arg("--min-words", type=positive, default=5, help="shortest sentence used, in words"),
          arg("--max-words", type=positive, default=30, help="longest sentence used, in words"),
-         arg("--split", choices=["auto", "line", "wikitext"], default="auto",
-             help="one sentence per line, or WikiText paragraphs cut into sentences; auto = detected"),
+         arg("--split", choices=["auto", "line", "wikitext", "prose"], default="auto",
+             help="one sentence per line, WikiText paragraphs cut by WikiText's rule, or any text cut by a sentence "
+                  "segmenter; auto = wikitext for WikiText, else prose"),
          arg("--text-field", default="text", help="field holding the text in .jsonl / .parquet"),
          arg("--overwrite", action="store_true", help="replace an existing OUT"))
 def pairs_make(args) -> None:
@@ -127,7 +128,10 @@ def pairs_make(args) -> None:
     if args.min_words > args.max_words:
         raise ConfigError(f"--min-words: {args.min_words} exceeds --max-words {args.max_words}")
     corpus = Corpus(str(resolve_text_file(args.corpus, Config())), text_field=args.text_field)
-    records = write_pairs(corpus, out, args.per_type, args.seed, args.min_words, args.max_words, args.split)
+    records, shortfall = write_pairs(corpus, out, args.per_type, args.seed, args.min_words, args.max_words,
+                                     args.split)
+    if shortfall:
+        print(shortfall, file=sys.stderr)
     counts = Counter(r["UID"] for r in records)
     print(json.dumps({"out": str(out), "corpus": corpus.location, "pairs": len(records), "by_uid": counts,
                       "seed": args.seed}))

@@ -93,8 +93,8 @@ class SimCSEConfig(ObjectiveConfig):
     name: str = "simcse"  # unsupervised SimCSE: contrastive sentence embeddings, dropout as augmentation
     temperature: float = 0.05  # t dividing the cosine similarities (SimCSE §3, Table D.1: 0.05)
     pooling: Literal["cls", "cls_before_pooler", "mean"] = "cls"  # cls: MLP on [CLS] while training only
-    # data.train: one sentence per line, or WikiText paragraphs cut into sentences; auto = wikitext for WikiText
-    sentence_split: Literal["auto", "line", "wikitext"] = "auto"
+    # data.train's sentences: each line; WikiText's rule; text cut by a segmenter; auto = wikitext or else prose
+    sentence_split: Literal["auto", "line", "wikitext", "prose"] = "auto"
     # STS set scored every eval.every steps and at the end; best weights kept in output_dir/best ("" = none)
     sts_eval: str = "stsb_dev"
     default_valid: ClassVar[str] = ""  # validated on STS, not on a text split

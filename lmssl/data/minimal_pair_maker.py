@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -109,10 +110,19 @@ def make_pairs(sentences: Iterable[str], per_type: int, seed: int = 0, min_words
 
 
 def write_pairs(corpus: Corpus, out: Path, per_type: int, seed: int = 0, min_words: int = MIN_WORDS,
-                max_words: int = MAX_WORDS, split: str = "auto") -> list[dict]:
-    """`make_pairs` of the corpus's sentences written to `out` as JSONL; the records."""
-    records = list(make_pairs(iter_sentences(corpus, split), per_type, seed, min_words, max_words))
+                max_words: int = MAX_WORDS, split: str = "auto") -> tuple[list[dict], str | None]:
+    """`make_pairs` of the corpus's sentences written to `out` as JSONL: the records, and a warning naming the
+    perturbations that made fewer than `per_type` pairs (None when every one made them all)."""
+    sentences = [s for s in dict.fromkeys(iter_sentences(corpus, split)) if usable(s, min_words, max_words)]
+    records = list(make_pairs(sentences, per_type, seed, min_words, max_words))
     if not records:
-        raise ConfigError(f"{corpus.location}: no sentence of {min_words}-{max_words} words to perturb")
+        raise ConfigError(f"{corpus.location}: no sentence of {min_words}-{max_words} words to perturb (--split "
+                          f"{split}; --min-words, --max-words)")
     write_text(out, "".join(json.dumps(r) + "\n" for r in records))
-    return records
+    made = Counter(r["UID"] for r in records)
+    short = [f"{uid} {made[uid]}" for uid in PERTURBATIONS if made[uid] < per_type]
+    if not short:
+        return records, None
+    return records, (f"warning: made fewer pairs than the {per_type} asked per type ({', '.join(short)}): "
+                     f"{corpus.location} has {len(sentences)} distinct sentences of {min_words}-{max_words} words "
+                     f"(--split {split}); use a larger corpus, or lower --per-type")

@@ -2,10 +2,10 @@
 
 Built as BERT's `create_pretraining_data.py` builds them (Devlin et al. 2019, §3.1 and appendix A.1),
 from documents cut into *segments*:
-  - segments: each line of a document (a WikiText paragraph or heading) cut into sentences by the
-    rule of `lmssl.data.sentences.split_sentences` (a sentence ends at a space-separated . ! ?).
-    Text without such terminals (raw text) keeps whole lines as segments. Segments are only the
-    places where a pair may be cut, so a rare wrong sentence cut costs nothing;
+  - segments: the sentences of a document (lmssl.data.sentence_split): WikiText's lines (paragraphs and
+    headings) cut by WikiText's own rule (a sentence ends at a space-separated . ! ?), any other text
+    (prose paragraphs, one article per line) by a sentence segmenter. Segments are only the places where
+    a pair may be cut, so a rare wrong sentence cut costs little;
   - a document's segments are accumulated into a chunk until it reaches a target length
     (seq_len - 3, or with probability `short_seq_prob` per document a random shorter one, as BERT,
     so the model also sees the short inputs of fine-tuning); the chunk is cut at a random segment
@@ -36,16 +36,16 @@ from tqdm.auto import tqdm
 from lmssl.data.cache import cached_arrays, encode_in_chunks, stream_dtype
 from lmssl.data.corpus import Corpus
 from lmssl.data.packing import Example
-from lmssl.data.sentences import split_sentences
+from lmssl.data.sentence_split import detect_rule, split_document
 from lmssl.data.tokenizer import TextTokenizer
 
-SEGMENTS_VERSION = 1  # part of the cache key: bump when split_segments changes
+SEGMENTS_VERSION = 2  # part of the cache key: bump when split_segments changes (2: prose by a segmenter)
 TASKS = ("nsp", "sop")
 
 
-def split_segments(document: str) -> list[str]:
-    """The segments of a document: its lines, each cut into sentences."""
-    return [s for line in document.split("\n") if line.strip() for s in split_sentences(line)]
+def split_segments(document: str, rule: str = "wikitext") -> list[str]:
+    """The segments of a document: its sentences by `rule` (lmssl.data.sentence_split.RULES)."""
+    return split_document(document, rule)
 
 
 @dataclass
@@ -59,8 +59,9 @@ def tokenize_segments(corpus: Corpus, tokenizer: TextTokenizer, cache_root: Path
     """The segmented corpus, from the cache when the same corpus was tokenized the same way."""
 
     def segments():  # (document index, segment text)
+        rule = detect_rule(corpus)  # from the corpus's contents and options, which key the cache already
         for d, doc in enumerate(corpus.documents()):
-            yield from ((d, s) for s in split_segments(doc))
+            yield from ((d, s) for s in split_segments(doc, rule))
 
     def build():
         chunks, segment_ends, doc_ends, total, current = [], [], [], 0, None

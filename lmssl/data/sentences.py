@@ -1,10 +1,12 @@
 """Sentence corpora for sentence-embedding objectives (SimCSE): one example per sentence, padded batches.
 
-A corpus is a file with one sentence per line (`line`, as SimCSE's wiki1m file), or WikiText, whose
-lines are paragraphs (`wikitext`): headings and blank lines are skipped and each paragraph is cut
-into sentences by a rule (`split_sentences`). `auto` picks `wikitext` when the first line is a
-WikiText title. Token ids (no special tokens) are cached on disk like the packed streams of
-packing.py, keyed by file, tokenizer and split rule, so a second run memory-maps them.
+A corpus is a file with one sentence per line (`line`, as SimCSE's wiki1m file); WikiText, whose lines are
+paragraphs (`wikitext`): headings and blank lines are skipped and each paragraph is cut into sentences by
+WikiText's own rule; or any other text (`prose`): each document (a blank-line-separated block, a line, a row, as
+data.doc_split groups them) cut by a sentence segmenter (lmssl.data.sentence_split). Pieces under MIN_WORDS words
+are dropped (`wikitext`, `prose`). `auto` picks `wikitext` for WikiText, else `prose`. Token ids (no special
+tokens) are cached on disk like the packed streams of packing.py, keyed by file, tokenizer and split rule, so a
+second run memory-maps them.
 An example is `[CLS] sentence [SEP]` truncated to `max_len` (ids as a 1-D int64 array).
 """
 from __future__ import annotations
@@ -19,63 +21,36 @@ import torch
 from tqdm.auto import tqdm
 
 from lmssl.data.cache import cached_arrays, encode_in_chunks, stream_dtype
-from lmssl.data.corpus import WIKITEXT_TITLE, Corpus
+from lmssl.data.corpus import Corpus
+from lmssl.data.sentence_split import RULES, detect_rule, split_prose, split_wikitext
 from lmssl.data.tokenizer import TextTokenizer
 
-TERMINALS = {".", "!", "?"}
-QUOTE = '"'
-MIN_WORDS = 3  # shorter WikiText pieces are table cells and list fragments ("<unk> .", "1933"), not sentences
+MIN_WORDS = 3  # shorter pieces are table cells, list fragments and headings ("<unk> .", "1933", "CHAPTER I")
 WIKITEXT_HEADING = re.compile(r"^=( =)* .* =( =)*$")  # '= Title =', '= = Section = =' (lines are stripped)
 WIKITEXT_ESCAPE = re.compile(r" @(.)@ ")  # tokenized WikiText writes 'role @-@ playing', '1 @,@ 000', '1 @.@ 5'
+SPLITS = ("auto", "line", *RULES)
+SENTENCES_VERSION = 2  # part of the cache key: bump when iter_sentences changes (2: prose; auto is wikitext or prose)
 
 
-def split_sentences(paragraph: str) -> list[str]:
-    """Sentences of a tokenized WikiText paragraph (words separated by spaces).
-
-    A sentence ends at a space-separated '.', '!' or '?': in tokenized WikiText abbreviations and
-    decimals stay glued ('U.S.', '1 @.@ 5'), so this rule rarely cuts inside a sentence. A '"' right
-    after the terminal closes the sentence when it closes an open quotation (odd count so far);
-    otherwise it opens the next one."""
-    words = paragraph.split()
-    sentences, current, quotes = [], [], 0
-    for i, word in enumerate(words):
-        current.append(word)
-        quotes += word == QUOTE
-        closes_quote = word == QUOTE and quotes % 2 == 0 and len(current) > 1 and current[-2] in TERMINALS
-        ends = word in TERMINALS or closes_quote
-        closing_quote_next = i + 1 < len(words) and words[i + 1] == QUOTE and quotes % 2 == 1
-        if ends and not closing_quote_next:
-            sentences.append(" ".join(current))
-            current, quotes = [], 0
-    if current:
-        sentences.append(" ".join(current))
-    return sentences
-
-
-def detect_sentence_split(first_line: str) -> str:
-    return "wikitext" if WIKITEXT_TITLE.match(first_line) else "line"
+def resolve_split(corpus: Corpus, split: str) -> str:
+    """`auto` as the rule it stands for (lmssl.data.sentence_split.detect_rule); other values as given."""
+    return detect_rule(corpus) if split == "auto" else split
 
 
 def iter_sentences(corpus: Corpus, split: str = "auto") -> Iterator[str]:
     """Sentences of a corpus, in order (see the module docstring for `split`)."""
-    lines = dataclasses.replace(corpus, doc_split="line").documents()  # non-empty lines (rows), stripped
-    first = next(lines, None)
-    if first is None:
+    split = resolve_split(corpus, split)
+    if split == "prose":
+        for document in corpus.documents():
+            yield from (s for s in split_prose(document) if len(s.split()) >= MIN_WORDS)
         return
-    if split == "auto":
-        split = detect_sentence_split(first)
-    for line in _chain([first], lines):
+    for line in dataclasses.replace(corpus, doc_split="line").documents():  # non-empty lines (rows), stripped
         if split == "line":
             yield line
         elif not WIKITEXT_HEADING.match(line):
-            for sentence in split_sentences(WIKITEXT_ESCAPE.sub(r"\1", line)):
+            for sentence in split_wikitext(WIKITEXT_ESCAPE.sub(r"\1", line)):
                 if len(sentence.split()) >= MIN_WORDS:
                     yield sentence
-
-
-def _chain(head: list[str], rest: Iterator[str]) -> Iterator[str]:
-    yield from head
-    yield from rest
 
 
 def tokenize_sentences(corpus: Corpus, tokenizer: TextTokenizer, cache_root: Path, *,
@@ -98,7 +73,7 @@ def tokenize_sentences(corpus: Corpus, tokenizer: TextTokenizer, cache_root: Pat
         return arrays, {"tokens": total, "sentences": len(offsets) - 1}
 
     arrays = cached_arrays(corpus, tokenizer, cache_root, "sentences", ("tokens", "offsets"), build, kind="sentences",
-                           split=split)
+                           split=split, version=SENTENCES_VERSION)
     return arrays["tokens"], arrays["offsets"]
 
 

@@ -96,11 +96,21 @@ class TextTokenizer:
     def save(self, directory: Path) -> None:
         self.tokenizer.save(str(directory / "tokenizer.json"))
 
-    def without_template(self) -> "TextTokenizer":
-        """A copy that adds no special tokens around a text even when asked to (what a causal model's exported
-        tokenizer must be: lmssl never wraps a causal model's text in [CLS] ... [SEP])."""
+    def causal_template(self, classifier: bool = False) -> "TextTokenizer":
+        """A copy for a causal model's export that adds, when asked to, the special tokens lmssl puts around a text:
+        the end-of-text token before it, as `lmssl generate` starts from it and every pretraining document follows
+        one (a causal language model's export, which `pipeline("text-generation")` calls with special tokens), or
+        a causal classifier's <eos> A <eos> and <eos> A <sep> B <eos> (lmssl.downstream.encoding's layouts)."""
         tok = Tokenizer.from_str(self.tokenizer.to_str())
-        tok.post_processor = None
+        eos = tok.id_to_token(self.eos_id)
+        if classifier:
+            sep = tok.id_to_token(self.sep_id if self.sep_id is not None else self.eos_id)
+            single, pair = f"{eos}:0 $A:0 {eos}:0", f"{eos}:0 $A:0 {sep}:0 $B:1 {eos}:1"
+        else:  # transformers' own template for add_bos_token (tokenization_utils_tokenizers.update_post_processor)
+            single, pair = f"{eos}:0 $A:0", f"{eos}:0 $A:0 {eos}:1 $B:1"
+        specials = {eos: self.eos_id} | ({sep: tok.token_to_id(sep)} if classifier else {})
+        tok.post_processor = processors.TemplateProcessing(single=single, pair=pair,
+                                                           special_tokens=list(specials.items()))
         return TextTokenizer(tok, self.path)
 
 

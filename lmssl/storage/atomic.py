@@ -17,6 +17,41 @@ from lmssl.errors import ConfigError, storage_error
 TMP_PREFIX, OLD_PREFIX = ".lmssl-tmp-", ".lmssl-old-"
 
 
+def process_umask() -> int:
+    """The process umask, read without changing it where the system says it (Linux), else set and restored."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode open() gives a new file (0644 under the usual umask 022)."""
+    return 0o666 & ~process_umask()
+
+
+def dir_mode() -> int:
+    """The mode mkdir() gives a new directory (0755 under the usual umask 022)."""
+    return 0o777 & ~process_umask()
+
+
+def normal_modes(directory: Path) -> None:
+    """Give every file and directory in `directory` the modes open() and mkdir() would: temporaries (mkstemp,
+    mkdtemp, the safetensors writer's own) are private (0600/0700), and a rename keeps that mode."""
+    files, dirs = file_mode(), dir_mode()
+    os.chmod(directory, dirs)
+    for root, subdirs, names in os.walk(directory):
+        for name in subdirs:
+            os.chmod(Path(root) / name, dirs)
+        for name in names:
+            os.chmod(Path(root) / name, files)
+
+
 def fsync_path(path: Path) -> None:
     """Flush a file, or a directory entry, to the device."""
     fd = os.open(path, os.O_RDONLY)
@@ -51,12 +86,13 @@ class AtomicDirectory:
                 if self.path.exists():
                     shutil.rmtree(self.path)
                 self.path.mkdir()
-            self.path.chmod(0o755)  # mkdtemp makes it private
+            self.path.chmod(dir_mode())  # mkdtemp makes it private
         except OSError as e:
             raise storage_error(e, self.final) or e
 
     def commit(self) -> Path:
         try:
+            normal_modes(self.path)
             fsync_tree(self.path)
             self._rename()
             fsync_path(self.final.parent)
@@ -125,7 +161,7 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private
+        os.chmod(tmp, file_mode())  # mkstemp makes it private
         os.replace(tmp, path)
         fsync_path(path.parent)
     except BaseException as e:

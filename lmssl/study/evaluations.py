@@ -37,7 +37,9 @@ def prepare_pairs(spec: StudySpec, study_dir: Path) -> Path | None:
         return None
     out = study_dir / "pairs.jsonl"
     if not out.is_file():
-        write_pairs(Corpus(str(resolve_text_file(p.corpus, Config()))), out, p.per_type)
+        _, shortfall = write_pairs(Corpus(str(resolve_text_file(p.corpus, Config()))), out, p.per_type)
+        if shortfall:
+            print(shortfall, file=sys.stderr)
     return out
 
 

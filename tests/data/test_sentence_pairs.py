@@ -36,7 +36,9 @@ def test_segments_are_lines_cut_into_sentences():
     doc = "= Title =\nThe first one . A second one !\nNo terminal here"
     assert split_segments(doc) == ["= Title =", "The first one .", "A second one !", "No terminal here"]
     assert split_segments("Raw text, no spaced terminals. It stays whole.") == [
-        "Raw text, no spaced terminals. It stays whole."]
+        "Raw text, no spaced terminals. It stays whole."]  # WikiText's rule
+    assert split_segments("Raw text, no spaced\nterminals. It is cut.\nAnd then? Yes.", "prose") == [
+        "Raw text, no spaced terminals.", "It is cut.", "And then?", "Yes."]
 
 
 def bert_truncate_loop(a: int, b: int, max_total: int) -> tuple[int, int]:

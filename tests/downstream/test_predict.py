@@ -112,6 +112,10 @@ def test_causal_classifiers_export_with_our_logits(tmp_path, preset, architectur
     with torch.no_grad():
         theirs = torch.cat([hf(input_ids=torch.tensor([list(r)])).logits for r in ids])
     torch.testing.assert_close(theirs, ours, atol=ATOL, rtol=0)
+    hf_tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert hf_tokenizer(TEXTS[0], TEXTS[1][:30]).input_ids == list(ids[0])  # <eos> A <sep> B <eos>, as ours
+    single = encode_texts(open_finetuned(directory)[1], [(TEXTS[0],)], True, 40)[0][0]
+    assert hf_tokenizer(TEXTS[0]).input_ids == list(single)  # <eos> A <eos>
 
 
 def test_modernbert_classifier_exports_to_modernbert_for_sequence_classification(tmp_path):

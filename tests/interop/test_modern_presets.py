@@ -76,8 +76,7 @@ def test_the_exported_tokenizers_feed_the_models(modernbert, llama):
         enc = transformers.AutoTokenizer.from_pretrained(tmp / "hf")([TEXTS[0]], return_tensors="pt")
         assert set(enc) == {"input_ids", "attention_mask"}
         expected = tok.encode_batch(TEXTS[:1])[0]
-        if not obj.causal:
-            expected = [tok.cls_id, *expected, tok.sep_id]
+        expected = [tok.eos_id, *expected] if obj.causal else [tok.cls_id, *expected, tok.sep_id]
         assert enc.input_ids[0].tolist() == expected
         with torch.no_grad():
             hf(**enc)
@@ -97,12 +96,12 @@ def test_modernbert_fill_mask_is_hfs_top_k(modernbert):
 
 
 def test_llama_export_gives_our_logits_and_generation(llama):
-    hf, cfg, tok, obj, _ = llama
+    hf, cfg, tok, obj, tmp = llama
     assert type(hf).__name__ == "LlamaForCausalLM" and hf.lm_head.weight is not hf.model.embed_tokens.weight
     ids = torch.tensor(tok.encode_batch(TEXTS[:1]))
     with torch.no_grad():
         assert_close(obj.head(obj.trunk(ids, AttnSpec.dense(True))), hf(input_ids=ids).logits)
-    assert_greedy_decoding_is_generates(obj, tok, hf, "Valkyria Chronicles III is a tactical")
+    assert_greedy_decoding_is_generates(obj, tok, tmp / "hf", "Valkyria Chronicles III is a tactical")
 
 
 @pytest.mark.parametrize("family", ["modernbert", "llama"])

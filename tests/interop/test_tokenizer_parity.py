@@ -1,6 +1,7 @@
 """Every tokenizer type (WordPiece, byte-level BPE, SentencePiece unigram) and objective family (BERT-style,
 GPT-style): the exported tokenizer, loaded with transformers' AutoTokenizer and called as transformers users call
-it, gives the ids lmssl gives (with [CLS] ... [SEP] around a text for BERT-style models, nothing for causal ones)."""
+it, gives the ids lmssl gives (with [CLS] ... [SEP] around a text for BERT-style models, <|endoftext|> before it
+for causal ones)."""
 from __future__ import annotations
 
 import pytest
@@ -46,8 +47,9 @@ def test_the_exported_tokenizer_gives_our_ids(kind, objective, tokenizers, lines
     export(save_model(tmp_path / "ckpt", build_objective(cfg, tok), cfg, tok), out)
     theirs = transformers.AutoTokenizer.from_pretrained(out)
     ours = tok.encode_batch(lines)
-    if causal:
-        assert [theirs(line).input_ids for line in lines] == ours
+    if causal:  # the end-of-text token lmssl's language models start from (`lmssl generate`, every document)
+        assert [theirs(line).input_ids for line in lines] == [[tok.eos_id, *ids] for ids in ours]
+        assert [theirs(line, add_special_tokens=False).input_ids for line in lines] == ours
     else:
         assert [theirs(line).input_ids for line in lines] == [[tok.cls_id, *ids, tok.sep_id] for ids in ours]
         assert theirs.mask_token_id == tok.mask_id

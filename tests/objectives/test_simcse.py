@@ -14,7 +14,8 @@ from lmssl.config import ConfigError, load_config
 from lmssl.data import load_tokenizer
 from lmssl.data.corpus import Corpus
 from lmssl.data.loader import SequenceLoader
-from lmssl.data.sentences import SentenceDataset, iter_sentences, pad_sentences, split_sentences, tokenize_sentences
+from lmssl.data.sentence_split import split_wikitext
+from lmssl.data.sentences import SentenceDataset, iter_sentences, pad_sentences, tokenize_sentences
 from lmssl.objectives import OBJECTIVES, build_objective
 from lmssl.objectives.simcse import contrastive_loss, gather_from_all_ranks
 from lmssl.training.loop import train
@@ -118,11 +119,11 @@ def test_two_process_gather_equals_the_single_process_loss_and_gradients(tmp_pat
 # --- sentences ------------------------------------------------------------------------------------
 
 def test_wikitext_paragraphs_split_into_sentences():
-    assert split_sentences('He said " go home . " Then he left . It rained ! Why ?') == [
+    assert split_wikitext('He said " go home . " Then he left . It rained ! Why ?') == [
         'He said " go home . "', "Then he left .", "It rained !", "Why ?"]
-    assert split_sentences('The U.S. won 1 @.@ 5 medals . " Great " , he said .') == [
+    assert split_wikitext('The U.S. won 1 @.@ 5 medals . " Great " , he said .') == [
         "The U.S. won 1 @.@ 5 medals .", '" Great " , he said .']
-    assert split_sentences("no terminal at the end") == ["no terminal at the end"]
+    assert split_wikitext("no terminal at the end") == ["no terminal at the end"]
 
 
 def test_iter_sentences_skips_headings_and_fragments(tmp_path):
@@ -132,23 +133,24 @@ def test_iter_sentences_skips_headings_and_fragments(tmp_path):
     assert list(iter_sentences(Corpus(str(wiki)))) == ["A role-playing game .", "It sold 1,000 copies .",
                                                        "Next paragraph here ."]
     lines = tmp_path / "lines.txt"
-    lines.write_text("First sentence. Still first.\n\nOk\n")
-    # one sentence per line, as is
-    assert list(iter_sentences(Corpus(str(lines)))) == ["First sentence. Still first.", "Ok"]
+    lines.write_text("The first sentence. And the second one.\n\nOk\n")
+    # one sentence per line, as is; any other text cut by the segmenter, pieces under 3 words dropped
+    assert list(iter_sentences(Corpus(str(lines)), "line")) == ["The first sentence. And the second one.", "Ok"]
+    assert list(iter_sentences(Corpus(str(lines)))) == ["The first sentence.", "And the second one."]
 
 
 def test_sentence_examples_are_cached_truncated_and_padded(tmp_path, monkeypatch):
     tok = load_tokenizer(load_config(None, []))
     lines = tmp_path / "s.txt"
     lines.write_text("a b c d e f g h\nthe city\n")
-    tokens, offsets = tokenize_sentences(Corpus(str(lines)), tok, tmp_path / "cache")
+    tokens, offsets = tokenize_sentences(Corpus(str(lines)), tok, tmp_path / "cache", split="line")
     assert list(offsets) == [0, 8, 10]
 
     def no_reading(*args, **kwargs):
         raise AssertionError("re-tokenized instead of reading the cache")
 
     monkeypatch.setattr("lmssl.data.sentences.iter_sentences", no_reading)
-    cached_tokens, cached_offsets = tokenize_sentences(Corpus(str(lines)), tok, tmp_path / "cache")
+    cached_tokens, cached_offsets = tokenize_sentences(Corpus(str(lines)), tok, tmp_path / "cache", split="line")
     assert np.array_equal(cached_tokens, tokens) and np.array_equal(cached_offsets, offsets)
     data = SentenceDataset(tokens, offsets, tok.cls_id, tok.sep_id, max_len=6)
     assert len(data) == 2

@@ -86,10 +86,11 @@ def modernbert_config(m: ModelConfig, tokenizer: TextTokenizer) -> dict[str, Any
             "bos_token_id": ids["cls_token_id"], "eos_token_id": ids["sep_token_id"]}
 
 
-def tokenizer_files(tokenizer: TextTokenizer, model: ModelConfig, causal: bool) -> dict[str, str]:
+def tokenizer_files(tokenizer: TextTokenizer, model: ModelConfig, causal: bool,
+                    classifier: bool = False) -> dict[str, str]:
     """tokenizer_config.json and special_tokens_map.json for our tokenizer.json, loaded by AutoTokenizer as a
     fast tokenizer that tokenizes exactly as ours (the same `tokenizers` file: normalizer, pre-tokenizer,
-    model and the [CLS] A [SEP] B [SEP] template with token types)."""
+    model and the template: [CLS] A [SEP] B [SEP] with token types, or TextTokenizer.causal_template's)."""
     def token(role):
         i = tokenizer.roles.get(role)
         return None if i is None else tokenizer.tokenizer.id_to_token(i)
@@ -103,8 +104,12 @@ def tokenizer_files(tokenizer: TextTokenizer, model: ModelConfig, causal: bool) 
         names = ["input_ids", "token_type_ids", "attention_mask"] if model.type_vocab_size else [
             "input_ids", "attention_mask"]
     special = {k: v for k, v in special.items() if v is not None}
+    # a language model's text follows <|endoftext|> (transformers rebuilds causal_template's template from these,
+    # as for Llama); a classifier's template is causal_template's own, which these flags would replace
+    flags = {"add_bos_token": True, "add_eos_token": False} if causal and not classifier else {}
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model.max_positions,
-              "padding_side": "right", "model_input_names": names, "clean_up_tokenization_spaces": False, **special}
+              "padding_side": "right", "model_input_names": names, "clean_up_tokenization_spaces": False,
+              **flags, **special}
     return {"tokenizer_config.json": json.dumps(config, indent=2) + "\n",
             "special_tokens_map.json": json.dumps(special, indent=2) + "\n"}
 
@@ -140,7 +145,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, overwrite: bool = False)
             for name, text in files.items():
                 (d / name).parent.mkdir(parents=True, exist_ok=True)
                 (d / name).write_text(text)
-            (tokenizer.without_template() if objective.causal else tokenizer).save(d)
+            (tokenizer.causal_template() if objective.causal else tokenizer).save(d)
     return {"out": str(out_dir), "architectures": {t.subdir or ".": t.architecture for t in targets},
             "objective": cfg.objective.name}
 
@@ -157,7 +162,7 @@ def export_classifier(source: ModelDir, out_dir: Path) -> dict[str, Any]:
     with atomic_directory(out_dir) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        for name, text in tokenizer_files(tokenizer, target.model, causal=info["causal"]).items():
+        for name, text in tokenizer_files(tokenizer, target.model, causal=info["causal"], classifier=True).items():
             (tmp / name).write_text(text)
-        (tokenizer.without_template() if info["causal"] else tokenizer).save(tmp)
+        (tokenizer.causal_template(classifier=True) if info["causal"] else tokenizer).save(tmp)
     return {"out": str(out_dir), "architectures": {".": target.architecture}, "task": info["card"]["name"]}

@@ -49,7 +49,10 @@ def read_tokenizer(directory: Path) -> TextTokenizer:
         raise ConfigError(f"{directory}: no tokenizer (tokenizer.json, vocab.txt, or vocab.json + merges.txt)")
     tok.no_truncation()
     tok.no_padding()
-    return TextTokenizer(tok, directory / "tokenizer.json")
+    read = TextTokenizer(tok, directory / "tokenizer.json")
+    if read.roles.get("eos") is not None and tok.to_str() == read.causal_template().tokenizer.to_str():
+        tok.post_processor = None  # the <|endoftext|> template lmssl's causal export adds: the import is as before
+    return read
 
 
 def recognise(path: Path, sources: dict[str, HFSource]) -> tuple[HFAdapter, dict[str, Any]]:
