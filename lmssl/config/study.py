@@ -15,6 +15,11 @@ from lmssl.errors import ConfigError
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
+def budget_label(budget: float) -> str:
+    """A FLOP budget as cell names and tables show it: 3 significant digits (1.5e13)."""
+    return f"{budget:.3g}".replace("+", "")
+
+
 @dataclass
 class RunSpec:
     name: str = ""  # the run's name in tables and plots, and its directory under study_dir/runs/
@@ -181,6 +186,12 @@ def check_study(spec: StudySpec) -> None:
                  "no FLOP budget: give budgets here or at the study's top level")
         if any(b <= 0 for b in r.budgets) or len(set(r.budgets)) != len(r.budgets):
             fail(f"{key}.budgets", f"budgets must be distinct and positive, got {r.budgets}")
+        labels: dict[str, float] = {}
+        for b in r.budgets:  # one cell directory per label: two budgets sharing one would train only one of them
+            other = labels.setdefault(budget_label(b), b)
+            if other != b:
+                fail(f"{key}.budgets", f"{other:.6g} and {b:.6g} both make the cell '{r.name}-{budget_label(b)}' "
+                                       f"(cells are named by 3 significant digits); make them differ within those")
     if spec.scaling is not None and (len(spec.scaling.sizes) < 2 or len(spec.scaling.budgets) < 2):
         fail("scaling", "a scaling fit needs at least 2 sizes and 2 budgets (3 x 3 or more to fit 5 parameters)")
     e = spec.evaluate

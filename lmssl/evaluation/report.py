@@ -61,15 +61,21 @@ def loss_label(row: dict) -> str:
 
 
 def readable_axes(ax, log_y: bool) -> None:
-    """Integer step ticks; on a log axis spanning less than a decade, plain numbers instead of 10^x labels."""
-    from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
+    """Integer step ticks; a log axis spanning less than a decade gets a few evenly placed, plainly written ticks
+    (its powers of ten may all lie outside it, and matplotlib would then label nothing)."""
+    from matplotlib.ticker import MaxNLocator, NullFormatter, NullLocator, ScalarFormatter
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if log_y:
         low, high = ax.get_ylim()
         if low > 0 and high / low < 10:
-            ax.yaxis.set_major_formatter(ScalarFormatter())
-            ax.yaxis.set_minor_formatter(ScalarFormatter() if high / low > 2 else NullFormatter())
+            plain = ScalarFormatter(useOffset=False)
+            plain.set_scientific(False)
+            ax.yaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
+            ax.yaxis.set_major_formatter(plain)
+            ax.yaxis.set_minor_locator(NullLocator())
+            ax.yaxis.set_minor_formatter(NullFormatter())
+            ax.set_ylim(low, high)  # the locator must not widen the view
 
 
 def compare(checkpoints: list[str], data: str, out: Path, *, max_words: int = 0, text_field: str = "text",

@@ -1,19 +1,20 @@
-"""A study's results.json, report.md and plots (validation loss against FLOPs, each downstream score against FLOPs,
-label-efficiency curves, and for a scaling grid the fitted law's iso-FLOP curves)."""
+"""A study's results.json and report.md (a table of every cell, its validation loss under the objective's own name,
+its scores beside the majority / TF-IDF / from-scratch references, the label-efficiency table, the scaling fit); the
+figures are lmssl.study.plots'. report.md is rendered from results.json alone (`render_report`)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lmssl.config.study import StudySpec
-from lmssl.storage.atomic import write_bytes, write_text
-from lmssl.study.scaling import fit_scaling_law, fitted_loss
+from lmssl.storage.atomic import write_text
+from lmssl.study.scaling import fit_scaling_law
 
 
 def machine() -> str:
@@ -34,10 +35,54 @@ def headline(record: dict) -> dict[str, float]:
         if len(scores) > 1:  # the GLUE-subset average, as glue.md's (a task's score: the mean of its metrics)
             row[f"{kind}_avg"] = float(np.mean(list(scores.values())))
     if "sts" in ev:
-        row.update({f"sts_{k}": v for k, v in ev["sts"].items() if k != "seconds"})
+        row.update({f"sts_{k}": v for k, v in ev["sts"].items() if k not in ("seconds", "settings")})
     if "pairs" in ev:
         row["pairs_accuracy"] = ev["pairs"]["accuracy"]
     return row
+
+
+# the references a probe / fine-tuning score is read against, and where a cell's evaluation holds each
+REFERENCES = {"majority": ("baselines", "majority"), "TF-IDF": ("baselines", "bow"), "from scratch": ("scratch",)}
+
+
+def reference_headline(record: dict, label: str) -> dict[str, float]:
+    """The reference's scores in the headline's probe / fine-tuning columns (and their averages), where known."""
+    row = {}
+    for kind in ("probe", "finetune"):
+        scores, tasks = {}, [key for key in record["evaluations"] if key.startswith(f"{kind}_")]
+        for key in tasks:
+            found = record["evaluations"][key]
+            for step in REFERENCES[label]:
+                found = found.get(step, {}) if isinstance(found, dict) else {}
+            score = found.get("metrics", found).get("score")
+            if isinstance(score, (int, float)) and math.isfinite(score):  # a regression's majority has none
+                scores[key] = score
+        row.update(scores)
+        if len(tasks) > 1 and len(scores) == len(tasks):
+            row[f"{kind}_avg"] = float(np.mean(list(scores.values())))
+    return row
+
+
+def reference_columns(records: list[dict]) -> dict[str, dict[str, tuple[float, float]]]:
+    """reference -> column -> (lowest, highest) over the cells (one value when every cell's subsample agrees)."""
+    found: dict[str, dict[str, tuple[float, float]]] = {}
+    for label in REFERENCES:
+        for r in records:
+            for column, value in reference_headline(r, label).items():
+                low, high = found.setdefault(label, {}).get(column, (value, value))
+                found[label][column] = (min(low, value), max(high, value))
+    return found
+
+
+def loss_kind(record: dict) -> str:
+    """What the cell's validation loss sums, from its final validation's terms: CLM, MLM + NSP, GEN + DISC ..."""
+    terms = [k[4:-5].upper() for k in record["final"] if k.startswith("val_") and k.endswith("_loss")
+             and k != "val_loss"]
+    return " + ".join(terms) or "?"
+
+
+def loss_columns(records: list[dict]) -> list[str]:
+    return list(dict.fromkeys(loss_kind(r) for r in records))
 
 
 COLUMN_ORDER = ("ppl", "bits_per_byte", "pppl", "pseudo_bits_per_byte", "probe_", "finetune_", "sts_", "pairs_")
@@ -66,26 +111,51 @@ def scaling_fit(spec: StudySpec, records: list[dict]) -> dict | None:
     return fit
 
 
+REFERENCE_NOTES = {"majority": "*majority* predicts the training set's most frequent label (mean for regression)",
+                   "TF-IDF": "*TF-IDF* is logistic (ridge) regression on TF-IDF word features of the same examples",
+                   "from scratch": "*from scratch* fine-tunes the same architecture from random weights "
+                                   "(finetune.compare_scratch)"}
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) >= 1e4 or 0 < abs(value) < 1e-2 else f"{value:.2f}"
     return str(value)
 
 
-def markdown(spec: StudySpec, records: list[dict], fit: dict | None, wall: float, total: float) -> str:
-    lines = [f"# Study: {spec.name}", "",
-             f"- command: `lmssl study {spec.source}`",
-             f"- machine: {machine()}",
-             f"- wall time: {total / 60:.1f} min, the cells' training and evaluation summed over every invocation "
-             f"(the last one took {wall / 60:.1f} min)", ""]
-    columns = score_columns(records)
-    lines += ["| cell | run | FLOPs | steps | tokens | final val loss |" + "".join(f" {c} |" for c in columns),
-              "|---|---|---:|---:|---:|---:|" + "---:|" * len(columns)]
+def _span(span: tuple[float, float] | None) -> str:
+    if span is None:
+        return ""
+    low, high = span
+    return _fmt(low) if _fmt(low) == _fmt(high) else f"{_fmt(low)} to {_fmt(high)}"
+
+
+def markdown(results: dict) -> str:
+    """report.md from results.json's content."""
+    records, fit = results["cells"], results["scaling"]
+    last = results.get("seconds_last_invocation")
+    lines = [f"# Study: {results['study']}", "",
+             f"- command: `lmssl study {results['source']}`",
+             f"- machine: {results['machine']}",
+             f"- wall time: {results['seconds_total'] / 60:.1f} min, the cells' training and evaluation summed over "
+             f"every invocation" + (f" (the last one took {last / 60:.1f} min)" if last is not None else ""), ""]
+    losses, columns = loss_columns(records), score_columns(records)
+    lines += ["| cell | run | FLOPs | steps | tokens |" + "".join(f" final val loss ({k}) |" for k in losses)
+              + "".join(f" {c} |" for c in columns),
+              "|---|---|---:|---:|---:|" + "---:|" * (len(losses) + len(columns))]
     for r in records:
-        row = headline(r)
-        lines.append(f"| {r['cell']} | {r['run']} | {r['flops']:.3g} | {r['steps']} | {r['tokens']:,} | "
-                     f"{_fmt(r['final'].get('val_loss', float('nan')))} |" + "".join(f" {_fmt(row.get(c, ''))} |"
-                                                                                  for c in columns))
+        row, loss = headline(r), r["final"].get("val_loss", float("nan"))
+        lines.append(f"| {r['cell']} | {r['run']} | {r['flops']:.3g} | {r['steps']} | {r['tokens']:,} |"
+                     + "".join(f" {_fmt(loss) if loss_kind(r) == k else ''} |" for k in losses)
+                     + "".join(f" {_fmt(row.get(c, ''))} |" for c in columns))
+    references = reference_columns(records)
+    for label, spans in references.items():
+        lines.append(f"| *{label}* | reference | | | |" + " |" * len(losses)
+                     + "".join(f" {_span(spans.get(c))} |" for c in columns))
+    lines += ["", "Each final val loss column is one objective's own validation loss (the terms it trains, with its "
+                  "weights): compare within a column, never across."
+              + (" Reference rows: " + "; ".join(REFERENCE_NOTES[k] for k in references) + "." if references
+                 else "")]
     le = [r for r in records if "label_efficiency" in r["evaluations"]]
     if le:
         first = le[0]["evaluations"]["label_efficiency"]
@@ -124,130 +194,17 @@ def markdown(spec: StudySpec, records: list[dict], fit: dict | None, wall: float
             lines += [f"| {o['budget']:.3g} | {o['N_opt']:.3g} | "
                       + (f"{o['N_opt_interval'][0]:.3g} - {o['N_opt_interval'][1]:.3g}" if o["N_opt_interval"] else "-")
                       + f" | {o['D_opt']:.3g} |" for o in fit["compute_optimal"]]
-    lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in plot_names(records, fit)), ""]
+    lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in results["plots"]), ""]
     return "\n".join(lines)
 
 
-def plot_names(records: list[dict], fit: dict | None) -> list[str]:
-    names = ["val_loss_vs_flops.png"] + (["scores_vs_flops.png"] if score_columns(records) else [])
-    if any("label_efficiency" in r["evaluations"] for r in records):
-        names.append("label_efficiency.png")
-    if fit is not None and "error" not in fit:
-        names.append("scaling_isoflop.png")
-    return names
+PLOTS = ("val_loss_vs_flops.png", "scores_vs_flops.png", "label_efficiency.png", "scaling_isoflop.png")
 
 
-def _save(fig, path: Path) -> None:
-    import io
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    write_bytes(path, buffer.getvalue())
-
-
-def run_budget(records: list[dict], run: str) -> list[float]:
-    return [r["budget"] for r in records if r["run"] == run]
-
-
-def _score_plots(study_dir: Path, records: list[dict], scores: list[str], runs: list[str], colour, plt) -> None:
-    """One panel per headline score: its value against the training FLOPs, a line per run."""
-    cols = min(3, len(scores))
-    rows = -(-len(scores) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    rows = [(r["run"], r["flops"], headline(r)) for r in records]
-    for ax, key in zip(axes.flat, scores):
-        for run in runs:
-            pts = sorted((flops, row[key]) for name, flops, row in rows if name == run and key in row)
-            if pts:
-                ax.plot(*zip(*pts), "o-", color=colour[run], label=run)
-        ax.set(xscale="log", title=key, xlabel="training FLOPs")
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(scores):]:
-        ax.axis("off")
-    fig.tight_layout()
-    _save(fig, study_dir / "scores_vs_flops.png")
-    plt.close(fig)
-
-
-def plots(study_dir: Path, records: list[dict], fit: dict | None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = list(dict.fromkeys(r["run"] for r in records))
-    colour = {run: plt.cm.tab10(i % 10) for i, run in enumerate(runs)}
-    # one panel per run: each objective's validation loss is its own quantity (ELECTRA's is generator + 50 x RTD)
-    fig, axes = plt.subplots(1, len(runs), figsize=(3.6 * len(runs), 3.4), squeeze=False)
-    for ax, run in zip(axes.flat, runs):
-        for r in (r for r in records if r["run"] == run):
-            curve = [p for p in r["curve"] if p["flops"]]
-            if curve:
-                ax.plot([p["flops"] for p in curve], [p["val_loss"] for p in curve], "o-", color=colour[run],
-                        alpha=0.4 + 0.6 * (r["budget"] == max(run_budget(records, run))), label=f"{r['budget']:.2g}")
-        ax.set(xscale="log", xlabel="training FLOPs", title=run)
-        ax.legend(fontsize=7, title="budget", title_fontsize=7)
-    axes.flat[0].set_ylabel("validation loss (the objective's own)")
-    fig.tight_layout()
-    _save(fig, study_dir / "val_loss_vs_flops.png")
-    plt.close(fig)
-    scores = score_columns(records)
-    if scores:
-        _score_plots(study_dir, records, scores, runs, colour, plt)
-    le = [r for r in records if "label_efficiency" in r["evaluations"]]
-    if le:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        drawn = set()
-        for r in le:
-            curves = r["evaluations"]["label_efficiency"]
-            for kind, style in (("pretrained", "o-"), ("scratch", "x--")):
-                name = r["cell"] if kind == "pretrained" else f"scratch {curves['scratch_key'][:6]}"
-                if name in drawn:
-                    continue
-                drawn.add(name)
-                xs = [v["train_examples"] for v in curves[kind].values()]
-                ax.errorbar(xs, [v["metrics"]["score"] for v in curves[kind].values()],
-                            yerr=[v["std"].get("score", 0.0) for v in curves[kind].values()], fmt=style,
-                            color=colour[r["run"]] if kind == "pretrained" else "grey", label=name, capsize=3)
-        ax.set(xscale="log", xlabel="labelled training examples", ylabel=f"{curves['task']} dev score",
-               title="Label efficiency: pretrained vs from scratch")
-        ticks = sorted({v["train_examples"] for r in le
-                        for v in r["evaluations"]["label_efficiency"]["scratch"].values()})
-        ax.set_xticks(ticks, [str(t) for t in ticks])
-        ax.minorticks_off()
-        ax.legend(fontsize=7)
-        _save(fig, study_dir / "label_efficiency.png")
-        plt.close(fig)
-    if fit is not None and "error" not in fit:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        k, optimal = fit["flops_per_param_token"], fit["compute_optimal"]
-        n_all = np.array([p["N"] for p in fit["points"]])
-        grid = np.geomspace(n_all.min() / 2, n_all.max() * 2, 100)
-        for i, opt in enumerate(optimal):
-            budget, c = opt["budget"], plt.cm.viridis(i / max(1, len(optimal) - 1))
-            ax.plot(grid, fitted_loss(fit, grid, budget / (k * grid)), "-", color=c, label=f"C = {budget:.2g} (fit)")
-            runs = [p for p in fit["points"] if p["budget"] == budget]
-            ax.plot([p["N"] for p in runs], [p["loss"] for p in runs], "o", color=c)
-            if np.isfinite(opt["N_opt"]):
-                ax.axvline(opt["N_opt"], color=c, ls=":", lw=1)
-        ax.set(xscale="log", xlabel="parameters N", ylabel="final validation loss",
-               title="Iso-FLOP curves of the fitted L(N, D) (dotted: compute-optimal N)")
-        ax.legend(fontsize=8)
-        _save(fig, study_dir / "scaling_isoflop.png")
-        plt.close(fig)
-
-
-def write_results(spec: StudySpec, study_dir: Path, records: list[dict], wall: float) -> dict:
-    """results.json, report.md and the plots; returns the summary line `lmssl study` prints."""
-    fit = scaling_fit(spec, records)
-    total = sum(r["train_seconds"] + sum(e.get("seconds", 0.0) for e in r["evaluations"].values()) for r in records)
-    results = {"study": spec.name, "source": spec.source, "machine": machine(), "seconds_total": round(total, 1),
-               "cells": records, "scaling": fit}
-    write_text(study_dir / "results.json", json.dumps(results, indent=1, default=float) + "\n")
-    report = markdown(spec, records, fit, wall, total)
+def render_report(study_dir: Path) -> str:
+    """report.md (and nothing else) from study_dir/results.json, without training or evaluating anything."""
+    results = json.loads((study_dir / "results.json").read_text())
+    results.setdefault("plots", [name for name in PLOTS if (study_dir / name).is_file()])  # results.json from before
+    report = markdown(results)
     write_text(study_dir / "report.md", report)
-    plots(study_dir, records, fit)
-    print(report, file=sys.stderr)
-    return {"study": spec.name, "cells": len(records), "results": str(study_dir / "results.json"),
-            "report": str(study_dir / "report.md"), "minutes_total": round(total / 60, 1),
-            **({"alpha": fit["alpha"], "beta": fit["beta"]} if fit and "error" not in fit else {})}
+    return report

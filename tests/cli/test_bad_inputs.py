@@ -105,6 +105,11 @@ def write(name: str, content: str | bytes) -> Setup:
     return setup
 
 
+def write_here(name: str, content: str) -> Setup:
+    """write(), with {tmp} in the content replaced by the case's workspace (YAML's own braces left alone)."""
+    return lambda tmp, paths: write(name, content.replace("{tmp}", str(tmp)))(tmp, paths)
+
+
 def mkdir(name: str) -> Setup:
     return lambda tmp, paths: (tmp / name).mkdir(parents=True)
 
@@ -161,6 +166,7 @@ LATIN1 = "not UTF-8 text (byte 23, line 2: 0xe9); convert it, e.g. iconv -f lati
 NSP_SENTENCES = "".join(f"Sentence number {i} stands alone on its line .\n" for i in range(40))
 CARD = 'name: toy\ntrain: train.csv\ndev: train.csv\ntext_columns: text\nlabel_column: label\nlabels: ["no", "yes"]\n'
 FT = "finetune.output_dir={tmp}/ft"
+STUDY = "output_dir: {tmp}/study\nbudgets: [1e10]\nruns:\n  - {name: a, config: configs/clm.yaml}\n"
 NOT_CKPT = ("not an lmssl checkpoint (no model.safetensors), a run directory with checkpoints, nor a Hugging Face "
             "model directory (config.json)")
 RESUME_ONLY = ("only its length, cadence and paths may change (train.max_steps, *.every, ...): put the other keys "
@@ -539,6 +545,24 @@ CASES = [
     Case("study-unknown-key", ("study", "{tmp}/s.yaml"),
          "{tmp}/s.yaml: unknown key 'study.budget'; did you mean 'study.budgets'?",
          write("s.yaml", "budget: [1e10]\nruns:\n  - {name: a, config: configs/clm.yaml}\n")),
+    Case("study-budgets-alike", ("study", "{tmp}/s.yaml"),
+         "{tmp}/s.yaml: key 'runs[0].budgets': 2e+09 and 2.004e+09 both make the cell 'a-2e09' (cells are named by 3 "
+         "significant digits); make them differ within those",
+         write("s.yaml", "budgets: [2.0e9, 2.004e9]\nruns:\n  - {name: a, config: configs/clm.yaml}\n")),
+    Case("study-cell-json-damaged", ("study", "{tmp}/s.yaml"),
+         "{tmp}/study/cells/a-1e10/probe_sst2.json: not valid JSON (Expecting property name enclosed in double quotes, "
+         "line 1 column 2); delete it and run the study again to redo that step",
+         steps(write_here("s.yaml", STUDY), write("study/cells/a-1e10/probe_sst2.json", "{"))),
+    Case("study-cell-trained-otherwise", ("study", "{tmp}/s.yaml"),
+         "{tmp}/s.yaml: cell a-1e10 was trained with other settings (model.hidden_size 64 -> 256) under {tmp}/study; "
+         "restore them, or give the study another output_dir",
+         steps(write_here("s.yaml", STUDY), write("study/cells/a-1e10/train.json", json.dumps(
+             {"cell": "a-1e10", "config": "configs/clm.yaml", "settings": {"model.hidden_size": 64}})))),
+    Case("study-cards-named-alike", ("study", "{tmp}/s.yaml"),
+         "{tmp}/s.yaml: key 'evaluate.probe.tasks[1]': {tmp}/b.yaml and {tmp}/a.yaml are both named 'toy'; give the "
+         "cards distinct names",
+         steps(write_here("s.yaml", STUDY + "evaluate:\n  probe: {tasks: [{tmp}/a.yaml, {tmp}/b.yaml]}\n"),
+               write("a.yaml", CARD), write("b.yaml", CARD))),
     Case("finetune-unknown-task", ("finetune", "{mlm}", "sst", FT),
          "unknown task 'sst': choose a GLUE task (cola sst2 mrpc stsb qqp mnli qnli rte wnli), glue (all of them), or "
          "the path of a task card (.yaml); did you mean 'sst2'?"),

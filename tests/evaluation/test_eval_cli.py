@@ -121,16 +121,23 @@ def test_report_axes_have_integer_steps_and_plain_labels_on_narrow_log_ranges():
 
     from lmssl.evaluation.report import loss_label, readable_axes
 
-    fig, (narrow, wide) = plt.subplots(1, 2)
-    for ax, values in ((narrow, [900, 700, 400]), (wide, [9000, 300, 40])):
+    # within a decade: wide (x2.25), narrow (no power of ten and no 2..9 x 10^k inside: matplotlib labels nothing)
+    fig, (narrow, narrower, tiny, wide) = plt.subplots(1, 4)
+    for ax, values in ((narrow, [900, 700, 400]), (narrower, [550, 500, 470]), (tiny, [410.5, 405, 401]),
+                       (wide, [9000, 300, 40])):
         ax.plot([1, 2, 3], values)
         ax.set_yscale("log")
         readable_axes(ax, log_y=True)
     fig.canvas.draw()
     steps = [t.get_text() for t in narrow.get_xticklabels() if t.get_visible() and t.get_text()]
     assert steps and all(t.lstrip("−-").isdigit() for t in steps), steps  # no 1.5, 2.5
-    labels = [t.get_text() for t in narrow.get_yticklabels(minor=True) + narrow.get_yticklabels() if t.get_text()]
-    assert "500" in labels and not any("10^" in t for t in labels), labels
+    for ax, low, high in ((narrow, 400, 900), (narrower, 470, 550), (tiny, 401, 410.5)):
+        shown = [t for t in ax.get_yticklabels(minor=True) + ax.get_yticklabels() if t.get_text()
+                 and ax.get_ylim()[0] <= t.get_position()[1] <= ax.get_ylim()[1]]
+        assert len(shown) >= 2, [t.get_text() for t in shown]
+        for t in shown:  # plain numbers, the tick's own value, inside the data's range give or take the margin
+            assert float(t.get_text().replace("−", "-")) == pytest.approx(t.get_position()[1])
+            assert low * 0.9 <= t.get_position()[1] <= high * 1.1
     assert any("10^" in t.get_text() for t in wide.get_yticklabels())  # over decades: powers of ten stay
     plt.close(fig)
     assert loss_label({"name": "mlm@300", "loss_terms": ["MLM", "NSP"]}) == "mlm@300: MLM + NSP"

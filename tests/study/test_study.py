@@ -7,10 +7,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import REPO_ROOT, cli, write
+from helpers import REPO_ROOT, cli, toy_pair_task, write
 from scipy.optimize import minimize_scalar
 
 from lmssl.config.study import load_study
@@ -75,12 +76,17 @@ def test_the_shipped_studies_parse():
 
 @pytest.mark.slow
 def test_a_miniature_study_end_to_end_interrupted_and_resumed(tmp_path, data_root, capsys, monkeypatch):
-    """2 runs at a tiny budget with every evaluation: SIGKILLed once the first run has trained, then run again, it
-    keeps the finished run and evaluations, resumes the rest and writes results.json, report.md and the plots; a
-    third invocation trains nothing."""
+    """2 runs at a tiny budget with every evaluation (probes of task cards given by absolute and relative paths
+    too): SIGKILLed once the first run has trained, then run again, it keeps the finished run and evaluations, resumes
+    the rest and writes results.json, report.md and the plots; a third invocation trains nothing; an edited
+    evaluation setting redoes that evaluation only, an edited model setting is refused."""
+    monkeypatch.chdir(REPO_ROOT)
+    absolute = toy_pair_task(tmp_path / "cards")
+    card_text = absolute.read_text()
+    relative = os.path.relpath(write(tmp_path / "cards" / "other.yaml", card_text.replace("name: toy", "name: toy2")))
     study = mini_study(tmp_path, evaluate=(
         "  likelihood: {file: wikitext-2/test.txt, max_words: 200}\n"
-        "  probe: {tasks: [sst2], examples: 100}\n"
+        f"  probe: {{tasks: [sst2, {absolute}, {relative}], examples: 100}}\n"
         "  sts: {sets: [stsb_dev]}\n"
         "  pairs: {corpus: wikitext-2/test.txt, per_type: 10}\n"
         "  label_efficiency: {task: sst2, sizes: [40, 80], seeds: 1, overrides: [finetune.epochs=1]}\n"))
@@ -123,6 +129,26 @@ def test_a_miniature_study_end_to_end_interrupted_and_resumed(tmp_path, data_roo
 
     monkeypatch.setattr(runner, "train", lambda cfg: pytest.fail("a finished study trained again"))
     assert cli(capsys, "study", study)[0] == 0
+    # task cards: named by their own `name`, the card files untouched, no path in a column or directory name
+    assert absolute.read_text() == card_text
+    assert {"probe_toy", "probe_toy2"} <= set(by_cell["clm-3e10"]["evaluations"])
+    assert (out / "cells" / "mlm-3e10" / "probe" / "toy2" / "results.json").is_file()
+    assert "| probe_toy | probe_toy2 |" in report
+    assert not [line for line in report.splitlines() if line.startswith("|") and ".yaml" in line]
+    # an edited evaluation setting redoes that evaluation (and nothing else) ...
+    Path(study).write_text(Path(study).read_text().replace("max_words: 200", "max_words: 150"))
+    code, _, err = cli(capsys, "study", study)
+    assert code == 0, err
+    assert err.count("likelihood: made with other settings (max_words 200 -> 150), redoing it") == 2
+    assert "probe_sst2" not in err.split("# Study")[0]
+    results = json.loads((out / "results.json").read_text())
+    assert {c["evaluations"]["likelihood"]["settings"]["max_words"] for c in results["cells"]} == {150}
+    # ... and an edited model setting stops the study before anything runs, saying what changed
+    Path(study).write_text(Path(study).read_text().replace("model.hidden_size=64", "model.hidden_size=48"))
+    code, _, err = cli(capsys, "study", study)
+    assert code == 2 and err.strip().splitlines() == [
+        f"error: {study}: cell clm-3e10 was trained with other settings (model.hidden_size 64 -> 48) under {out}; "
+        f"restore them, or give the study another output_dir"]
 
 
 @pytest.mark.slow
