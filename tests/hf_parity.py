@@ -25,17 +25,22 @@ TEXTS = ["Valkyria Chronicles III is a tactical role @-@ playing video game deve
 ATOL = 1e-5
 
 
-def assert_greedy_decoding_is_generates(objective, tokenizer, hf, prompt: str, tokens: int = 20) -> None:
+def assert_greedy_decoding_is_generates(objective, tokenizer, hf, prompt: str, tokens: int = 20,
+                                        repetition_penalty: float = 1.0) -> str:
     """`lmssl generate` at temperature 0 continues `prompt` (after the end-of-text token it starts from) with the
-    tokens of transformers' greedy `generate` on the exported model `hf`."""
+    tokens of transformers' greedy `generate` (with the same repetition_penalty) on the exported model `hf`; returns
+    the continuation."""
     from lmssl.inference.generate import Sampling, generate
 
-    ours = generate(objective, tokenizer, prompt, Sampling(max_new_tokens=tokens, temperature=0, stop_at_eos=False))[0]
+    sampling = Sampling(max_new_tokens=tokens, temperature=0, stop_at_eos=False, repetition_penalty=repetition_penalty)
+    ours = generate(objective, tokenizer, prompt, sampling)[0]
     context = torch.tensor([[tokenizer.eos_id, *tokenizer.encode_batch([prompt])[0]]])
     with torch.no_grad():
         theirs = hf.generate(context, max_new_tokens=tokens, do_sample=False, eos_token_id=None,
-                             pad_token_id=tokenizer.eos_id, attention_mask=torch.ones_like(context))
+                             pad_token_id=tokenizer.eos_id, attention_mask=torch.ones_like(context),
+                             repetition_penalty=repetition_penalty)
     assert ours["tokens"] == tokens and ours["text"] == tokenizer.decode(theirs[0, context.shape[1]:].tolist())
+    return ours["text"]
 
 
 def tiny_objective(objective: dict, **model) -> tuple:

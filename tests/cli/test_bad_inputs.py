@@ -451,6 +451,12 @@ CASES = [
          "{ft} is a fine-tuned toy classifier (finetune.json): it keeps the encoder but no pretraining heads; give the "
          "pretrained checkpoint it came from ({mlm_ckpt}) instead"),
 
+    # --- generate ---
+    Case("generate-repetition-penalty-zero", ("generate", "{clm}", "hi", "--repetition-penalty", "0"),
+         "--repetition-penalty: must be > 0 (1 = none), got 0.0"),
+    Case("generate-empty-stop", ("generate", "{clm}", "hi", "--stop", ""),
+         "--stop: an empty stop string would stop every sample at once; give some text"),
+
     # --- export / import ---
     Case("export-to-a-file", ("export", "{mlm}", "{tmp}/file.txt"),
          "OUT_DIR: {tmp}/file.txt is a file; give a directory to write into", write("file.txt", "a file\n")),
