@@ -285,6 +285,10 @@ CASES = [
                                       "train.output_dir={tmp}/run"),
          "configs/simcse.yaml + overrides: key 'data.valid': simcse is validated on STS (objective.sts_eval), not on a "
          "text split; set data.valid to ''"),
+    Case("config-simcse-keep-pooler-with-cls", ("train", "configs/simcse.yaml", *TINY, *SIMCSE, "objective.pooling=cls",
+                                               "objective.keep_pooler=true", "train.output_dir={tmp}/run"),
+         "configs/simcse.yaml + overrides: key 'objective.keep_pooler': must be false with objective.pooling=cls (its "
+         "training MLP is the pooler already)"),
     Case("config-init-from-nowhere", mlm("model.init_from={tmp}/nowhere"),
          "key 'model.init_from': {tmp}/nowhere is neither an lmssl checkpoint (no model.safetensors), a run directory "
          "with checkpoints, nor a Hugging Face model directory (config.json)"),
