@@ -46,6 +46,11 @@ def test_a_pretraining_export_card_holds_config_data_metrics_and_loads(tmp_path)
     assert "244.7" not in card and "Last logged training step 4: loss 6.25." in card
     scope = run_snippet(card)
     assert type(scope["model"]).__name__ == "GPT2LMHeadModel" and scope["tokenizer"].eos_token_id == tok.eos_id
+    save_model(run / "best", obj, cfg, tok)  # the run's best/ (SimCSE's selection): its step from best.json
+    (run / "best" / "best.json").write_text(json.dumps({"step": 2, "val_loss": 7.0}))
+    export(run / "best", tmp_path / "best-hf")
+    card = (tmp_path / "best-hf" / "README.md").read_text()
+    assert "Last logged training step 2: loss 7.5." in card and "Validation on" not in card
 
 
 def test_a_checkpoint_outside_a_run_and_electra_say_what_they_lack(tmp_path):

@@ -31,16 +31,27 @@ def checkpoint_step(path: Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def run_of(checkpoint: Path) -> tuple[Path, int] | None:
+    """(the run directory, the step) of a checkpoint inside a run: checkpoints/step-N, or best/ (its best.json)."""
+    step = checkpoint_step(checkpoint)
+    if step is not None and checkpoint.parent.name == "checkpoints":
+        return checkpoint.parent.parent, step
+    best = checkpoint / "best.json"
+    if checkpoint.name == "best" and best.is_file():
+        return checkpoint.parent, int(json.loads(best.read_text())["step"])
+    return None
+
+
 def run_metrics(checkpoint: Path) -> tuple[dict, dict]:
     """(the last training row, the last validation row) of the run's metrics.jsonl at or before the checkpoint's
     step; empty when the checkpoint is not inside a run directory."""
-    step, log = checkpoint_step(checkpoint), checkpoint.parent.parent / "metrics.jsonl"
-    if step is None or checkpoint.parent.name != "checkpoints" or not log.is_file():
+    found = run_of(checkpoint)
+    if found is None or not (found[0] / "metrics.jsonl").is_file():
         return {}, {}
     train, valid = {}, {}
-    for line in log.read_text().splitlines():
+    for line in (found[0] / "metrics.jsonl").read_text().splitlines():
         row = json.loads(line)
-        if row.get("step", math.inf) <= step:
+        if row.get("step", math.inf) <= found[1]:
             if "val_loss" in row:
                 valid = row
             elif "loss" in row:
