@@ -26,25 +26,30 @@ TEXTS = ["Valkyria Chronicles III is a tactical role @-@ playing video game deve
 ATOL = 1e-5
 
 
-def assert_greedy_decoding_is_generates(objective, tokenizer, hf_dir: Path, prompt: str, tokens: int = 20) -> None:
-    """`lmssl generate` at temperature 0 continues `prompt` with the tokens of transformers' greedy `generate` on the
-    export in `hf_dir`, and `pipeline("text-generation")` there writes the same text: the exported tokenizer puts the
-    end-of-text token lmssl starts from before the prompt, as transformers users call it."""
+def assert_greedy_decoding_is_generates(objective, tokenizer, hf_dir: Path, prompt: str, tokens: int = 20,
+                                        repetition_penalty: float = 1.0) -> str:
+    """`lmssl generate` at temperature 0 continues `prompt` with the tokens of transformers' greedy `generate` (with
+    the same repetition_penalty) on the export in `hf_dir`, and `pipeline("text-generation")` there writes the same
+    text: the exported tokenizer puts the end-of-text token lmssl starts from before the prompt, as transformers
+    users call it. Returns the continuation."""
     from lmssl.inference.generate import Sampling, generate
 
-    ours = generate(objective, tokenizer, prompt, Sampling(max_new_tokens=tokens, temperature=0, stop_at_eos=False))[0]
+    sampling = Sampling(max_new_tokens=tokens, temperature=0, stop_at_eos=False, repetition_penalty=repetition_penalty)
+    ours = generate(objective, tokenizer, prompt, sampling)[0]
     hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir).eval()
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
     context = hf_tokenizer(prompt, return_tensors="pt").input_ids
     assert context[0].tolist() == [tokenizer.eos_id, *tokenizer.encode_batch([prompt])[0]]
     with torch.no_grad():
         theirs = hf.generate(context, max_new_tokens=tokens, do_sample=False, eos_token_id=None,
-                             pad_token_id=tokenizer.eos_id, attention_mask=torch.ones_like(context))
+                             pad_token_id=tokenizer.eos_id, attention_mask=torch.ones_like(context),
+                             repetition_penalty=repetition_penalty)
     assert ours["tokens"] == tokens and ours["text"] == tokenizer.decode(theirs[0, context.shape[1]:].tolist())
     pipe = transformers.pipeline("text-generation", model=hf, tokenizer=hf_tokenizer)
     written = pipe(prompt, max_new_tokens=tokens, do_sample=False, eos_token_id=None, pad_token_id=tokenizer.eos_id,
-                   return_full_text=False)
+                   return_full_text=False, repetition_penalty=repetition_penalty)
     assert written[0]["generated_text"] == ours["text"], (written, ours)
+    return ours["text"]
 
 
 def tiny_objective(objective: dict, **model) -> tuple:

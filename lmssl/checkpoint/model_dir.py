@@ -112,7 +112,7 @@ class ModelDir:
         info, card = self.finetune_info, self.finetune_info["card"]
         regression = card["labels"] is None
         model = SequenceClassifier(self.config.model, info["causal"], 1 if regression else len(card["labels"]),
-                                   regression, info["use_pooler"])
+                                   regression, info["use_pooler"], info.get("mean_pooling", False))
         load_weights(model, self.path)
         require_finite(model, self.path)
         return model.to(resolve_device(device) if isinstance(device, str) else device).eval()

@@ -168,6 +168,11 @@ def prompts(args) -> list[str]:
          arg("--top-k", type=non_negative, default=0, help="sample among the k most likely (0 = all)"),
          arg("--top-p", type=float, default=1.0, help="nucleus sampling: probability mass kept"),
          arg("--seed", type=int, default=0, help="sampling seed: the same seed gives the same samples"),
+         arg("--repetition-penalty", type=float, default=1.0,
+             help="transformers' repetition_penalty: logits of tokens already in the context divided by it (multiplied "
+                  "when negative); 1 = none, 1.2 a common choice"),
+         arg("--stop", action="append", default=[], metavar="TEXT",
+             help="stop a sample when its text contains TEXT, cut before it (repeat for several)"),
          arg("--num-samples", type=positive, default=1, help="samples per prompt"),
          arg("--unconditional", action="store_true", help="no prompt: start from the end-of-text token"),
          arg("--no-cache", action="store_true", help="recompute the whole prefix every token (for timing)"), DEVICE)
@@ -179,12 +184,17 @@ def generate(args) -> None:
         raise ConfigError(f"--top-p: must be in (0, 1], got {args.top_p}")
     if args.temperature < 0:
         raise ConfigError(f"--temperature: must be >= 0 (0 = greedy), got {args.temperature}")
+    if args.repetition_penalty <= 0:
+        raise ConfigError(f"--repetition-penalty: must be > 0 (1 = none), got {args.repetition_penalty}")
+    if "" in args.stop:
+        raise ConfigError("--stop: an empty stop string would stop every sample at once; give some text")
     texts = prompts(args)
     source = ModelDir.open(args.checkpoint)
     objective = source.objective(args.device)
     for n, prompt in enumerate(texts):  # prompt n samples with seed + n: the same draws never repeat across prompts
         sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                            top_p=args.top_p, seed=args.seed + n)
+                            top_p=args.top_p, seed=args.seed + n, repetition_penalty=args.repetition_penalty,
+                            stop=tuple(args.stop))
         for i, sample in enumerate(generate(objective, source.tokenizer, prompt, sampling, args.num_samples,
                                             use_cache=not args.no_cache)):
             print(json.dumps({"prompt": prompt, "sample": i, **sample}), flush=True)

@@ -41,6 +41,10 @@ class FinetuneConfig:
     probe_solver: Literal["lbfgs", "adamw"] = "lbfgs"
     from_scratch: bool = False  # the same architecture and tokenizer with random weights (the no-pretraining baseline)
     reuse_pooler: bool = True  # start from the checkpoint's pretrained BERT pooler when it has one; false = fresh
+    # the sentence vector the head reads: cls = the [CLS] state through a pooler (causal: the last token); mean = the
+    # mean of the real tokens' states, no pooler; model = the checkpoint's own sentence pooling (a sentence-
+    # transformers import or a mean-pooled SimCSE: mean; otherwise cls)
+    pooling: Literal["cls", "mean", "model"] = "cls"
     output_dir: str = ""  # results.json and best/ go here; "" = runs/finetune/<task> (glue: runs/finetune/glue)
     overwrite: bool = False  # allow an output_dir that already holds results
     data_root: str = ""  # GLUE folders and relative task files; "" = $LMSSL_DATA, else ../shared/data

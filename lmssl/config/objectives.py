@@ -93,6 +93,12 @@ class SimCSEConfig(ObjectiveConfig):
     name: str = "simcse"  # unsupervised SimCSE: contrastive sentence embeddings, dropout as augmentation
     temperature: float = 0.05  # t dividing the cosine similarities (SimCSE §3, Table D.1: 0.05)
     pooling: Literal["cls", "cls_before_pooler", "mean"] = "cls"  # cls: MLP on [CLS] while training only
+    # keep a pretrained BERT pooler (dense + tanh; an imported model's pooler.dense) that this pooling does not use,
+    # frozen, so that an export writes it back (sentence-transformers models such as MiniLM carry one)
+    keep_pooler: bool = False
+    # sentence-transformers' Normalize module: sentence embeddings scaled to unit length (cosines are unchanged);
+    # set by an import whose modules.json has it, and written back by export
+    normalize: bool = False
     # data.train's sentences: each line; WikiText's rule; text cut by a segmenter; auto = wikitext or else prose
     sentence_split: Literal["auto", "line", "wikitext", "prose"] = "auto"
     # STS set scored every eval.every steps and at the end; best weights kept in output_dir/best ("" = none)
@@ -102,6 +108,8 @@ class SimCSEConfig(ObjectiveConfig):
     def check(self, cfg: Config, check) -> None:
         check(self.temperature > 0, "objective.temperature", "must be positive")
         check(self.sts_eval in ("", *STS_SETS), "objective.sts_eval", f"choose one of {', '.join(STS_SETS)} or ''")
+        check(not (self.keep_pooler and self.pooling == "cls"), "objective.keep_pooler",
+              "must be false with objective.pooling=cls (its training MLP is the pooler already)")
         check(cfg.model.dropout > 0 or cfg.model.attention_dropout > 0, "model.dropout",
               "must be > 0: dropout is SimCSE's only augmentation (with none, both views are identical)")
         check(not cfg.data.streaming, "data.streaming",

@@ -140,6 +140,9 @@ class TrainConfig:
     tensorboard: bool = True  # also write TensorBoard event files
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
     compile: bool = False  # torch.compile (inductor) the objective; a part that fails to compile runs eagerly
+    # gradient checkpointing: each transformer block's activations are recomputed in backward, not stored (less
+    # memory, about a third more compute; the same dropout draws, so the same gradients)
+    activation_checkpointing: bool = False
     engine: Literal["torch", "deepspeed"] = "torch"  # plain PyTorch (DDP under torchrun) or DeepSpeed
     zero_stage: int = 0  # deepspeed: ZeRO stage 0-3 (optimizer states / + gradients / + parameters partitioned)
     offload_optimizer: bool = False  # deepspeed: keep optimizer states in CPU memory (ZeRO stage >= 1)

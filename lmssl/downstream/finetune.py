@@ -64,6 +64,7 @@ class EncoderSource:
     causal: bool
     encoder_state: dict  # Objective.encoder() weights
     pooler_state: dict | None  # the objective's pretrained pooler (MLM with NSP/SOP), else None
+    sentence_pooling: str = "cls"  # the objective's own sentence vector (Objective.sentence_pooling): cls or mean
 
 
 def load_source(path: str | Path, opened: ModelDir | None = None) -> EncoderSource:
@@ -73,14 +74,22 @@ def load_source(path: str | Path, opened: ModelDir | None = None) -> EncoderSour
     pooler = objective.pretrained_pooler()
     return EncoderSource(str(path), str(opened.path), opened.config, opened.tokenizer, objective.causal,
                          copy.deepcopy(objective.encoder().state_dict()),
-                         copy.deepcopy(pooler.state_dict()) if pooler is not None else None)
+                         copy.deepcopy(pooler.state_dict()) if pooler is not None else None,
+                         "cls" if objective.causal else objective.sentence_pooling())
+
+
+def mean_pooled(source: EncoderSource, fcfg: FinetuneConfig) -> bool:
+    """finetune.pooling: mean, or model where the checkpoint's own pooling is the mean (a causal model's own
+    sentence vector for classification stays its last token)."""
+    return fcfg.pooling == "mean" or (fcfg.pooling == "model" and source.sentence_pooling == "mean")
 
 
 def build_classifier(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig) -> SequenceClassifier:
     """The task model of one seed (call after seeding): pretrained encoder (and pooler) unless from_scratch."""
-    use_pooler = not source.causal and not fcfg.probe
+    mean = mean_pooled(source, fcfg)
+    use_pooler = not source.causal and not fcfg.probe and not mean
     shape = dataclasses.replace(source.cfg.model, dropout=fcfg.dropout, attention_dropout=fcfg.dropout)
-    model = SequenceClassifier(shape, source.causal, card.num_outputs, card.regression, use_pooler)
+    model = SequenceClassifier(shape, source.causal, card.num_outputs, card.regression, use_pooler, mean)
     if not fcfg.from_scratch:
         model.encoder.load_state_dict(source.encoder_state)
         if use_pooler and source.pooler_state is not None and fcfg.reuse_pooler:
@@ -257,6 +266,8 @@ def encode_task(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig) -> 
 
 
 def pooling_description(source: EncoderSource, fcfg: FinetuneConfig) -> str:
+    if mean_pooled(source, fcfg):
+        return "mean of the tokens" + (" (the model's own pooling)" if fcfg.pooling == "model" else "")
     if source.causal:
         return "last token"
     if fcfg.probe:
@@ -310,6 +321,7 @@ def run_task(source: EncoderSource, card: TaskCard, fcfg: FinetuneConfig, out: P
                             "dir": str(out / "best")}
             save_finetuned(out / "best", model, source.cfg, source.tokenizer, finite({
                 "card": card.to_dict(), "causal": source.causal, "use_pooler": model.pooler is not None,
+                "mean_pooling": model.mean_pooling,
                 "max_length": data.max_length, "mode": mode, "from_scratch": fcfg.from_scratch,
                 "checkpoint": source.path, "seed": seed, "epoch": best["epoch"], "metrics": metrics}))
     summary = {k: mean_std([s["metrics"][k] for s in seeds]) for k in seeds[0]["metrics"]}

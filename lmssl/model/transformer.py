@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from lmssl.config import ModelConfig
 from lmssl.model.attention import AttnSpec, Varlen, compute_dtype
@@ -232,6 +233,7 @@ class Transformer(nn.Module):
         self.embed_proj = nn.Linear(width, cfg.hidden_size) if width != cfg.hidden_size else None
         self.layers = nn.ModuleList(Block(cfg, self.backend, i) for i in range(cfg.num_layers))
         self.final_norm = norm_layer(cfg, cfg.hidden_size) if cfg.final_norm else None
+        self.activation_checkpointing = False  # train.activation_checkpointing: recompute each block in backward
         self.apply(self._init)
         if cfg.norm == "pre":
             # GPT-2 §2.3: residual projections scaled by 1/sqrt(2 * layers): pre-LN activations do not grow with depth
@@ -249,6 +251,13 @@ class Transformer(nn.Module):
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
 
+    def _block(self, run, x, *args):
+        """`run(x, *args)` (a Block or its forward_at), its activations recomputed in backward when checkpointing."""
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            # keep only the block's input; backward reruns it with the RNG state of the first pass (same dropout)
+            return checkpoint(run, x, *args, use_reentrant=False, preserve_rng_state=True)
+        return run(x, *args)
+
     @property
     def word_embeddings(self) -> nn.Embedding:
         return self.embeddings.word
@@ -258,7 +267,7 @@ class Transformer(nn.Module):
         """input_ids (B, T) -> hidden states (B, T, hidden_size)."""
         x, prepared, rope = self._embed(input_ids, spec, token_type_ids)
         for layer in self.layers:
-            x = layer(x, spec, prepared, rope)
+            x = self._block(layer, x, spec, prepared, rope)
         if self.final_norm is not None:
             x = self.final_norm(x)
         if isinstance(prepared, Varlen):
@@ -273,13 +282,13 @@ class Transformer(nn.Module):
         the trunk, since nothing else of the last block's output is ever read."""
         x, prepared, rope = self._embed(input_ids, spec, token_type_ids)
         for layer in self.layers[:-1]:
-            x = layer(x, spec, prepared, rope)
+            x = self._block(layer, x, spec, prepared, rope)
         selected = where.reshape(-1)
         unpadded = isinstance(prepared, Varlen) and prepared.indices is not None
         if unpadded:  # x holds the real tokens only: select among them (same row-major order)
             selected = selected.index_select(0, prepared.indices)
         index = selected.nonzero().squeeze(1)
-        x = self.layers[-1].forward_at(x, spec, prepared, rope, index)
+        x = self._block(self.layers[-1].forward_at, x, spec, prepared, rope, index)
         if self.final_norm is not None:
             x = self.final_norm(x)
         if unpadded:

@@ -75,6 +75,10 @@ class Objective(nn.Module):
         position) or 'mean' (over real tokens). A causal model has no [CLS]."""
         return "mean" if self.causal else "cls"
 
+    def normalizes_embeddings(self) -> bool:
+        """Whether the model's sentence embeddings are scaled to unit length (sentence-transformers' Normalize)."""
+        return False
+
     def pretrained_pooler(self) -> nn.Module | None:
         """A pretrained pooler (dense + tanh on [CLS], BERT's) that fine-tuning may start from, or None."""
         return None

@@ -21,6 +21,7 @@ from lmssl.data.sentences import SentenceDataset, pad_sentences, tokenize_senten
 from lmssl.data.tokenizer import TextTokenizer
 from lmssl.errors import ConfigError
 from lmssl.interop.hf.adapter import (
+    NORMALIZE_MODULE,
     HFAdapter,
     ImportPart,
     Target,
@@ -75,12 +76,18 @@ class SimCSE(Objective):
         self.ocfg: SimCSEConfig = cfg.objective
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
         self.trunk = Transformer(cfg.model)
-        # SimCSE's MLPLayer on [CLS]: dense + tanh, BERT's pooler shape, freshly initialised (not a pretrained pooler)
-        self.mlp = Pooler(cfg.model) if self.ocfg.pooling == "cls" else None
+        # SimCSE's MLPLayer on [CLS]: dense + tanh, BERT's pooler shape, freshly initialised (not a pretrained pooler);
+        # with keep_pooler an imported pooler, kept frozen and unused so that an export writes it back
+        self.mlp = Pooler(cfg.model) if self.ocfg.pooling == "cls" or self.ocfg.keep_pooler else None
+        if self.mlp is not None and self.ocfg.pooling != "cls":
+            self.mlp.requires_grad_(False)
         self.selection_metric = f"{self.ocfg.sts_eval}_spearman" if self.ocfg.sts_eval else ""
 
     def sentence_pooling(self) -> str:
         return "mean" if self.ocfg.pooling == "mean" else "cls"  # the MLP is for training only
+
+    def normalizes_embeddings(self) -> bool:
+        return self.ocfg.normalize
 
     def sts_sets(self) -> tuple[str, ...]:
         """SimCSE selects checkpoints on STS-B dev Spearman (objective.sts_eval)."""
@@ -90,7 +97,7 @@ class SimCSE(Objective):
         m, H = self.cfg.model, self.cfg.model.hidden_size
         B, T = batch.input_ids.shape
         parts = flops.trunk(m, 2 * B, T)  # both views
-        if self.mlp is not None:
+        if self.ocfg.pooling == "cls":
             parts["pooler"] = flops.linear(2 * B, H, H)
         parts["similarity"] = flops.linear(B, H, B)  # in-batch cosine similarities (this process's negatives)
         return flops.training(parts)
@@ -114,7 +121,7 @@ class SimCSE(Objective):
         mask = batch.spec.key_padding_mask.repeat(2, 1)  # (2B, T)
         hidden = self.trunk(batch.input_ids.repeat(2, 1), AttnSpec.padded(False, mask))  # (2B, T, H)
         z = pool(hidden, mask, self.sentence_pooling())  # (2B, H)
-        if self.mlp is not None:
+        if self.ocfg.pooling == "cls":
             z = self.mlp(z)
         z1, z2 = z.float().chunk(2)  # (B, H) each
         if self.training:
@@ -133,12 +140,13 @@ class SimCSEAdapter(HFAdapter):
 
     def export_targets(self, cfg: Config) -> list[Target]:
         check_bert_like(cfg.model, "BertModel")
-        if cfg.objective.pooling == "cls":  # the training MLP becomes BERT's dense + tanh pooler
+        if cfg.objective.pooling == "cls" or cfg.objective.keep_pooler:  # becomes BERT's dense + tanh pooler
             check_blocks(cfg.model, "BertModel", pooler="tanh")
         return [Target("", "BertModel", "bert", cfg.model, self._rules(cfg, ""))]
 
     def extra_files(self, cfg: Config, target: Target) -> dict[str, str]:
-        return sentence_transformers_files(cfg.objective.pooling, target.model, cfg.data.seq_len)
+        return sentence_transformers_files(cfg.objective.pooling, target.model, cfg.data.seq_len,
+                                           cfg.objective.normalize)
 
     def recognise(self, sources: dict[str, HFSource]) -> dict | None:
         src = sources.get("")
@@ -148,7 +156,11 @@ class SimCSEAdapter(HFAdapter):
         mean = pooling_file.is_file() and read_json(pooling_file).get("pooling_mode_mean_tokens", False)
         has_pooler = src.has(f"{src.prefix}pooler.dense.weight")
         pooling = "mean" if mean else ("cls" if has_pooler and src.model_type == "bert" else "cls_before_pooler")
-        return {"name": "simcse", "pooling": pooling}
+        modules_file = src.directory / "modules.json"
+        modules = read_json(modules_file) if modules_file.is_file() else []
+        normalize = any(isinstance(m, dict) and m.get("type") == NORMALIZE_MODULE for m in modules)
+        keep_pooler = has_pooler and src.model_type == "bert" and pooling != "cls"  # nothing of it lost
+        return {"name": "simcse", "pooling": pooling, "keep_pooler": keep_pooler, "normalize": normalize}
 
     def import_parts(self, cfg: Config, sources: dict[str, HFSource]) -> list[ImportPart]:
         src = sources[""]
@@ -157,7 +169,7 @@ class SimCSEAdapter(HFAdapter):
     @staticmethod
     def _rules(cfg: Config, prefix: str) -> list[Rule]:
         rules = bert_trunk_rules(cfg.model, "trunk.", prefix)
-        if cfg.objective.pooling == "cls":  # the training MLP <-> BERT's pooler
+        if cfg.objective.pooling == "cls" or cfg.objective.keep_pooler:  # the training MLP / kept pooler <-> BERT's
             rules += copy_rules("mlp.dense", f"{prefix}pooler.dense")
         return rules
 

@@ -10,6 +10,8 @@ from lmssl.errors import ConfigError
 from lmssl.storage.atomic import OLD_PREFIX, TMP_PREFIX
 
 MODEL_CONFIGS = ("config.json", "config.yaml")  # a Hugging Face model directory / an lmssl one
+MODEL_CARD = "README.md"  # written beside the model directories of an ELECTRA export
+SENTENCE_TRANSFORMERS_FOLDERS = ("1_Pooling", "2_Normalize")  # the modules of a sentence-transformers model
 
 
 def foreign_entries(directory: Path, own: Iterable[str]) -> list[str]:
@@ -23,12 +25,14 @@ def foreign_entries(directory: Path, own: Iterable[str]) -> list[str]:
 
 def model_directory_strangers(directory: Path) -> list[str]:
     """What keeps `directory` from being a model directory lmssl wrote (an export, an import): [] when it holds a
-    model config at its top, or only subdirectories that each hold one (ELECTRA's two), and no other folder."""
+    model config at its top, or subdirectories that each hold one (ELECTRA's two) beside at most its model card."""
     entries = [p for p in Path(directory).iterdir() if not p.name.startswith((TMP_PREFIX, OLD_PREFIX))]
     folders = [p for p in entries if p.is_dir()]
     if any((Path(directory) / name).is_file() for name in MODEL_CONFIGS):
-        return sorted(p.name + "/" for p in folders if not any((p / n).is_file() for n in MODEL_CONFIGS))
-    if folders and len(folders) == len(entries) and all(any((p / n).is_file() for n in MODEL_CONFIGS) for p in folders):
+        return sorted(p.name + "/" for p in folders if not any((p / n).is_file() for n in MODEL_CONFIGS)
+                      and p.name not in SENTENCE_TRANSFORMERS_FOLDERS)
+    models = [p for p in folders if any((p / n).is_file() for n in MODEL_CONFIGS)]
+    if models and all(p in models or p.name == MODEL_CARD for p in entries):
         return []
     return sorted(p.name + ("/" if p.is_dir() else "") for p in entries) or ["no model config"]
 

@@ -14,7 +14,7 @@ from lmssl.errors import ConfigError, RunError
 # keys that may change when a run is resumed: its length, cadence, where things are, how fast it runs; the engine
 # keys are checked by the engine itself (a checkpoint of one engine resumes only with that engine)
 RESUMABLE = {"train.max_steps", "train.max_flops", "train.max_minutes", "train.log_every", "train.save_every",
-             "train.keep_checkpoints", "train.resume", "train.overwrite",
+             "train.keep_checkpoints", "train.resume", "train.overwrite", "train.activation_checkpointing",
              "train.tensorboard", "train.num_threads", "train.output_dir", "train.max_skipped_steps",
              "train.engine", "train.zero_stage", "train.offload_optimizer", "train.offload_params", "train.deepspeed",
              "eval.every", "eval.max_batches", "eval.batch_size", "eval.likelihood_max_words", "eval.probe_task",

@@ -33,6 +33,7 @@ from lmssl.engine import build_engine, require_engine
 from lmssl.engine.rng import seed_everything
 from lmssl.errors import ConfigError
 from lmssl.evaluation.likelihood import ValidationLikelihood
+from lmssl.model.transformer import Transformer
 from lmssl.objectives import Objective, build_objective
 from lmssl.storage.atomic import remove_stale
 from lmssl.training.checkpointer import Checkpointer
@@ -258,6 +259,9 @@ def build_run(cfg: Config, dist, run_dir: RunDirectory, source: ModelDir | None,
     tokenizer = tokenizer or load_tokenizer(cfg)
     cfg = with_vocab(cfg, tokenizer.vocab_size)
     objective = build_objective(cfg, tokenizer)
+    for trunk in objective.modules():
+        if isinstance(trunk, Transformer):  # every trunk: ELECTRA's generator and discriminator alike
+            trunk.activation_checkpointing = cfg.train.activation_checkpointing
     if resumed_from is None and cfg.model.init_from:
         initialise_from(objective, cfg, source)
     train_data = objective.dataset("train", tokenizer)  # packed sequences, or the objective's own examples

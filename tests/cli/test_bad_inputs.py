@@ -59,14 +59,14 @@ def rope_checkpoint(directory: Path) -> None:
     write_model_files(directory, build_objective(cfg, tokenizer), cfg, tokenizer)
 
 
-def finetuned_model(directory: Path, checkpoint: Path) -> None:
+def finetuned_model(directory: Path, checkpoint: Path, mean_pooling: bool = False) -> None:
     """A fine-tuned classifier directory (finetune.json) on the encoder of `checkpoint`, as `lmssl finetune` saves."""
     cfg, tokenizer, _ = open_model(checkpoint)
     torch.manual_seed(0)
-    model = SequenceClassifier(cfg.model, False, 2, False, True)
+    model = SequenceClassifier(cfg.model, False, 2, False, not mean_pooling, mean_pooling)
     card = {"name": "toy", "labels": ["0", "1"]}
-    info = {"card": card, "causal": False, "use_pooler": True, "max_length": 32, "mode": "finetune",
-            "checkpoint": str(checkpoint)}
+    info = {"card": card, "causal": False, "use_pooler": not mean_pooling, "mean_pooling": mean_pooling,
+            "max_length": 32, "mode": "finetune", "checkpoint": str(checkpoint)}
     save_finetuned(directory, model, cfg, tokenizer, info)
 
 
@@ -293,6 +293,10 @@ CASES = [
                                       "train.output_dir={tmp}/run"),
          "configs/simcse.yaml + overrides: key 'data.valid': simcse is validated on STS (objective.sts_eval), not on a "
          "text split; set data.valid to ''"),
+    Case("config-simcse-keep-pooler-with-cls", ("train", "configs/simcse.yaml", *TINY, *SIMCSE, "objective.pooling=cls",
+                                               "objective.keep_pooler=true", "train.output_dir={tmp}/run"),
+         "configs/simcse.yaml + overrides: key 'objective.keep_pooler': must be false with objective.pooling=cls (its "
+         "training MLP is the pooler already)"),
     Case("config-init-from-nowhere", mlm("model.init_from={tmp}/nowhere"),
          "key 'model.init_from': {tmp}/nowhere is neither an lmssl checkpoint (no model.safetensors), a run directory "
          "with checkpoints, nor a Hugging Face model directory (config.json)"),
@@ -459,6 +463,12 @@ CASES = [
          "{ft} is a fine-tuned toy classifier (finetune.json): it keeps the encoder but no pretraining heads; give the "
          "pretrained checkpoint it came from ({mlm_ckpt}) instead"),
 
+    # --- generate ---
+    Case("generate-repetition-penalty-zero", ("generate", "{clm}", "hi", "--repetition-penalty", "0"),
+         "--repetition-penalty: must be > 0 (1 = none), got 0.0"),
+    Case("generate-empty-stop", ("generate", "{clm}", "hi", "--stop", ""),
+         "--stop: an empty stop string would stop every sample at once; give some text"),
+
     # --- export / import ---
     Case("export-to-a-file", ("export", "{mlm}", "{tmp}/file.txt"),
          "OUT_DIR: {tmp}/file.txt is a file; give a directory to write into", write("file.txt", "a file\n")),
@@ -470,6 +480,10 @@ CASES = [
          write("out/notes.txt", "keep me\n")),
     Case("export-rope", ("export", "{rope}", "{tmp}/out"),
          "cannot export: key 'model.position' is 'rope' but GPT2LMHeadModel has learned absolute positions only"),
+    Case("export-mean-pooled-classifier", ("export", "{tmp}/ft", "{tmp}/out"),
+         "cannot export: this classifier reads the mean of the tokens' states (finetune.pooling), and transformers' "
+         "*ForSequenceClassification read [CLS] (or the last token); fine-tune with finetune.pooling=cls to export",
+         lambda tmp, paths: finetuned_model(tmp / "ft", paths["mlm_ckpt"], mean_pooling=True)),
     Case("export-not-a-checkpoint", ("export", "{tmp}/empty", "{tmp}/out"), "{tmp}/empty: " + NOT_CKPT,
          mkdir("empty")),
     Case("import-not-hf", ("import", "{mlm_ckpt}", "{tmp}/out"),
@@ -530,6 +544,8 @@ CASES = [
     # --- finetune and task cards ---
     Case("finetune-probe-solver-unknown", ("finetune", "{mlm}", "rte", "finetune.probe_solver=sgd", FT),
          "overrides: key 'finetune.probe_solver': invalid value 'sgd'; choose one of 'lbfgs', 'adamw'"),
+    Case("finetune-pooling-unknown", ("finetune", "{mlm}", "rte", "finetune.pooling=max", FT),
+         "overrides: key 'finetune.pooling': invalid value 'max'; choose one of 'cls', 'mean', 'model'"),
     Case("eval-pairs-missing-key", ("eval", "pairs", "{clm}", "{tmp}/pairs.jsonl"),
          "{tmp}/pairs.jsonl:2: key 'sentence_bad' must be a non-empty string (BLiMP format: sentence_good, "
          "sentence_bad, optional UID and field)",

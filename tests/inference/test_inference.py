@@ -11,7 +11,7 @@ from helpers import BLOCKS, block_config, cli_json, save_model, spread_weights
 from hf_parity import assert_greedy_decoding_is_generates, tiny_objective
 
 from lmssl.inference.fill_mask import fill_mask
-from lmssl.inference.generate import Sampling, filter_logits, generate
+from lmssl.inference.generate import Sampling, cut_at_stop, filter_logits, generate, penalize_repetition
 from lmssl.interop.hf.export import export
 from lmssl.model.attention import AttnSpec
 from lmssl.model.transformer import KVCache, Transformer
@@ -51,7 +51,30 @@ def mlm(tmp_path_factory):
 def test_greedy_decoding_equals_transformers_generate(clm, tmp_path):
     path, cfg, tok, obj = clm
     export(path, tmp_path / "hf")
-    assert_greedy_decoding_is_generates(obj, tok, tmp_path / "hf", PROMPT)
+    plain = assert_greedy_decoding_is_generates(obj, tok, tmp_path / "hf", PROMPT)
+    penalized = assert_greedy_decoding_is_generates(obj, tok, tmp_path / "hf", PROMPT, repetition_penalty=1.8)
+    assert penalized != plain  # the penalty changed the continuation, and transformers' the same way
+
+
+def test_repetition_penalty_by_hand():
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0]])
+    context = torch.tensor([[0, 1, 1]])  # tokens 0 and 1 seen (1 twice: penalised once, as in transformers)
+    expected = torch.tensor([[1.0, -2.0, 0.5, 3.0]])
+    torch.testing.assert_close(penalize_repetition(logits, context, 2.0), expected, rtol=0, atol=0)
+    assert penalize_repetition(logits, context, 1.0) is logits
+
+
+def test_stop_strings_cut_the_sample(clm):
+    _, _, tok, obj = clm
+    full = generate(obj, tok, PROMPT, Sampling(max_new_tokens=15, temperature=0, stop_at_eos=False))[0]
+    stop = full["text"][len(full["text"]) // 2:][:3]  # three characters from the middle of the greedy continuation
+    cut = generate(obj, tok, PROMPT, Sampling(max_new_tokens=15, temperature=0, stop_at_eos=False, stop=("@@", stop)))
+    assert cut[0]["text"] == full["text"][:full["text"].index(stop)] and cut[0]["finish"] == "stop"
+    assert cut[0]["tokens"] < 15 and full["finish"] == "length"
+    drawn = [generate(obj, tok, PROMPT, Sampling(max_new_tokens=n, temperature=0, stop_at_eos=False))[0]["text"]
+             for n in (cut[0]["tokens"] - 1, cut[0]["tokens"])]
+    assert stop not in drawn[0] and stop in drawn[1]  # it stopped at the first token that completed the string
+    assert cut_at_stop("a b. c. d", (". c", "d")) == "a b" and cut_at_stop("abc", ("x",)) is None
 
 
 def test_sampling_is_seeded_and_the_cache_changes_nothing(clm):

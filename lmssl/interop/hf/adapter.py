@@ -144,11 +144,18 @@ def electra_generator_target(g: ModelConfig, ours: str, subdir: str) -> Target:
     return Target(subdir, arch, "electra", g, rules)
 
 
-def sentence_transformers_files(pooling: str, model: ModelConfig, seq_len: int) -> dict[str, str]:
+NORMALIZE_MODULE = "sentence_transformers.models.Normalize"
+
+
+def sentence_transformers_files(pooling: str, model: ModelConfig, seq_len: int,
+                                normalize: bool = False) -> dict[str, str]:
     """modules.json + 1_Pooling/config.json: the export is also a sentence-transformers model with the given
-    pooling (the [CLS] state, or the mean over tokens)."""
+    pooling (the [CLS] state, or the mean over tokens), and with `normalize` its Normalize module (no files of its
+    own: sentence-transformers' published models have no 2_Normalize directory either)."""
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": NORMALIZE_MODULE})
     pool = {"word_embedding_dimension": model.hidden_size, "pooling_mode_cls_token": pooling != "mean",
             "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,
             "pooling_mode_mean_sqrt_len_tokens": False}

@@ -40,6 +40,10 @@ from lmssl.interop.hf.rules import (
 
 def classifier_target(cfg: Config, info: dict) -> Target:
     m = cfg.model
+    if info.get("mean_pooling"):
+        raise ConfigError("cannot export: this classifier reads the mean of the tokens' states (finetune.pooling), "
+                          "and transformers' *ForSequenceClassification read [CLS] (or the last token); fine-tune "
+                          "with finetune.pooling=cls to export")
     if info["causal"] and m.preset == "llama":
         arch = "LlamaForSequenceClassification"
         check_llama(m, arch)

@@ -24,6 +24,7 @@ from lmssl.config import Config, ModelConfig
 from lmssl.data.tokenizer import TextTokenizer
 from lmssl.interop.hf.adapter import Target
 from lmssl.interop.hf.classifier import classifier_config, classifier_target, fold_head_bias
+from lmssl.interop.hf.model_card import model_card
 from lmssl.interop.hf.rules import Rule
 from lmssl.objectives import hf_adapter
 from lmssl.storage.atomic import atomic_directory, check_output_target
@@ -135,7 +136,9 @@ def export(checkpoint: str | Path, out_dir: str | Path, overwrite: bool = False)
     adapter = hf_adapter(cfg.objective.name)
     targets = adapter.export_targets(cfg)
     state = objective.state_dict()
+    architectures = {t.subdir or ".": t.architecture for t in targets}
     with atomic_directory(out_dir) as tmp:
+        sentence_transformers = False
         for t in targets:
             d = tmp / t.subdir
             d.mkdir(parents=True, exist_ok=True)
@@ -145,9 +148,10 @@ def export(checkpoint: str | Path, out_dir: str | Path, overwrite: bool = False)
             for name, text in files.items():
                 (d / name).parent.mkdir(parents=True, exist_ok=True)
                 (d / name).write_text(text)
+            sentence_transformers |= "modules.json" in files
             (tokenizer.causal_template() if objective.causal else tokenizer).save(d)
-    return {"out": str(out_dir), "architectures": {t.subdir or ".": t.architecture for t in targets},
-            "objective": cfg.objective.name}
+        (tmp / "README.md").write_text(model_card(source, out_dir, architectures, sentence_transformers))
+    return {"out": str(out_dir), "architectures": architectures, "objective": cfg.objective.name}
 
 
 def export_classifier(source: ModelDir, out_dir: Path) -> dict[str, Any]:
@@ -165,4 +169,5 @@ def export_classifier(source: ModelDir, out_dir: Path) -> dict[str, Any]:
         for name, text in tokenizer_files(tokenizer, target.model, causal=info["causal"], classifier=True).items():
             (tmp / name).write_text(text)
         (tokenizer.causal_template(classifier=True) if info["causal"] else tokenizer).save(tmp)
+        (tmp / "README.md").write_text(model_card(source, out_dir, {".": target.architecture}, False))
     return {"out": str(out_dir), "architectures": {".": target.architecture}, "task": info["card"]["name"]}
