@@ -227,6 +227,10 @@ def test_hf_made_model_import_then_export_is_lossless(tmp_path):
     done = subprocess.run([*run, "export", str(tmp_path / "ckpt"), str(tmp_path / "back")],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "--overwrite" in done.stderr and "Traceback" not in done.stderr
+    (tmp_path / "back" / "model.safetensors").unlink()  # a damaged export is replaced whole by --overwrite
+    done = subprocess.run([*run, "export", str(tmp_path / "ckpt"), str(tmp_path / "back"), "--overwrite"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and set(load_file(str(tmp_path / "back" / "model.safetensors"))) == set(back)
 
 
 @pytest.mark.parametrize("causal", [False, True])

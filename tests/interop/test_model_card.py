@@ -62,6 +62,8 @@ def test_a_checkpoint_outside_a_run_and_electra_say_what_they_lack(tmp_path):
     scope = run_snippet(card)
     assert type(scope["discriminator"]).__name__ == "ElectraForPreTraining"
     assert type(scope["generator"]).__name__ == "ElectraForMaskedLM"
+    # its two model directories and card are a model directory: --overwrite replaces it (and nothing else)
+    assert export(tmp_path / "ckpt", tmp_path / "hf", overwrite=True)["out"] == str(tmp_path / "hf")
 
 
 def test_a_finetuned_export_card_holds_its_dev_metrics_and_baselines(tmp_path):
