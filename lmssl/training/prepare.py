@@ -31,14 +31,16 @@ from lmssl.data.tokenizer import TextTokenizer, tokenizer_path
 from lmssl.downstream.online_probe import OnlineProbe
 from lmssl.engine import build_engine, require_engine
 from lmssl.engine.rng import seed_everything
+from lmssl.engine.skip_guard import SkipGuard
 from lmssl.errors import ConfigError
 from lmssl.evaluation.likelihood import ValidationLikelihood
 from lmssl.objectives import Objective, build_objective
 from lmssl.storage.atomic import remove_stale
 from lmssl.training.checkpointer import Checkpointer
 from lmssl.training.evaluator import Evaluator
-from lmssl.training.faults import SkipGuard, check_resumable
+from lmssl.training.faults import check_resumable
 from lmssl.training.logger import RunLog
+from lmssl.training.memory import check_fits
 from lmssl.training.rundir import RunDirectory
 from lmssl.training.state import TrainState, masking_generator, step_flops
 from lmssl.training.time_budget import TimeBudget, decided_length, now
@@ -256,6 +258,7 @@ def build_run(cfg: Config, dist, run_dir: RunDirectory, source: ModelDir | None,
         tokenizer = source.tokenizer  # a pretrained encoder only means something with the token ids it knows
     tokenizer = tokenizer or load_tokenizer(cfg)
     cfg = with_vocab(cfg, tokenizer.vocab_size)
+    check_fits(cfg, tokenizer, dist.device)  # refused before it is built: the OOM killer says nothing
     objective = build_objective(cfg, tokenizer)
     if resumed_from is None and cfg.model.init_from:
         initialise_from(objective, cfg, source)
