@@ -18,7 +18,6 @@ gives it at least (max_length - 2 - stride) / 2 tokens of context on each side i
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -27,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lmssl.errors import ConfigError
-from lmssl.evaluation.text import count_words, summarize
+from lmssl.evaluation.text import capped_exp, count_words, summarize
 from lmssl.model.attention import AttnSpec
 
 METHOD = ("exact pseudo-log-likelihood (Salazar et al. 2020): each document scored on its own in windows "
@@ -205,6 +204,7 @@ def pseudo_perplexity(objective, tokenizer, documents: list[str], *, max_length:
     for i, (text, ll, n) in enumerate(zip(documents, totals.tolist(), counts.tolist())):
         words = count_words(text)
         records.append({"index": i, "tokens": n, "words": words, "pll": ll,
-                        "pppl": math.exp(-ll / n) if n else None, "word_pppl": math.exp(-ll / words) if words else None,
+                        "pppl": capped_exp(-ll / n) if n else None,
+                        "word_pppl": capped_exp(-ll / words) if words else None,
                         "text": text})
     return result, records
