@@ -569,6 +569,10 @@ CASES = [
     Case("finetune-card-bad-label", ("finetune", "{mlm}", "{tmp}/toy.yaml", FT),
          "{tmp}/train.csv:3: label 'maybe' in column 'label' is not one of ['no', 'yes'] (the task card's labels)",
          steps(write("toy.yaml", CARD), write("train.csv", "text,label\ngood film,yes\nso so,maybe\n"))),
+    Case("finetune-card-nan-regression-label", ("finetune", "{mlm}", "{tmp}/toy.yaml", FT),
+         "{tmp}/train.csv:3: label 'nan' in column 'label' is not a finite number (the task is a regression)",
+         steps(write("toy.yaml", CARD.replace('labels: ["no", "yes"]', "regression: true")),
+               write("train.csv", "text,label\ngood film,4.5\nso so,nan\n"))),
     Case("finetune-output-holds-results", ("finetune", "{mlm}", "{tmp}/toy.yaml", FT),
          "key 'finetune.output_dir': {tmp}/ft already holds results.json; set finetune.overwrite=true or choose "
          "another finetune.output_dir",
