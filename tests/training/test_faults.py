@@ -207,6 +207,26 @@ def full_disk_at(monkeypatch, target, attribute: str, nth: int, when=lambda *a, 
     monkeypatch.setattr(target, attribute, failing)
 
 
+@pytest.mark.parametrize("code, reason, advice", [
+    (errno.ENOSPC, "no space left on device", "Free some space and run it again"),
+    (errno.EROFS, "read-only file system", "Remount it read-write or choose a directory on a writable file system"),
+    (errno.EACCES, "permission denied", "Make the directory writable for this user or choose another one"),
+])
+def test_a_failed_write_says_what_to_do_about_its_cause(code, reason, advice, tmp_path, monkeypatch):
+    """Only a full disk is helped by freeing space: a read-only or forbidden directory gets its own advice."""
+    import lmssl.storage.atomic as atomic
+
+    def refused(*args, **kwargs):
+        raise OSError(code, "refused")
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", refused)
+    with pytest.raises(RunError) as e:
+        atomic.write_text(tmp_path / "out.txt", "text")
+    message = str(e.value)
+    assert message.startswith(f"{reason} while writing {tmp_path / 'out.txt'} (") and advice in message
+    assert ("Free some space" in message) == (code == errno.ENOSPC) and not list(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("site", ["weights", "config.yaml", "trainer_state", "manifest", "metrics line"])
 def test_a_full_disk_at_each_write_site_loses_nothing(site, straight_in_process, tmp_path, monkeypatch):
     import pathlib
