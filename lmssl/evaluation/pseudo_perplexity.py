@@ -181,6 +181,19 @@ def masked_lm_modules(objective):
 
 
 
+def nothing_scored(docs: list[list[int]], tokenizer) -> str:
+    """Why no token was scored: an empty text, or one whose every token is [UNK] (or another special token, which
+    is context only)."""
+    total = sum(len(ids) for ids in docs)
+    if not total:
+        return "no tokens to score: the text is empty"
+    unknown = sum(ids.count(tokenizer.roles.get("unk")) for ids in docs)
+    what = (f"every one of the text's {total} tokens is unknown to the tokenizer ([UNK])" if unknown == total else
+            f"{unknown} of the text's {total} tokens are unknown to the tokenizer ([UNK]), the rest special tokens")
+    return (f"no tokens to score: {what}, which pseudo-perplexity does not score; give text in the language and "
+            f"script the tokenizer was trained on")
+
+
 def pseudo_perplexity(objective, tokenizer, documents: list[str], *, max_length: int, stride: int,
                       batch_tokens: int = 8192, word_l2r: bool = False, progress: bool = False,
                       dtype: str = "fp32") -> tuple[dict, list[dict]]:
@@ -195,7 +208,7 @@ def pseudo_perplexity(objective, tokenizer, documents: list[str], *, max_length:
     seconds = time.perf_counter() - t0
     scored = int(counts.sum())
     if scored == 0:
-        raise ConfigError("no tokens to score: the text is empty")
+        raise ConfigError(nothing_scored(docs, tokenizer))
     result = summarize(float(totals.sum()), scored, documents, causal=False)
     result.update(max_length=max_length, stride=stride, word_l2r=word_l2r, dtype=dtype,
                   method=METHOD + (METHOD_L2R if word_l2r else ""), seconds=round(seconds, 3),

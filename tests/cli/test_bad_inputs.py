@@ -430,6 +430,10 @@ CASES = [
          "set LMSSL_DATA)"),
     Case("eval-text-file-empty", ("eval", "ppl", "{clm}", "{tmp}/empty.txt"), "{tmp}/empty.txt: the file is empty",
          write("empty.txt", "")),
+    Case("eval-pppl-every-token-unknown", ("eval", "pppl", "{mlm}", "{tmp}/emoji.txt"),
+         "no tokens to score: every one of the text's 5 tokens is unknown to the tokenizer ([UNK]), which "
+         "pseudo-perplexity does not score; give text in the language and script the tokenizer was trained on",
+         write("emoji.txt", "\U0001F600 \U0001F643 \U0001F600\n\ua66e\ua66e \ua66e\n")),
     Case("eval-max-length-beyond-positions", ("eval", "ppl", "{clm}", "wikitext-2/test.txt", "--max-words", "20",
                                               "--max-length", "1000"),
          "--max-length: 1000 exceeds the model's 128 learned positions (model.max_positions); use at most 128"),
