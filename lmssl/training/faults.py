@@ -36,6 +36,17 @@ def check_resumable(saved: Config, cfg: Config, checkpoint) -> None:
                           f"back, or start a new run (model.init_from={checkpoint} continues from its weights)")
 
 
+def check_same_data(saved: dict, loader, corpus: str, checkpoint) -> None:
+    """ConfigError when the training sequences are not those the checkpoint was trained on (its loader state holds
+    their fingerprint, lmssl.data.loader; checkpoints from before it have none and are not checked)."""
+    before = saved.get("loader", {}).get("data")
+    if before is not None and before != loader.fingerprint():
+        raise ConfigError(f"key 'data.train': {corpus} is not the corpus {checkpoint} was trained on (its tokenized "
+                          f"sequences differ: reordered, edited or replaced), so the saved position in it means "
+                          f"nothing; restore that corpus, or start a new run (model.init_from={checkpoint} continues "
+                          f"from its weights)")
+
+
 class StopSignals:
     """SIGTERM / SIGINT: the first asks the loop to stop after the current step (it then checkpoints and exits
     128 + signal); a second one exits at once (a checkpoint being written is removed, never left half-written)."""

@@ -38,7 +38,7 @@ from lmssl.objectives import Objective, build_objective
 from lmssl.storage.atomic import remove_stale
 from lmssl.training.checkpointer import Checkpointer
 from lmssl.training.evaluator import Evaluator
-from lmssl.training.faults import check_resumable
+from lmssl.training.faults import check_resumable, check_same_data
 from lmssl.training.logger import RunLog
 from lmssl.training.memory import check_fits
 from lmssl.training.rundir import RunDirectory
@@ -278,6 +278,7 @@ def build_run(cfg: Config, dist, run_dir: RunDirectory, source: ModelDir | None,
     engine = build_engine(objective, cfg.train, dist)
     state = TrainState(loader, SkipGuard(cfg.train.max_skipped_steps), dist)
     if resumed_from is not None:
+        check_same_data(saved, loader, corpus_of(cfg, "train").location, resumed_from)
         engine.load_state(resumed_from, saved)  # weights, optimizer and schedule
         state.load_state_dict(saved)
         state.time_budget = decided

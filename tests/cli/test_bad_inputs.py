@@ -149,6 +149,15 @@ def eight_gb_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("lmssl.training.memory.host_available", lambda: 8 * 10**9)
 
 
+def reshuffled_data_root(tmp: Path, paths: dict) -> None:
+    """{tmp}/root: the tiny runs' corpora under the same names, the training one's lines reversed (the same bytes,
+    the same size, other sequences), so data.root={tmp}/root is a resume on another corpus."""
+    lines = (DATA_ROOT / "wikitext-2" / "valid.txt").read_text().splitlines(keepends=True)
+    (tmp / "root" / "wikitext-2").mkdir(parents=True)
+    (tmp / "root" / "wikitext-2" / "valid.txt").write_text("".join(reversed(lines)))
+    shutil.copy(DATA_ROOT / "wikitext-2" / "test.txt", tmp / "root" / "wikitext-2" / "test.txt")
+
+
 def mlm(*extra: str) -> tuple[str, ...]:
     """`lmssl train configs/mlm.yaml` with the tiny settings, writing into the case's workspace."""
     return ("train", "configs/mlm.yaml", *TINY, "train.output_dir={tmp}/run", *extra)
@@ -334,6 +343,11 @@ CASES = [
          "{tmp}/run/checkpoints: no intact checkpoint to resume from (step-0000002: trainer_state.pt is 120 bytes, "
          "manifest.json says {state_bytes})",
          steps(copy("mlm", "run"), edit(f"run/{STEP}/trainer_state.pt", garbage))),
+    Case("resume-corpus-reshuffled", resume("data.root={tmp}/root"),
+         "key 'data.train': {tmp}/root/wikitext-2/valid.txt is not the corpus {tmp}/run/" + STEP + " was trained on "
+         "(its tokenized sequences differ: reordered, edited or replaced), so the saved position in it means nothing; "
+         "restore that corpus, or start a new run (model.init_from={tmp}/run/" + STEP + " continues from its weights)",
+         steps(copy("mlm", "run"), reshuffled_data_root)),
     Case("resume-deepspeed-not-installed", resume("train.engine=deepspeed"),
          "key 'train.engine': deepspeed is not installed here; install it with `pip install deepspeed` (or the gpu "
          "extra: pip install -e .[gpu]), or set train.engine=torch", copy("mlm", "run"), patch=no_deepspeed),
