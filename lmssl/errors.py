@@ -17,7 +17,15 @@ class RunError(RuntimeError):
 
 
 STORAGE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
-                  errno.EROFS: "read-only file system", errno.EIO: "input/output error"}
+                  errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                  errno.EIO: "input/output error"}
+# what to do about each: only a full disk or quota is helped by freeing space
+FREE_SPACE = "Free some space and run it again"
+STORAGE_ADVICE = {errno.EROFS: "Remount it read-write or choose a directory on a writable file system, then run it "
+                               "again",
+                  errno.EACCES: "Make the directory writable for this user or choose another one, then run it again",
+                  errno.EIO: "Check the device (dmesg, the file system's health) or choose another directory, then "
+                             "run it again"}
 
 
 # how torch's zip writer and safetensors report a failed write (they raise RuntimeError / their own error types)
@@ -71,12 +79,12 @@ def free_space(path: Path) -> str:
 def storage_error(error: BaseException, path: Path) -> RunError | None:
     """A one-line RunError for a write that failed on storage (disk full, quota, read-only, I/O error), naming the
     path and the free space; None for any other error. torch's zip writer reports ENOSPC as a RuntimeError."""
-    reason = None
+    reason, advice = None, FREE_SPACE
     if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
-        reason = STORAGE_ERRNOS[error.errno]
+        reason, advice = STORAGE_ERRNOS[error.errno], STORAGE_ADVICE.get(error.errno, FREE_SPACE)
     elif isinstance(error, Exception) and any(m in text for m in WRITER_MESSAGES for text in _messages(error)):
         reason = "no space left on device" if _nearly_full(path) else "write failed"
     if reason is None:
         return None
-    return RunError(f"{reason} while writing {path} ({free_space(path)}); nothing was left half-written. Free some "
-                    f"space and run it again (a training run: with train.resume=true, from its last checkpoint)")
+    return RunError(f"{reason} while writing {path} ({free_space(path)}); nothing was left half-written. {advice} "
+                    f"(a training run: with train.resume=true, from its last checkpoint)")

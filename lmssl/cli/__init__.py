@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        if spec.interrupted:
-            print(spec.interrupted, file=sys.stderr)
+        line = spec.interrupted(args) if callable(spec.interrupted) else spec.interrupted
+        if line:
+            print(line, file=sys.stderr)
         return 130

@@ -27,7 +27,7 @@ class Command:
     help: str
     args: tuple[Arg, ...]
     handler: Callable  # (argparse.Namespace) -> exit code or None (0)
-    interrupted: str = ""  # the line after Ctrl-C: how to go on
+    interrupted: str | Callable[[argparse.Namespace], str] = ""  # the line after Ctrl-C: how to go on
     epilog: Callable[[], str] | None = None  # built when the parser is (the train command lists every key)
 
 
@@ -36,7 +36,8 @@ GROUPS = {"config": "config tools", "tokenizer": "tokenizer tools", "eval": "eva
           "pairs": "minimal-pair sets"}
 
 
-def command(words: str, help: str, *args: Arg, interrupted: str = "", epilog: Callable[[], str] | None = None):
+def command(words: str, help: str, *args: Arg, interrupted: str | Callable[[argparse.Namespace], str] = "",
+            epilog: Callable[[], str] | None = None):
     """Declare the decorated function as the handler of `lmssl WORDS`."""
     def register(handler: Callable) -> Callable:
         COMMANDS.append(Command(tuple(words.split()), help, args, handler, interrupted, epilog))

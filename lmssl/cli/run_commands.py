@@ -17,8 +17,23 @@ def train_keys() -> str:
             "change the defaults: `lmssl config show CONFIG` prints them):\n" + key_list(Config()))
 
 
-@command("train", "pretrain a model from a YAML config", *CONFIG, epilog=train_keys,
-         interrupted="interrupted; resume with train.resume=true (the latest checkpoint is intact)")
+def train_interrupted(args) -> str:
+    """The line after a Ctrl-C that reached the command: the training loop checkpoints on SIGINT itself, so this one
+    came before it (tokenizing, building) or between; there is something to resume only if a checkpoint exists."""
+    from lmssl.checkpoint.format import latest_checkpoint
+    from lmssl.config import TrainConfig, read_config
+
+    try:
+        out = read_config(args.config, args.overrides).sections.get("train", {}).get("output_dir")
+        checkpoint = latest_checkpoint(Path(str(out or TrainConfig.output_dir)))
+    except (ConfigError, OSError):
+        checkpoint = None
+    if checkpoint is None:
+        return "interrupted before the run wrote a checkpoint: there is nothing to resume; the same command starts it"
+    return f"interrupted; resume with train.resume=true (the latest checkpoint, {checkpoint}, is intact)"
+
+
+@command("train", "pretrain a model from a YAML config", *CONFIG, epilog=train_keys, interrupted=train_interrupted)
 def train(args) -> int:
     import shlex
     import signal

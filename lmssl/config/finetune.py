@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from lmssl.config.parse import build_section, parse_override
+from lmssl.config.validate import MAX_SEED, non_finite
 from lmssl.errors import ConfigError, did_you_mean
 
 
@@ -26,6 +27,7 @@ class FinetuneConfig:
     weight_decay: float = 0.01  # AdamW decay, never on norms, biases and embeddings (BERT)
     dropout: float = 0.1  # hidden, attention and head dropout while fine-tuning (BERT: 0.1), whatever pretraining used
     seeds: int = 1  # runs with seeds seed, seed+1, ...; mean and std in results (a grid ranks cells by the mean)
+    max_skipped_steps: int = 3  # steps in a row with a non-finite loss or gradient (skipped) that stop a seed
     eval_every: int = 0  # dev evaluation every this many optimizer steps (and at the end); 0 = after every epoch
     patience: int = 0  # early stopping: stop after this many dev evaluations without a better score; 0 = never
     search: bool = False  # run the task card's grid (its lr / epochs / batch_size lists) for the keys not set here
@@ -117,13 +119,19 @@ def finetune_grid(overrides: list[str], source: str = "overrides") -> tuple[Fine
 
 def check(cfg: FinetuneConfig, source: str) -> FinetuneConfig:
     """Range checks of one setting (also applied to each value of a grid list and of a task card's grid)."""
-    for key in ("epochs", "batch_size", "seeds", "eval_batch_size"):
+    found = non_finite(cfg)
+    if found is not None:  # before the range rules: nan > 0 is merely False
+        raise ConfigError(f"{source}: key 'finetune.{found[0]}': must be a finite number, got {found[1]}")
+    for key in ("epochs", "batch_size", "seeds", "eval_batch_size", "max_skipped_steps"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{source}: key 'finetune.{key}': must be positive")
     for key in ("seed", "max_train_examples", "max_dev_examples", "data_seed", "num_threads", "min_steps",
                 "eval_every", "patience"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"{source}: key 'finetune.{key}': must be >= 0")
+    if cfg.seed + cfg.seeds - 1 > MAX_SEED:  # seeds seed .. seed + seeds - 1 all go to numpy's global seed
+        raise ConfigError(f"{source}: key 'finetune.seed': seed + seeds - 1 must be at most {MAX_SEED} (2**32 - 1), "
+                          f"got {cfg.seed + cfg.seeds - 1}")
     if not (cfg.lr > 0 and cfg.probe_lr > 0):
         raise ConfigError(f"{source}: key 'finetune.{'lr' if cfg.lr <= 0 else 'probe_lr'}': must be positive")
     if not 0.0 <= cfg.warmup_ratio < 1.0:

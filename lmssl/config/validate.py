@@ -1,6 +1,8 @@
 """Cross-field validation of a typed Config: every rule names its key and what would be valid."""
 from __future__ import annotations
 
+import dataclasses
+import math
 import re
 from pathlib import Path
 
@@ -21,10 +23,28 @@ def _check(cond: bool, source: str, key: str, message: str) -> None:
         raise ConfigError(f"{source}: key '{key}': {message}")
 
 
+# numpy's global seed (lmssl.engine.rng) takes 0 .. 2**32 - 1
+MAX_SEED = 2**32 - 1
+
+
+def non_finite(section: object) -> tuple[str, float] | None:
+    """The first float field of a config dataclass that is inf or NaN (YAML's .inf / .nan), as (field, value)."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            return f.name, value
+    return None
+
+
 def validate(cfg: Config, source: str) -> None:
     m, d, t, e = cfg.model, cfg.data, cfg.train, cfg.eval
+    for name in ("model", "objective", "data", "train", "eval"):  # before the range rules: nan > 0 is merely False
+        found = non_finite(getattr(cfg, name))
+        if found is not None:
+            _check(False, source, f"{name}.{found[0]}", f"must be a finite number, got {found[1]}")
     for key in ("hidden_size", "num_layers", "num_heads", "ffn_size", "max_positions"):
         _check(getattr(m, key) > 0, source, f"model.{key}", "must be positive")
+    _check(m.init_std > 0, source, "model.init_std", "must be positive")
     _check(m.hidden_size % m.num_heads == 0, source, "model.num_heads",
            f"must divide model.hidden_size={m.hidden_size}")
     _check(m.position != "rope" or (m.hidden_size // m.num_heads) % 2 == 0, source, "model.position",
@@ -48,6 +68,7 @@ def validate(cfg: Config, source: str) -> None:
         _check(getattr(t, key) > 0, source, f"train.{key}", "must be positive")
     for key in ("warmup_steps", "save_every", "keep_checkpoints", "num_threads", "seed"):
         _check(getattr(t, key) >= 0, source, f"train.{key}", "must be >= 0")
+    _check(t.seed <= MAX_SEED, source, "train.seed", f"must be at most {MAX_SEED} (2**32 - 1), got {t.seed}")
     _check(t.max_flops >= 0, source, "train.max_flops", "must be >= 0 (0 = train.max_steps sets the length)")
     _check(t.max_minutes >= 0, source, "train.max_minutes", "must be >= 0 (0 = train.max_steps sets the length)")
     _check(not (t.max_minutes and t.max_flops), source, "train.max_minutes",
@@ -79,7 +100,8 @@ def validate(cfg: Config, source: str) -> None:
         _check(t.precision == "fp32" or t.zero_stage >= 1, source, "train.zero_stage",
                f"train.precision={t.precision} with deepspeed needs zero_stage >= 1 (its fp32 master weights are then "
                f"what the consolidated checkpoint holds); zero_stage=1 costs nothing on one GPU")
-    _check(e.every >= 0 and e.max_batches >= 0, source, "eval.every", "must be >= 0")
+    _check(e.every >= 0, source, "eval.every", "must be >= 0 (0 = only at the end)")
+    _check(e.max_batches >= 0, source, "eval.max_batches", "must be >= 0 (0 = the whole split)")
     _check(e.batch_size > 0, source, "eval.batch_size", "must be positive")
     _check(e.likelihood_max_words >= 0, source, "eval.likelihood_max_words", "must be >= 0 (0 = off)")
     _check(e.probe_examples > 0, source, "eval.probe_examples", "must be positive")

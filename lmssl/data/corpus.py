@@ -80,6 +80,19 @@ def held_out(index: int, fraction: float) -> bool:
     return int.from_bytes(digest, "little") < fraction * 2 ** 64
 
 
+SAMPLED_BLOCKS, BLOCK_BYTES = 64, 4096  # a file's sampled hash reads at most 256 KiB, spread over it
+
+
+def sampled_hash(path: Path) -> str:
+    """SHA-1 of SAMPLED_BLOCKS blocks of BLOCK_BYTES spread evenly over the file (all of a small one)."""
+    size, digest = path.stat().st_size, hashlib.sha1()
+    with open(path, "rb") as f:
+        for k in range(SAMPLED_BLOCKS):
+            f.seek(k * max(0, size - BLOCK_BYTES) // max(1, SAMPLED_BLOCKS - 1))
+            digest.update(f.read(BLOCK_BYTES))
+    return digest.hexdigest()[:20]
+
+
 @dataclass(frozen=True)
 class Corpus:
     """Where a corpus's documents come from and how they are read."""
@@ -104,15 +117,16 @@ class Corpus:
         return base if self.part == "all" else f"{base}-{self.part}"
 
     def identity(self) -> dict:
-        """What its tokenization cache entries are keyed by: the source's contents (by size and modification
-        time of its files) and every reading option."""
+        """What its tokenization cache entries are keyed by: the source's contents (by size, modification time and
+        a hash of sampled blocks of its files: a file rewritten with its old size and time is re-tokenized) and
+        every reading option."""
         if self.kind == "hub":
             files = [Path(f["filename"]) for f in self._rows().cache_files]
         elif self.kind == "disk":
             files = sorted(p for p in Path(self.location).rglob("*") if p.is_file())
         else:
             files = [Path(self.location)]
-        stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns, sampled_hash(f)) for f in files]
         location = self.location if self.kind == "hub" else str(Path(self.location).resolve())
         return {**asdict(self), "location": location, "files": stats}  # the same entry from any working directory
 

@@ -7,11 +7,24 @@ resumed run sees the same sequences.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from typing import Iterator, Sequence
 
 import numpy as np
 
 from lmssl.data.packing import Example, PackedSequences, StreamingSequences
+
+FINGERPRINT_SAMPLES = 64  # sequences hashed into the data's fingerprint
+
+
+def example_bytes(example) -> bytes:
+    """The contents of one sequence (an array, or a dataclass of arrays and numbers) as bytes, for hashing."""
+    if isinstance(example, np.ndarray):
+        return np.ascontiguousarray(example, dtype=np.int64).tobytes()
+    if dataclasses.is_dataclass(example):
+        return b"|".join(example_bytes(getattr(example, f.name)) for f in dataclasses.fields(example))
+    return repr(example).encode()
 
 
 class SequenceLoader:
@@ -21,11 +34,27 @@ class SequenceLoader:
         self.epoch, self.position = 0, 0
         self._order: np.ndarray | None = None
         self._stream: Iterator[Example] | None = None
+        self._fingerprint: str | None = None
         if not isinstance(data, StreamingSequences) and len(data) < batch_size:
             raise ValueError(f"only {len(data)} sequences, fewer than one batch of {batch_size}")
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
+        state = {"epoch": self.epoch, "position": self.position}
+        return {**state, "data": self.fingerprint()} if self.fingerprint() is not None else state
+
+    def fingerprint(self) -> str | None:
+        """A hash of the number of sequences and of FINGERPRINT_SAMPLES of them spread over the data: a resume on
+        another corpus (reshuffled, edited, of the same size or not) would otherwise go on silently from the saved
+        position. None for streaming data (reading it to hash would cost a pass over the shuffle buffer)."""
+        if isinstance(self.data, StreamingSequences):
+            return None
+        if self._fingerprint is None:
+            n = len(self.data)
+            digest = hashlib.sha1(str(n).encode())
+            for i in np.unique(np.linspace(0, n - 1, min(n, FINGERPRINT_SAMPLES)).astype(np.int64)):
+                digest.update(example_bytes(self.data[int(i)]))
+            self._fingerprint = digest.hexdigest()[:20]
+        return self._fingerprint
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])

@@ -45,8 +45,9 @@ from lmssl.downstream.task_metrics import mean_std
 from lmssl.downstream.tasks import TaskCard, infer_labels, read_task_file, resolve_file
 from lmssl.engine import TorchEngine
 from lmssl.engine.rng import seed_everything
+from lmssl.engine.skip_guard import SkipGuard
 from lmssl.engine.torch_engine import autocast
-from lmssl.errors import ConfigError
+from lmssl.errors import ConfigError, RunError
 from lmssl.evaluate_modules import load_metric
 from lmssl.model.classifier import SequenceClassifier, predictions
 from lmssl.storage.atomic import write_text
@@ -147,11 +148,15 @@ def train_seed(model, train_set, dev_sets: dict, card: TaskCard, fcfg: FinetuneC
     engine = finetune_engine(model, fcfg, total, seed, device)
     order_rng = np.random.default_rng(seed)
     records, best, losses, step, waited = [], None, [], 0, 0
+    guard = SkipGuard(fcfg.max_skipped_steps)  # pretraining's: non-finite steps are skipped, too many in a row stop
     with tqdm(total=total, desc=f"{card.name} seed {seed}", unit="step", dynamic_ncols=True, leave=False) as bar:
         for epoch in range(1, epochs + 1):
             for rows in train_set.epoch_batches(order_rng, fcfg.batch_size, fcfg.group_by_length):
-                losses.append(engine.train_step([train_set.batch(rows)])["loss"].item())
+                stats = engine.train_step([train_set.batch(rows)])
                 step += 1
+                guard.update(step, stats)
+                check_diverged(guard.diverged(step, "finetune.max_skipped_steps"), fcfg, seed)
+                losses.append(stats["loss"].item())
                 bar.update()
                 bar.set_postfix(epoch=epoch, loss=f"{np.mean(losses[-20:]):.3f}")
                 if step % every and step < total:
@@ -167,6 +172,7 @@ def train_seed(model, train_set, dev_sets: dict, card: TaskCard, fcfg: FinetuneC
                 score = selectable(next(iter(dev.values()))["score"])
                 if best is None or score > best[0]["score_selection"]:
                     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                    check_diverged(non_finite_weights(state, step), fcfg, seed)  # never a NaN best/
                     best, waited = ({**record, "score_selection": score}, state), 0
                 else:
                     waited += 1
@@ -174,6 +180,20 @@ def train_seed(model, train_set, dev_sets: dict, card: TaskCard, fcfg: FinetuneC
                     records[-1]["stopped_early"] = True  # the linear decay was planned for `total` steps
                     return records, best
     return records, best
+
+
+def non_finite_weights(state: dict, step: int) -> str | None:
+    """'after step N, WEIGHT holds non-finite values' for the first such tensor of `state`, else None."""
+    name = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    return None if name is None else f"after step {step}, {name} holds non-finite values"
+
+
+def check_diverged(what: str | None, fcfg: FinetuneConfig, seed: int) -> None:
+    """RunError for a fine-tuning seed that diverged (`what` says how; None: it did not): nothing of it is saved."""
+    if what is not None:
+        key, lr = ("probe_lr", fcfg.probe_lr) if fcfg.probe else ("lr", fcfg.lr)
+        raise RunError(f"fine-tuning diverged (seed {seed}): {what}. Try a lower finetune.{key} (now {lr:g}) or more "
+                       f"finetune.warmup_ratio; this seed's weights were not saved and results.json was not written")
 
 
 def fit_probe(probe: LinearProbe, train_set: FeatureSet, dev_sets: dict, card: TaskCard, fcfg: FinetuneConfig,

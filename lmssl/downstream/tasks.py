@@ -38,6 +38,7 @@ from lmssl.data.paths import shipped
 from lmssl.downstream.task_metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
 from lmssl.errors import ConfigError, did_you_mean
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # targets are stored as float32
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli")
 FORMATS = ("auto", "tsv", "csv", "jsonl")
 
@@ -295,10 +296,14 @@ def read_task_file(card: TaskCard, path: Path, labelled: bool = True) -> TaskExa
         value = _get(row, card.label_column, path, line, fmt)
         if card.regression:
             try:
-                targets.append(float(value))
+                target = float(value)
             except (TypeError, ValueError):
                 raise ConfigError(f"{path}:{line}: label {value!r} in column {card.label_column!r} is not a number "
                                   f"(the task is a regression)") from None
+            if not abs(target) <= FLOAT32_MAX:  # NaN, inf or beyond float32: every metric would be NaN
+                raise ConfigError(f"{path}:{line}: label {value!r} in column {card.label_column!r} is not a finite "
+                                  f"number (the task is a regression)")
+            targets.append(target)
         else:
             label = str(value).strip() if value is not None else ""
             if label not in index:

@@ -18,7 +18,6 @@ gives it at least (max_length - 2 - stride) / 2 tokens of context on each side i
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -27,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lmssl.errors import ConfigError
-from lmssl.evaluation.text import count_words, summarize
+from lmssl.evaluation.text import capped_exp, count_words, summarize
 from lmssl.model.attention import AttnSpec
 
 METHOD = ("exact pseudo-log-likelihood (Salazar et al. 2020): each document scored on its own in windows "
@@ -182,6 +181,19 @@ def masked_lm_modules(objective):
 
 
 
+def nothing_scored(docs: list[list[int]], tokenizer) -> str:
+    """Why no token was scored: an empty text, or one whose every token is [UNK] (or another special token, which
+    is context only)."""
+    total = sum(len(ids) for ids in docs)
+    if not total:
+        return "no tokens to score: the text is empty"
+    unknown = sum(ids.count(tokenizer.roles.get("unk")) for ids in docs)
+    what = (f"every one of the text's {total} tokens is unknown to the tokenizer ([UNK])" if unknown == total else
+            f"{unknown} of the text's {total} tokens are unknown to the tokenizer ([UNK]), the rest special tokens")
+    return (f"no tokens to score: {what}, which pseudo-perplexity does not score; give text in the language and "
+            f"script the tokenizer was trained on")
+
+
 def pseudo_perplexity(objective, tokenizer, documents: list[str], *, max_length: int, stride: int,
                       batch_tokens: int = 8192, word_l2r: bool = False, progress: bool = False,
                       dtype: str = "fp32") -> tuple[dict, list[dict]]:
@@ -196,7 +208,7 @@ def pseudo_perplexity(objective, tokenizer, documents: list[str], *, max_length:
     seconds = time.perf_counter() - t0
     scored = int(counts.sum())
     if scored == 0:
-        raise ConfigError("no tokens to score: the text is empty")
+        raise ConfigError(nothing_scored(docs, tokenizer))
     result = summarize(float(totals.sum()), scored, documents, causal=False)
     result.update(max_length=max_length, stride=stride, word_l2r=word_l2r, dtype=dtype,
                   method=METHOD + (METHOD_L2R if word_l2r else ""), seconds=round(seconds, 3),
@@ -205,6 +217,7 @@ def pseudo_perplexity(objective, tokenizer, documents: list[str], *, max_length:
     for i, (text, ll, n) in enumerate(zip(documents, totals.tolist(), counts.tolist())):
         words = count_words(text)
         records.append({"index": i, "tokens": n, "words": words, "pll": ll,
-                        "pppl": math.exp(-ll / n) if n else None, "word_pppl": math.exp(-ll / words) if words else None,
+                        "pppl": capped_exp(-ll / n) if n else None,
+                        "word_pppl": capped_exp(-ll / words) if words else None,
                         "text": text})
     return result, records

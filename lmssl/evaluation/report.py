@@ -184,15 +184,17 @@ def plot(rows: list[dict], path: Path) -> None:
         label = LABELS[kind]
         ax = axes[0][col]
         x = range(len(group))
+        # an infinite score (a finite but terrible model's exp overflowed) is drawn to the top, labelled inf
+        top = 2 * max((v for r in group for v in (per_token(r), per_word(r)) if math.isfinite(v)), default=5.0)
         for offset, (name, fn) in zip((-0.2, 0.2), (("per token", per_token), ("per word", per_word))):
             values = [fn(r) for r in group]
-            bars = ax.bar([i + offset for i in x], values, width=0.4, label=f"{label} {name}")
+            bars = ax.bar([i + offset for i in x], [min(v, top) for v in values], width=0.4, label=f"{label} {name}")
             ax.bar_label(bars, labels=[_fmt(v, 1) for v in values], fontsize=8)
         ax.set_xticks(list(x), [r["name"] for r in group])
         ax.set_xlim(-0.75, len(group) - 0.25)
         ax.set_yscale("log")
         # log bars drawn from 1 (a perfect model), so heights compare honestly; headroom for the labels
-        ax.set_ylim(1, 4 * max(per_word(r) for r in group))
+        ax.set_ylim(1, 4 * max(min(per_word(r), top) for r in group))
         ax.set_ylabel(label)
         ax.set_title(f"{'Causal' if kind == 'perplexity' else 'Masked'} models: {label}")
         ax.legend(fontsize=8)

@@ -82,14 +82,15 @@ def summarize(log_likelihood: float, tokens: int, documents: list[str], causal: 
     nbytes = sum(count_bytes(d) for d in documents)
     nll = -log_likelihood
     if causal:
-        return {"quantity": "perplexity", "ppl": _exp(nll / tokens), "nll": nll / tokens, "tokens": tokens,
+        return {"quantity": "perplexity", "ppl": capped_exp(nll / tokens), "nll": nll / tokens, "tokens": tokens,
                 "bits_per_byte": nll / math.log(2) / nbytes, "bytes": nbytes, "words": words,
-                "word_ppl": _exp(nll / words), "documents": len(documents)}
-    return {"quantity": "pseudo-perplexity", "pppl": _exp(nll / tokens), "pll": log_likelihood, "tokens": tokens,
-            "words": words, "word_pppl": _exp(nll / words), "bytes": nbytes, "documents": len(documents)}
+                "word_ppl": capped_exp(nll / words), "documents": len(documents)}
+    return {"quantity": "pseudo-perplexity", "pppl": capped_exp(nll / tokens), "pll": log_likelihood, "tokens": tokens,
+            "words": words, "word_pppl": capped_exp(nll / words), "bytes": nbytes, "documents": len(documents)}
 
 
-def _exp(x: float) -> float:
+def capped_exp(x: float) -> float:
+    """exp(x), or inf where math.exp would raise OverflowError (a finite but terrible model's perplexity)."""
     return math.exp(x) if x < 700 else math.inf
 
 

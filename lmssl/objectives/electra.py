@@ -135,7 +135,10 @@ class Electra(Objective):
         gen_loss = F.cross_entropy(gen_logits, targets)
         with torch.no_grad():  # §2: sampling is not differentiable; no discriminator gradient reaches the generator
             rng = torch.Generator(device=gen_logits.device).manual_seed(batch.sample_seed)
-            sampled = torch.multinomial(F.softmax(gen_logits, -1), 1, generator=rng).squeeze(1)  # (num_masked,)
+            probs = F.softmax(gen_logits, -1)
+            # a diverged generator's non-finite rows sample uniformly: its NaN loss then reaches the skip guard
+            probs = torch.where(torch.isfinite(probs).all(-1, keepdim=True), probs, torch.ones_like(probs))
+            sampled = torch.multinomial(probs, 1, generator=rng).squeeze(1)  # (num_masked,)
             disc_ids, replaced = replaced_token_inputs(batch.input_ids, batch.labels, sampled)
         logits = self.head(self.trunk(disc_ids, batch.spec, batch.token_type_ids)).float()  # (B, T)
         real = batch.spec.key_padding_mask if batch.spec.key_padding_mask is not None else torch.ones_like(where)

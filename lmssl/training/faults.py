@@ -1,15 +1,14 @@
 """What a training run does about faults: signals (finish the step, checkpoint, exit), steps whose loss or
-gradient is not finite (skipped; too many in a row stop the run), and resuming with a config that no longer
+gradient is not finite (lmssl.engine.skip_guard), and resuming with a config that no longer
 matches the checkpoint (stopped with the differing keys)."""
 from __future__ import annotations
 
-import dataclasses
 import signal
 import sys
 import threading
 
 from lmssl.config import Config
-from lmssl.errors import ConfigError, RunError
+from lmssl.errors import ConfigError
 
 # keys that may change when a run is resumed: its length, cadence, where things are, how fast it runs; the engine
 # keys are checked by the engine itself (a checkpoint of one engine resumes only with that engine)
@@ -37,34 +36,15 @@ def check_resumable(saved: Config, cfg: Config, checkpoint) -> None:
                           f"back, or start a new run (model.init_from={checkpoint} continues from its weights)")
 
 
-@dataclasses.dataclass
-class SkipGuard:
-    """Counts the steps the engine skipped (non-finite loss or gradient norm); `limit` in a row stop the run."""
-    limit: int
-    total: int = 0
-    in_a_row: int = 0
-    last_finite: tuple[int, object] | None = None  # (step, loss): a tensor until a message needs its value
-
-    def update(self, step: int, stats: dict) -> None:
-        """Record the engine's step; stats gets the running count as `skipped_steps`. An applied step had a finite
-        loss (the engines apply no other), so its loss is kept without reading it from the device."""
-        skipped = bool(stats.pop("skipped", 0.0))
-        self.total += skipped
-        self.in_a_row = self.in_a_row + 1 if skipped else 0
-        stats["skipped_steps"] = self.total
-        if not skipped:
-            self.last_finite = (step, stats["loss"])
-
-    def check(self, step: int, cfg: Config) -> None:
-        """RunError when `limit` steps in a row were skipped."""
-        if self.in_a_row >= self.limit:
-            last = (f"the last finite loss was {float(self.last_finite[1]):.4g} at step {self.last_finite[0]}"
-                    if self.last_finite else "no step had a finite loss")
-            hint = "train.precision=fp32, " if cfg.train.precision != "fp32" else ""
-            raise RunError(f"training diverged: steps {step - self.in_a_row + 1}-{step} ({self.in_a_row} in a row, "
-                           f"train.max_skipped_steps={self.limit}) had a non-finite loss or gradient norm and were "
-                           f"skipped; {last}. Try a lower train.lr (now {cfg.train.lr:g}), {hint}more "
-                           f"train.warmup_steps or train.clip_grad; the checkpoints written so far are finite")
+def check_same_data(saved: dict, loader, corpus: str, checkpoint) -> None:
+    """ConfigError when the training sequences are not those the checkpoint was trained on (its loader state holds
+    their fingerprint, lmssl.data.loader; checkpoints from before it have none and are not checked)."""
+    before = saved.get("loader", {}).get("data")
+    if before is not None and before != loader.fingerprint():
+        raise ConfigError(f"key 'data.train': {corpus} is not the corpus {checkpoint} was trained on (its tokenized "
+                          f"sequences differ: reordered, edited or replaced), so the saved position in it means "
+                          f"nothing; restore that corpus, or start a new run (model.init_from={checkpoint} continues "
+                          f"from its weights)")
 
 
 class StopSignals:

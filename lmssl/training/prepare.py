@@ -31,6 +31,7 @@ from lmssl.data.tokenizer import TextTokenizer, tokenizer_path
 from lmssl.downstream.online_probe import OnlineProbe
 from lmssl.engine import build_engine, require_engine
 from lmssl.engine.rng import seed_everything
+from lmssl.engine.skip_guard import SkipGuard
 from lmssl.errors import ConfigError
 from lmssl.evaluation.likelihood import ValidationLikelihood
 from lmssl.model.transformer import Transformer
@@ -38,8 +39,9 @@ from lmssl.objectives import Objective, build_objective
 from lmssl.storage.atomic import remove_stale
 from lmssl.training.checkpointer import Checkpointer
 from lmssl.training.evaluator import Evaluator
-from lmssl.training.faults import SkipGuard, check_resumable
+from lmssl.training.faults import check_resumable, check_same_data
 from lmssl.training.logger import RunLog
+from lmssl.training.memory import check_fits
 from lmssl.training.rundir import RunDirectory, check_run_directory
 from lmssl.training.state import TrainState, masking_generator, step_flops
 from lmssl.training.time_budget import TimeBudget, decided_length, now
@@ -258,6 +260,7 @@ def build_run(cfg: Config, dist, run_dir: RunDirectory, source: ModelDir | None,
         tokenizer = source.tokenizer  # a pretrained encoder only means something with the token ids it knows
     tokenizer = tokenizer or load_tokenizer(cfg)
     cfg = with_vocab(cfg, tokenizer.vocab_size)
+    check_fits(cfg, tokenizer, dist.device)  # refused before it is built: the OOM killer says nothing
     objective = build_objective(cfg, tokenizer)
     for trunk in objective.modules():
         if isinstance(trunk, Transformer):  # every trunk: ELECTRA's generator and discriminator alike
@@ -280,6 +283,7 @@ def build_run(cfg: Config, dist, run_dir: RunDirectory, source: ModelDir | None,
     engine = build_engine(objective, cfg.train, dist)
     state = TrainState(loader, SkipGuard(cfg.train.max_skipped_steps), dist)
     if resumed_from is not None:
+        check_same_data(saved, loader, corpus_of(cfg, "train").location, resumed_from)
         engine.load_state(resumed_from, saved)  # weights, optimizer and schedule
         state.load_state_dict(saved)
         state.time_budget = decided

@@ -9,7 +9,7 @@ import torch
 
 from lmssl.distributed import DistInfo, gather_objects
 from lmssl.engine.rng import rng_state, set_rng_state
-from lmssl.training.faults import SkipGuard
+from lmssl.engine.skip_guard import SkipGuard
 
 
 def masking_generator(seed: int, step: int, micro: int) -> torch.Generator:

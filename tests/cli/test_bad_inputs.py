@@ -148,6 +148,21 @@ def no_deepspeed(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(key, value)
 
 
+def eight_gb_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CPU-only machine with 8 GB of memory available (the memory check's figures do not depend on this one)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("lmssl.training.memory.host_available", lambda: 8 * 10**9)
+
+
+def reshuffled_data_root(tmp: Path, paths: dict) -> None:
+    """{tmp}/root: the tiny runs' corpora under the same names, the training one's lines reversed (the same bytes,
+    the same size, other sequences), so data.root={tmp}/root is a resume on another corpus."""
+    lines = (DATA_ROOT / "wikitext-2" / "valid.txt").read_text().splitlines(keepends=True)
+    (tmp / "root" / "wikitext-2").mkdir(parents=True)
+    (tmp / "root" / "wikitext-2" / "valid.txt").write_text("".join(reversed(lines)))
+    shutil.copy(DATA_ROOT / "wikitext-2" / "test.txt", tmp / "root" / "wikitext-2" / "test.txt")
+
+
 def mlm(*extra: str) -> tuple[str, ...]:
     """`lmssl train configs/mlm.yaml` with the tiny settings, writing into the case's workspace."""
     return ("train", "configs/mlm.yaml", *TINY, "train.output_dir={tmp}/run", *extra)
@@ -223,6 +238,23 @@ CASES = [
     Case("config-eval-batch-size-zero", mlm("eval.batch_size=0"), f"{SRC}: key 'eval.batch_size': must be positive"),
     Case("config-lr-zero", mlm("train.lr=0"), f"{SRC}: key 'train.lr': must be positive"),
     Case("config-lr-negative", mlm("train.lr=-1e-3"), f"{SRC}: key 'train.lr': must be positive"),
+    Case("config-lr-inf", mlm("train.lr=.inf"), f"{SRC}: key 'train.lr': must be a finite number, got inf"),
+    Case("config-lr-nan", mlm("train.lr=.nan"), f"{SRC}: key 'train.lr': must be a finite number, got nan"),
+    Case("config-max-flops-inf", mlm("train.max_flops=.inf"),
+         f"{SRC}: key 'train.max_flops': must be a finite number, got inf"),
+    Case("config-seed-beyond-2-64", mlm("train.seed=18446744073709551617"),
+         f"{SRC}: key 'train.seed': must be at most 4294967295 (2**32 - 1), got 18446744073709551617"),
+    Case("config-init-std-negative", mlm("model.init_std=-0.02"), f"{SRC}: key 'model.init_std': must be positive"),
+    Case("config-init-std-nan", mlm("model.init_std=.nan"),
+         f"{SRC}: key 'model.init_std': must be a finite number, got nan"),
+    Case("config-eval-max-batches-negative", mlm("eval.max_batches=-1"),
+         f"{SRC}: key 'eval.max_batches': must be >= 0 (0 = the whole split)"),
+    # 1e8 x 32 tied embeddings + the decoder's 1e8 biases + 15,010 (positions 4096, types 64, embedding norm 64,
+    # the block 8544, head transform 1120, pooler 1056, NSP 66): 3,300,015,010 x 16 bytes = 52.8 GB
+    Case("config-vocab-size-beyond-memory", mlm("model.vocab_size=100000000"),
+         "key 'model.vocab_size': 100000000 makes a model of 3,300,015,010 parameters, which needs at least 52.8 GB "
+         "(weights, gradients and AdamW's two moments, 16 bytes per parameter) but 8.0 GB of memory is available; "
+         "choose a smaller model", patch=eight_gb_cpu),
     Case("config-max-steps-zero", mlm("train.max_steps=0"), f"{SRC}: key 'train.max_steps': must be positive"),
     Case("config-max-flops-negative", mlm("train.max_flops=-1"),
          f"{SRC}: key 'train.max_flops': must be >= 0 (0 = train.max_steps sets the length)"),
@@ -323,6 +355,11 @@ CASES = [
          "{tmp}/run/checkpoints: no intact checkpoint to resume from (step-0000002: trainer_state.pt is 120 bytes, "
          "manifest.json says {state_bytes})",
          steps(copy("mlm", "run"), edit(f"run/{STEP}/trainer_state.pt", garbage))),
+    Case("resume-corpus-reshuffled", resume("data.root={tmp}/root"),
+         "key 'data.train': {tmp}/root/wikitext-2/valid.txt is not the corpus {tmp}/run/" + STEP + " was trained on "
+         "(its tokenized sequences differ: reordered, edited or replaced), so the saved position in it means nothing; "
+         "restore that corpus, or start a new run (model.init_from={tmp}/run/" + STEP + " continues from its weights)",
+         steps(copy("mlm", "run"), reshuffled_data_root)),
     Case("resume-deepspeed-not-installed", resume("train.engine=deepspeed"),
          "key 'train.engine': deepspeed is not installed here; install it with `pip install deepspeed` (or the gpu "
          "extra: pip install -e .[gpu]), or set train.engine=torch", copy("mlm", "run"), patch=no_deepspeed),
@@ -419,6 +456,10 @@ CASES = [
          "set LMSSL_DATA)"),
     Case("eval-text-file-empty", ("eval", "ppl", "{clm}", "{tmp}/empty.txt"), "{tmp}/empty.txt: the file is empty",
          write("empty.txt", "")),
+    Case("eval-pppl-every-token-unknown", ("eval", "pppl", "{mlm}", "{tmp}/emoji.txt"),
+         "no tokens to score: every one of the text's 5 tokens is unknown to the tokenizer ([UNK]), which "
+         "pseudo-perplexity does not score; give text in the language and script the tokenizer was trained on",
+         write("emoji.txt", "\U0001F600 \U0001F643 \U0001F600\n\ua66e\ua66e \ua66e\n")),
     Case("eval-max-length-beyond-positions", ("eval", "ppl", "{clm}", "wikitext-2/test.txt", "--max-words", "20",
                                               "--max-length", "1000"),
          "--max-length: 1000 exceeds the model's 128 learned positions (model.max_positions); use at most 128"),
@@ -591,6 +632,11 @@ CASES = [
          "override 'epochs=3': keys have the form finetune.field, e.g. finetune.epochs=3"),
     Case("finetune-wrong-type", ("finetune", "{mlm}", "rte", "finetune.lr=fast", FT),
          "overrides: key 'finetune.lr': expected a number, got 'fast'"),
+    Case("finetune-lr-inf", ("finetune", "{mlm}", "rte", "finetune.lr=.inf", FT),
+         "overrides: key 'finetune.lr': must be a finite number, got inf"),
+    Case("finetune-seed-beyond-2-32", ("finetune", "{mlm}", "rte", "finetune.seed=4294967295", "finetune.seeds=2",
+                                       FT),
+         "overrides: key 'finetune.seed': seed + seeds - 1 must be at most 4294967295 (2**32 - 1), got 4294967296"),
     Case("finetune-max-length-4", ("finetune", "{mlm}", "rte", "finetune.max_length=4", FT),
          "overrides: key 'finetune.max_length': must be at least 8"),
     Case("finetune-glue-task-absent", ("finetune", "{mlm}", "rte", "finetune.data_root={tmp}/root", FT),
@@ -620,6 +666,10 @@ CASES = [
     Case("finetune-card-bad-label", ("finetune", "{mlm}", "{tmp}/toy.yaml", FT),
          "{tmp}/train.csv:3: label 'maybe' in column 'label' is not one of ['no', 'yes'] (the task card's labels)",
          steps(write("toy.yaml", CARD), write("train.csv", "text,label\ngood film,yes\nso so,maybe\n"))),
+    Case("finetune-card-nan-regression-label", ("finetune", "{mlm}", "{tmp}/toy.yaml", FT),
+         "{tmp}/train.csv:3: label 'nan' in column 'label' is not a finite number (the task is a regression)",
+         steps(write("toy.yaml", CARD.replace('labels: ["no", "yes"]', "regression: true")),
+               write("train.csv", "text,label\ngood film,4.5\nso so,nan\n"))),
     Case("finetune-output-holds-results", ("finetune", "{mlm}", "{tmp}/toy.yaml", FT),
          "key 'finetune.output_dir': {tmp}/ft already holds results.json; set finetune.overwrite=true or choose "
          "another finetune.output_dir",

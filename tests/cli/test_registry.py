@@ -32,7 +32,8 @@ def test_shared_options_are_declared_once():
     assert len(with_device) == 8 and all(DEVICE in c.args for c in with_device)
 
 
-def test_ctrl_c_prints_the_commands_declared_line(capsys):
+def test_ctrl_c_prints_the_commands_declared_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)
     def interrupted(args):
         raise KeyboardInterrupt
 
@@ -43,5 +44,15 @@ def test_ctrl_c_prints_the_commands_declared_line(capsys):
         assert code == 130 and err.startswith("interrupted; the same command again reuses the finished runs")
         code, out, err = cli(capsys, "export", "a", "b")
         assert code == 130 and err == ""  # nothing to say: export writes all or nothing
+        # train: Ctrl-C reaches the command only outside the loop (tokenizing, building: the loop checkpoints on
+        # SIGINT itself); whether there is anything to resume depends on the output directory
+        run = tmp_path / "run"
+        code, out, err = cli(capsys, "train", "configs/mlm.yaml", f"train.output_dir={run}")
+        assert code == 130 and err == ("interrupted before the run wrote a checkpoint: there is nothing to resume; the "
+                                       "same command starts it\n")
+        (run / "checkpoints" / "step-0000040").mkdir(parents=True)
+        code, out, err = cli(capsys, "train", "configs/mlm.yaml", f"train.output_dir={run}")
+        assert code == 130 and err == (f"interrupted; resume with train.resume=true (the latest checkpoint, "
+                                       f"{run}/checkpoints/step-0000040, is intact)\n")
     finally:
         COMMANDS[:] = declared

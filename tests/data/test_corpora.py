@@ -125,6 +125,22 @@ def test_directories_that_are_not_one_dataset_are_refused_with_what_to_do(tmp_pa
         list(Corpus(str(tmp_path / "dict" / "train"), text_field="body").documents())
 
 
+def test_a_file_rewritten_with_its_old_size_and_time_gets_another_cache_key(tmp_path):
+    """The tokenization cache is keyed by size, modification time and sampled blocks of the contents: a corpus
+    reshuffled and given back its old mtime (cp -p, rsync -t) is re-tokenized, not read from the stale entry."""
+    path = tmp_path / "corpus.txt"
+    lines = [f"line {i} of a corpus long enough to span several sampled blocks .\n" for i in range(20000)]
+    path.write_text("".join(lines))
+    before, stat = Corpus(str(path)).identity(), path.stat()
+    path.write_text("".join(reversed(lines)))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    after = Corpus(str(path)).identity()
+    assert after["files"][0][1:3] == before["files"][0][1:3]  # the same size and time ...
+    assert after != before  # ... yet another key
+    path.write_text("".join(reversed(lines)))  # the same contents again: the same key but for the time
+    assert Corpus(str(path)).identity()["files"][0][3] == after["files"][0][3]
+
+
 def test_holdout_partitions_the_documents_deterministically(tmp_path):
     corpus = tmp_path / "lines.txt"
     corpus.write_text("".join(f"document number {i}\n" for i in range(2000)))

@@ -96,7 +96,12 @@ def test_loader_resumes_mid_epoch_and_reshuffles_per_epoch():
     loader = SequenceLoader(data, 8, seed=1)
     seen = [ex.input_ids[0] for _ in range(12) for ex in loader.next_batch()]
     assert len(set(seen[:96])) == 96  # no repeats within an epoch (the last 4 are dropped)
-    assert loader.state_dict() == {"epoch": 0, "position": 96}
+    assert loader.state_dict() == {"epoch": 0, "position": 96, "data": loader.fingerprint()}
+    # the fingerprint is the data's: the same sequences give it, the same tokens in another order do not
+    assert SequenceLoader(PackedSequences(np.arange(1000), np.array([1000]), 10, None), 4, 7).fingerprint() == \
+        loader.fingerprint()
+    assert SequenceLoader(PackedSequences(np.arange(1000)[::-1], np.array([1000]), 10, None), 8, 1).fingerprint() != \
+        loader.fingerprint()
     state = loader.state_dict()
     nxt = [ex.input_ids[0] for ex in loader.next_batch()]
     assert loader.state_dict()["epoch"] == 1

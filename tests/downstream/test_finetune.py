@@ -118,6 +118,10 @@ def test_task_cards_read_tsv_csv_and_jsonl(tmp_path):
      "train.tsv:1: column 5 does not exist"),
     ("a\tb\tlabel\nx\ty\thigh\n", {"labels": None, "regression": True},
      "train.tsv:2: label 'high' in column 'label' is not a number"),
+    ("a\tb\tlabel\nx\ty\t1.5\nx\ty\t1e39\n", {"labels": None, "regression": True},
+     "train.tsv:3: label '1e39' in column 'label' is not a finite number (the task is a regression)"),
+    ('{"a": "x", "b": "y", "label": Infinity}\n', {"train": "train.jsonl", "labels": None, "regression": True},
+     "train.jsonl:1: label inf in column 'label' is not a finite number"),
     ('{"a": "x", "label": "yes"}\n', {"train": "train.jsonl"}, "train.jsonl:1: no key 'b'"),
     ('{"a": "x", "b": "y", "label": "yes"}\nnot json\n', {"train": "train.jsonl"}, "train.jsonl:2: not valid JSON"),
 ])

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from helpers import FINETUNE_TINY, cli, fake_glue
 from scipy.stats import pearsonr
 from sklearn.feature_extraction.text import TfidfVectorizer
@@ -19,6 +20,7 @@ from lmssl.downstream.finetune import load_source, run_task
 from lmssl.downstream.task_baselines import task_baselines
 from lmssl.downstream.task_metrics import glue_table
 from lmssl.downstream.tasks import card_from_dict, glue_card, load_task_card, read_task_file, resolve_file
+from lmssl.errors import RunError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -118,6 +120,36 @@ def test_min_steps_adds_epochs_and_eval_every_counts_steps(checkpoints, toy_task
     # 4 steps per epoch: at least 10 steps -> 3 epochs, 12 steps; evaluations every 3 steps (the last one is 12)
     assert [(e["step"], e["epoch"]) for e in seed["evaluations"]] == [(3, 0.75), (6, 1.5), (9, 2.25), (12, 3)]
     assert seed["best_step"] == 12
+
+
+def test_a_diverging_fine_tune_stops_in_one_line_and_saves_nothing(checkpoints, toy_task, tmp_path, capsys):
+    # lr 1e30 passes validation (finite): step 1 moves every weight by ~1e30, so steps 2-4 have a non-finite loss
+    code, out, err = cli(capsys, "finetune", checkpoints["mlm"], toy_task, *FINETUNE_TINY, "finetune.lr=1e30",
+                         "finetune.batch_size=16", "finetune.warmup_ratio=0", f"finetune.output_dir={tmp_path}/ft")
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith(
+        "error: fine-tuning diverged (seed 0): steps 2-4 (3 in a row, finetune.max_skipped_steps=3) had a non-finite "
+        "loss or gradient norm and were skipped; the last finite loss was ")
+    assert "Try a lower finetune.lr (now 1e+30)" in err
+    assert not (tmp_path / "ft" / "best").exists() and not (tmp_path / "ft" / "results.json").exists()
+
+
+def test_non_finite_weights_are_never_selected_as_best(checkpoints, toy_task, tmp_path, monkeypatch):
+    """A fault injected after step 1 (a NaN weight) meets the first dev evaluation: the seed stops, no best/."""
+    real_step = finetune_module.TorchEngine.train_step
+
+    def poisoned(engine, batches):
+        stats = real_step(engine, batches)
+        with torch.no_grad():
+            next(engine.model.parameters()).fill_(float("nan"))
+        return stats
+
+    monkeypatch.setattr(finetune_module.TorchEngine, "train_step", poisoned)
+    fcfg = finetune_config([*FINETUNE_TINY, "finetune.batch_size=16", "finetune.eval_every=1"])
+    with pytest.raises(RunError, match=r"^fine-tuning diverged \(seed 0\): after step 1, encoder\.\S+ holds "
+                                       r"non-finite values\. Try a lower finetune\.lr \(now 0\.0001\)"):
+        run_task(load_source(checkpoints["mlm"]), load_task_card(toy_task), fcfg, tmp_path / "ft")
+    assert not (tmp_path / "ft").exists()
 
 
 # --- the grid --------------------------------------------------------------------------------------

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
-from helpers import cli_result, tiny_config
+from helpers import cli_result, tiny_config, write
 
 from lmssl.checkpoint.format import latest_checkpoint
 from lmssl.data.tokenizer import TextTokenizer
@@ -111,6 +112,33 @@ def test_compare_writes_a_table_and_a_plot_that_keep_ppl_and_pseudo_ppl_apart(ru
     assert [s for s, _ in curves["clm@2"]["val_sliding_ppl"]] == [1, 2]
     # the legend names what each training loss sums
     assert {m["name"]: m["loss_terms"] for m in results["models"]} == {"mlm@2": ["MLM", "NSP"], "clm@2": ["CLM"]}
+
+
+def test_a_finite_but_terrible_model_scores_inf_without_a_traceback(runs, capsys, tmp_path):
+    """Decoder biases of +-3e4 keep every logit finite, but each token's log-likelihood is about -1e4: exp(-pll /
+    tokens) overflows math.exp (an OverflowError traceback in eval pppl's records, compare's plot, and a run's
+    final validation); the scores are now inf, written as JSON's Infinity."""
+    from safetensors.torch import load_file, save_file
+
+    terrible = tmp_path / "terrible"
+    shutil.copytree(latest_checkpoint(runs["mlm"]), terrible)
+    weights = load_file(terrible / "model.safetensors")
+    bias = weights["head.decoder.bias"]
+    weights["head.decoder.bias"] = torch.where(torch.arange(len(bias)) % 2 == 0, 3e4, -3e4)
+    save_file(weights, terrible / "model.safetensors")
+    (terrible / "manifest.json").unlink()  # the edit is ours: no checksum to disagree with
+    sentences = write(tmp_path / "sentences.txt", "The cat sat on the mat .\nIt rained .\n")
+    code, pppl, err = cli_result(capsys, "eval", "pppl", str(terrible), str(sentences), "--per-sentence",
+                                 str(tmp_path / "per.jsonl"))
+    assert code == 0 and "Traceback" not in err
+    assert math.isfinite(pppl["pll"]) and -pppl["pll"] / pppl["tokens"] > 700 and pppl["pppl"] == math.inf
+    records = [json.loads(line) for line in (tmp_path / "per.jsonl").read_text().splitlines()]
+    assert [r["pppl"] for r in records] == [math.inf, math.inf] and all(math.isfinite(r["pll"]) for r in records)
+    code, summary, err = cli_result(capsys, "eval", "compare", str(runs["mlm"]), str(terrible), "--data",
+                                    str(sentences), "--out", str(tmp_path / "report"))
+    assert code == 0 and "Traceback" not in err
+    assert [math.isfinite(m["per_token"]) for m in summary["models"]] == [True, False]
+    assert "| inf |" in (tmp_path / "report" / "report.md").read_text()
 
 
 def test_report_axes_have_integer_steps_and_plain_labels_on_narrow_log_ranges():

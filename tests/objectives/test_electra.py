@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from helpers import REPO_ROOT, built, tiny_config
 
-from lmssl.config import ConfigError, ModelConfig, load_config
+from lmssl.config import ConfigError, ModelConfig, TrainConfig, load_config
 from lmssl.data.packing import Example
+from lmssl.engine import TorchEngine
 from lmssl.objectives.base import IGNORE_INDEX as I
 from lmssl.objectives.electra import binary_auc, generator_config, replaced_token_inputs
 from lmssl.training.loop import train
@@ -131,6 +132,21 @@ def test_loss_metrics_and_sampling(data_root, tmp_path):
     # untrained discriminator: its logits hover around 0; accuracy counts all 4 x 64 tokens, ~14% replaced
     for k in ("disc_acc", "disc_precision", "disc_recall", "disc_auc"):
         assert 0.0 <= float(m[k]) <= 1.0
+
+
+def test_a_diverged_generator_samples_and_its_step_is_skipped(data_root, tmp_path):
+    """Non-finite generator logits (train.lr=1e6 gets there) used to stop torch.multinomial with a traceback; now the
+    loss is non-finite and the engine skips the step, which the run's SkipGuard counts."""
+    model, tok = build(tmp_path)
+    batch = batch_of(model, tok)
+    engine = TorchEngine(model, TrainConfig(max_steps=2, warmup_steps=0), device=torch.device("cpu"))
+    with torch.no_grad():
+        model.generator.head.dense.weight.fill_(float("inf"))  # every masked position's logits: NaN
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert not math.isfinite(float(model(batch).loss))
+    stats = engine.train_step([batch])
+    assert stats["skipped"] == 1.0 and not math.isfinite(float(stats["loss"]))
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing applied
 
 
 def test_discriminator_gradient_never_reaches_the_generator(data_root, tmp_path):

@@ -18,7 +18,7 @@ from helpers import REPO_ROOT, open_model, tiny_config
 from safetensors.torch import load_file
 
 from lmssl.checkpoint.format import latest_checkpoint, list_checkpoints, nonfinite_parameter
-from lmssl.errors import RunError
+from lmssl.errors import ConfigError, RunError
 from lmssl.storage.atomic import TMP_PREFIX
 from lmssl.training.loop import train
 
@@ -206,6 +206,55 @@ def full_disk_at(monkeypatch, target, attribute: str, nth: int, when=lambda *a, 
         return real(*args, **kwargs)
 
     monkeypatch.setattr(target, attribute, failing)
+
+
+@pytest.mark.parametrize("objective", ["mlm", "electra"])
+def test_a_model_too_large_for_the_memory_is_refused_before_it_is_built(objective, tmp_path, monkeypatch):
+    """The parameters counted on the meta device are the built model's (tied matrices once); training on a GPU
+    needs 16 bytes a parameter free there and the 4-byte weights in host memory, on the CPU 16 bytes in host memory."""
+    import lmssl.training.memory as memory
+    from lmssl.data import load_tokenizer
+    from lmssl.objectives import build_objective
+    from lmssl.training.prepare import with_vocab
+
+    cfg = tiny_config(objective, tmp_path, "model.hidden_size=32", "model.ffn_size=64")
+    tokenizer = load_tokenizer(cfg)
+    cfg = with_vocab(cfg, tokenizer.vocab_size)
+    params, vocab = memory.parameter_count(cfg, tokenizer)
+    built = {id(p): p for p in build_objective(cfg, tokenizer).parameters()}.values()
+    assert params == sum(p.numel() for p in built) and 2 * vocab >= params  # the embeddings dominate a tiny model
+    gpu = torch.device("cuda", 0)
+    monkeypatch.setattr(memory, "host_available", lambda: 16 * params)  # exactly enough on the CPU
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (16 * params - 1, 80 * 10**9))
+    memory.check_fits(cfg, tokenizer, torch.device("cpu"))
+    with pytest.raises(ConfigError, match=rf"^key 'model.vocab_size': 8192 makes a model of {params:,} parameters, "
+                                          rf"which needs at least .* \(weights, gradients and AdamW's two moments, 16 "
+                                          rf"bytes per parameter\) but .* is free on cuda:0; choose a smaller model$"):
+        memory.check_fits(cfg, tokenizer, gpu)
+    monkeypatch.setattr(memory, "host_available", lambda: 4 * params - 1)
+    with pytest.raises(ConfigError, match=r"\(the fp32 weights, built in host memory, 4 bytes per parameter\) but "
+                                          r".* of memory is available"):
+        memory.check_fits(cfg, tokenizer, gpu)
+
+
+@pytest.mark.parametrize("code, reason, advice", [
+    (errno.ENOSPC, "no space left on device", "Free some space and run it again"),
+    (errno.EROFS, "read-only file system", "Remount it read-write or choose a directory on a writable file system"),
+    (errno.EACCES, "permission denied", "Make the directory writable for this user or choose another one"),
+])
+def test_a_failed_write_says_what_to_do_about_its_cause(code, reason, advice, tmp_path, monkeypatch):
+    """Only a full disk is helped by freeing space: a read-only or forbidden directory gets its own advice."""
+    import lmssl.storage.atomic as atomic
+
+    def refused(*args, **kwargs):
+        raise OSError(code, "refused")
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", refused)
+    with pytest.raises(RunError) as e:
+        atomic.write_text(tmp_path / "out.txt", "text")
+    message = str(e.value)
+    assert message.startswith(f"{reason} while writing {tmp_path / 'out.txt'} (") and advice in message
+    assert ("Free some space" in message) == (code == errno.ENOSPC) and not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("site", ["weights", "config.yaml", "trainer_state", "manifest", "metrics line"])

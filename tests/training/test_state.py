@@ -12,8 +12,8 @@ from helpers import tiny_config
 from lmssl.data import load_tokenizer
 from lmssl.data.loader import SequenceLoader
 from lmssl.distributed import DistInfo
+from lmssl.engine.skip_guard import SkipGuard
 from lmssl.objectives import build_objective
-from lmssl.training.faults import SkipGuard
 from lmssl.training.prepare import with_vocab
 from lmssl.training.state import TrainState, masking_generator
 
