@@ -20,9 +20,11 @@ STORAGE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk q
                   errno.EROFS: "read-only file system", errno.EIO: "input/output error"}
 
 
-# how torch's zip writer and safetensors report a failed write (they raise RuntimeError / their own error types)
+# how torch's zip writer and safetensors report a failed write (they raise RuntimeError / their own error types),
+# and numpy's np.save / tofile (an OSError without errno: "273659 requested and 73664 written")
 WRITER_MESSAGES = ("file write failed", "iostream error", "unexpected pos", "No space left", "StorageFull",
-                   "code: 28")
+                   "code: 28", " requested and ")
+RUN_ADVICE = "Free some space and run it again (a training run: with train.resume=true, from its last checkpoint)"
 
 
 def _messages(error: BaseException) -> list[str]:
@@ -68,9 +70,10 @@ def free_space(path: Path) -> str:
     return ""
 
 
-def storage_error(error: BaseException, path: Path) -> RunError | None:
+def storage_error(error: BaseException, path: Path, advice: str = RUN_ADVICE) -> RunError | None:
     """A one-line RunError for a write that failed on storage (disk full, quota, read-only, I/O error), naming the
-    path and the free space; None for any other error. torch's zip writer reports ENOSPC as a RuntimeError."""
+    path and the free space, then `advice`; None for any other error. torch's zip writer reports ENOSPC as a
+    RuntimeError, numpy's writer as an OSError without errno."""
     reason = None
     if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
         reason = STORAGE_ERRNOS[error.errno]
@@ -78,5 +81,4 @@ def storage_error(error: BaseException, path: Path) -> RunError | None:
         reason = "no space left on device" if _nearly_full(path) else "write failed"
     if reason is None:
         return None
-    return RunError(f"{reason} while writing {path} ({free_space(path)}); nothing was left half-written. Free some "
-                    f"space and run it again (a training run: with train.resume=true, from its last checkpoint)")
+    return RunError(f"{reason} while writing {path} ({free_space(path)}); nothing was left half-written. {advice}")
