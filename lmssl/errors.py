@@ -28,9 +28,12 @@ STORAGE_ADVICE = {errno.EROFS: "Remount it read-write or choose a directory on a
                              "run it again"}
 
 
-# how torch's zip writer and safetensors report a failed write (they raise RuntimeError / their own error types)
+# how torch's zip writer and safetensors report a failed write (they raise RuntimeError / their own error types),
+# and numpy's np.save / tofile (an OSError without errno: "273659 requested and 73664 written")
 WRITER_MESSAGES = ("file write failed", "iostream error", "unexpected pos", "No space left", "StorageFull",
-                   "code: 28")
+                   "code: 28", " requested and ")
+RESUME_HINT = " (a training run: with train.resume=true, from its last checkpoint)"
+RUN_ADVICE = FREE_SPACE + RESUME_HINT
 
 
 def _messages(error: BaseException) -> list[str]:
@@ -76,15 +79,18 @@ def free_space(path: Path) -> str:
     return ""
 
 
-def storage_error(error: BaseException, path: Path) -> RunError | None:
+def storage_error(error: BaseException, path: Path, advice: str = RUN_ADVICE) -> RunError | None:
     """A one-line RunError for a write that failed on storage (disk full, quota, read-only, I/O error), naming the
-    path and the free space; None for any other error. torch's zip writer reports ENOSPC as a RuntimeError."""
-    reason, advice = None, FREE_SPACE
+    path and the free space, then what to do: for a full disk or quota `advice`, for the other causes their own
+    (STORAGE_ADVICE). torch's zip writer reports ENOSPC as a RuntimeError, numpy's writer as an OSError without
+    errno."""
+    reason = None
     if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
-        reason, advice = STORAGE_ERRNOS[error.errno], STORAGE_ADVICE.get(error.errno, FREE_SPACE)
+        reason = STORAGE_ERRNOS[error.errno]
+        if error.errno in STORAGE_ADVICE:
+            advice = STORAGE_ADVICE[error.errno] + RESUME_HINT
     elif isinstance(error, Exception) and any(m in text for m in WRITER_MESSAGES for text in _messages(error)):
         reason = "no space left on device" if _nearly_full(path) else "write failed"
     if reason is None:
         return None
-    return RunError(f"{reason} while writing {path} ({free_space(path)}); nothing was left half-written. {advice} "
-                    f"(a training run: with train.resume=true, from its last checkpoint)")
+    return RunError(f"{reason} while writing {path} ({free_space(path)}); nothing was left half-written. {advice}")

@@ -46,6 +46,20 @@ def seal(directory: Path) -> None:
     (Path(directory) / MANIFEST).write_text(json.dumps({"files": entries}, indent=1) + "\n")
 
 
+def manifest_entries(raw) -> dict[str, dict]:
+    """The `files` of a parsed manifest, each {bytes, sha256}; ValueError saying what is wrong otherwise (a manifest
+    that lists nothing checks nothing: seal() always lists the files it seals)."""
+    files = raw.get("files") if isinstance(raw, dict) else None
+    if not isinstance(files, dict) or not files:
+        found = f"a JSON {type(raw).__name__}" if not isinstance(raw, dict) else f"files: {json.dumps(files)}"
+        raise ValueError(f"{found}, not an object whose \"files\" maps each file's name to its bytes and sha256")
+    for name, entry in files.items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("bytes"), int)
+                and isinstance(entry.get("sha256"), str)):
+            raise ValueError(f"the entry of {name} is {json.dumps(entry)}, not its bytes and sha256")
+    return files
+
+
 def damage(directory: Path, names: tuple[str, ...] | None = None) -> str | None:
     """What is wrong with a sealed directory ('model.safetensors: 1024 bytes, manifest.json says 5432'), None when
     every listed file (or those of `names`) matches its manifest. Directories written before manifests existed
@@ -54,8 +68,8 @@ def damage(directory: Path, names: tuple[str, ...] | None = None) -> str | None:
     if not manifest.is_file():
         return None
     try:
-        entries = json.loads(manifest.read_text())["files"]
-    except (OSError, ValueError, KeyError) as e:
+        entries = manifest_entries(json.loads(manifest.read_text()))
+    except (OSError, ValueError) as e:
         return f"{MANIFEST} cannot be read ({e})"
     for name, entry in entries.items():
         if names is not None and name not in names:

@@ -48,12 +48,22 @@ def locate(value: str | Path, key: str = "") -> Path:
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` = cuda when available, else cpu."""
+    """`auto` = cuda when available, else cpu; a CUDA device this machine does not have is refused here, before
+    any work (torch would fail later with an AssertionError)."""
     try:
-        return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+        device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
     except RuntimeError:
         raise ConfigError(f"unknown device {name!r} (--device / finetune.device); use auto, cpu, cuda or "
                           f"cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise ConfigError(f"device {name!r} (--device / finetune.device): {why}; use auto or cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {name!r} (--device / finetune.device): this machine has "
+                              f"{torch.cuda.device_count()} CUDA device(s) (cuda:0 to "
+                              f"cuda:{torch.cuda.device_count() - 1}); use one of them, auto or cpu")
+    return device
 
 
 @dataclass(frozen=True)

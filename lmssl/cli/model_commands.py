@@ -22,10 +22,12 @@ from lmssl.cli.registry import (
     positive,
 )
 from lmssl.errors import ConfigError
+from lmssl.storage.atomic import check_output_file
 
 
-def scored_text(args, causal: bool):
-    """The model directory and the documents to score, after checking its objective scores them this way."""
+def scored_text(args, causal: bool, outputs: tuple[tuple[str, str | None], ...] = ()):
+    """The model directory and the documents to score, after checking its objective scores them this way and that
+    the `outputs` ((option, path or None), ...) are not the text file."""
     from lmssl.checkpoint.model_dir import ModelDir
     from lmssl.data.corpus import Corpus
     from lmssl.evaluation.likelihood import likelihood_kind
@@ -40,6 +42,9 @@ def scored_text(args, causal: bool):
                           + (f": use `lmssl eval {kind}`" if kind else
                              ", which declares none (Objective.language_model() is None)"))
     file = resolve_text_file(args.file, cfg)
+    for option, out in outputs:
+        if out:
+            check_output_file(out, option, inputs=(file,))
     documents = read_documents(Corpus(str(file), text_field=args.text_field), args.max_words)
     head = {"checkpoint": str(source.path), "file": str(file), "max_words": args.max_words}
     return head, source, objective, documents
@@ -70,7 +75,10 @@ def eval_pppl(args) -> None:
     from lmssl.evaluation.text import default_window
     from lmssl.storage.atomic import write_text
 
-    head, source, objective, documents = scored_text(args, causal=False)
+    if args.per_sentence:  # before the model loads; the text file is compared once it is found
+        check_output_file(args.per_sentence, "--per-sentence", inputs=(args.file,))
+    head, source, objective, documents = scored_text(args, causal=False,
+                                                     outputs=(("--per-sentence", args.per_sentence),))
     max_length, stride = default_window(source.config, "pppl", args.max_length, args.stride)
     result, records = pseudo_perplexity(objective, source.tokenizer, documents, max_length=max_length, stride=stride,
                                         batch_tokens=args.batch_tokens, word_l2r=args.word_l2r, progress=True,
@@ -107,6 +115,8 @@ def eval_pairs(args) -> None:
     from lmssl.evaluation.minimal_pairs import pairs_table, read_pairs, score_pairs
     from lmssl.storage.atomic import write_text
 
+    if args.per_pair:
+        check_output_file(args.per_pair, "--per-pair", inputs=(args.file,))
     pairs = read_pairs(Path(args.file))  # before the weights load
     source = ModelDir.open(args.checkpoint)
     summary, records = score_pairs(source.objective(args.device), source.tokenizer, pairs, word_l2r=args.word_l2r,
@@ -147,6 +157,9 @@ def eval_sts(args) -> None:
                       "aggregation": AGGREGATION, **{k: round(v, 2) for k, v in scores.items()}}))
 
 
+SEED_MAX = 2**64 - 1  # torch.Generator.manual_seed takes an unsigned 64-bit seed
+
+
 def prompts(args) -> list[str]:
     if args.unconditional:
         return [""]
@@ -182,13 +195,18 @@ def generate(args) -> None:
 
     if not 0.0 < args.top_p <= 1.0:
         raise ConfigError(f"--top-p: must be in (0, 1], got {args.top_p}")
-    if args.temperature < 0:
+    if not 0 <= args.temperature:  # NaN fails this too
         raise ConfigError(f"--temperature: must be >= 0 (0 = greedy), got {args.temperature}")
+    if args.temperature == float("inf"):
+        raise ConfigError("--temperature: must be finite (large values sample nearly uniformly), got inf")
     if args.repetition_penalty <= 0:
         raise ConfigError(f"--repetition-penalty: must be > 0 (1 = none), got {args.repetition_penalty}")
     if "" in args.stop:
         raise ConfigError("--stop: an empty stop string would stop every sample at once; give some text")
     texts = prompts(args)
+    if not 0 <= args.seed or args.seed + len(texts) - 1 > SEED_MAX:  # prompt n samples with seed + n
+        raise ConfigError(f"--seed: must be in [0, {SEED_MAX - len(texts) + 1}] (a 64-bit generator seed; prompt n "
+                          f"uses seed + n), got {args.seed}")
     source = ModelDir.open(args.checkpoint)
     objective = source.objective(args.device)
     for n, prompt in enumerate(texts):  # prompt n samples with seed + n: the same draws never repeat across prompts
@@ -234,8 +252,8 @@ def predict(args) -> None:
     from lmssl.downstream.predict import predict
     from lmssl.storage.atomic import write_text
 
-    if args.out and Path(args.out).is_dir():
-        raise ConfigError(f"--out: {args.out} is a directory; give a file for the predictions (.jsonl)")
+    if args.out:
+        check_output_file(args.out, "--out", inputs=(args.file,))
     records = predict(args.finetuned, args.file, args.batch_size, args.device)
     lines = "".join(json.dumps(r) + "\n" for r in records)
     if args.out:

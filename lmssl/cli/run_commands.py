@@ -136,13 +136,13 @@ def pairs_make(args) -> None:
     from lmssl.data.corpus import Corpus
     from lmssl.data.minimal_pair_maker import write_pairs
     from lmssl.evaluation.text import resolve_text_file
+    from lmssl.storage.atomic import check_output_file
 
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise ConfigError(f"OUT: {out} exists; pass --overwrite to replace it")
     if args.min_words > args.max_words:
         raise ConfigError(f"--min-words: {args.min_words} exceeds --max-words {args.max_words}")
-    corpus = Corpus(str(resolve_text_file(args.corpus, Config())), text_field=args.text_field)
+    source = resolve_text_file(args.corpus, Config())
+    out = check_output_file(args.out, "OUT", inputs=(source,), overwrite=args.overwrite)
+    corpus = Corpus(str(source), text_field=args.text_field)
     records, shortfall = write_pairs(corpus, out, args.per_type, args.seed, args.min_words, args.max_words,
                                      args.split)
     if shortfall:

@@ -15,6 +15,8 @@ from lmssl.data.tokenizer import TextTokenizer
 from lmssl.storage.atomic import atomic_directory
 
 ENCODE_CHUNK = 1000  # texts per encode_batch call
+CACHE_ADVICE = ("This is the tokenization cache: free some space there, or point LMSSL_CACHE (or data.cache_dir) at a "
+                "disk with room, and run it again")
 T = TypeVar("T")
 
 
@@ -43,8 +45,9 @@ def cache_key(corpus: Corpus, tokenizer: TextTokenizer, **options) -> str:
 
 def save_cache(target: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     """`NAME.npy` for each array plus meta.json, as one directory renamed into place (meta.json marks a complete
-    entry); when another process finished the same entry first, ours is dropped (both are identical)."""
-    with atomic_directory(target, exists="keep") as tmp:
+    entry); when another process finished the same entry first, ours is dropped (both are identical). A full disk is
+    one line naming the entry and where the cache can go instead."""
+    with atomic_directory(target, exists="keep", advice=CACHE_ADVICE) as tmp:
         for name, array in arrays.items():
             np.save(tmp / f"{name}.npy", array)
         (tmp / "meta.json").write_text(json.dumps(meta))

@@ -17,6 +17,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator, Literal
 
+from lmssl.data.utf8 import not_utf8
 from lmssl.errors import ConfigError
 
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # never reach for a hub at run time
@@ -57,8 +58,7 @@ def check_text(path: Path, limit: int = 0) -> None:
                 decoder.decode(chunk)
             except UnicodeDecodeError as e:
                 line = lines + chunk.count(b"\n", 0, e.start)
-                raise ConfigError(f"{path}: not UTF-8 text (byte {offset + e.start}, line {line}: "
-                                  f"0x{chunk[e.start]:02x}); convert it, e.g. iconv -f latin1 -t utf-8") from None
+                raise not_utf8(path, offset + e.start, line, chunk[e.start]) from None
             seen_text = seen_text or bool(chunk.strip())
             offset, lines = offset + len(chunk), lines + chunk.count(b"\n")
             if limit and offset >= limit:

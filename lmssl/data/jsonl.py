@@ -6,11 +6,19 @@ import json
 from pathlib import Path
 from typing import Iterator
 
+from lmssl.data.utf8 import utf8_problem
 from lmssl.errors import ConfigError
 
 
 def jsonl_objects(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, object) of each non-blank line; a byte-order mark is dropped."""
+    try:
+        yield from _objects(path)
+    except UnicodeDecodeError as e:
+        raise (utf8_problem(Path(path)) or e) from None
+
+
+def _objects(path: Path) -> Iterator[tuple[int, dict]]:
     with Path(path).open(encoding="utf-8-sig") as f:
         for line, text in enumerate(f, 1):
             if not text.strip():

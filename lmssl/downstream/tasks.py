@@ -35,6 +35,7 @@ from lmssl.config.parse import yaml_problem
 from lmssl.config.validate import PLAIN_NAME_RULE, is_plain_name
 from lmssl.data.jsonl import jsonl_objects
 from lmssl.data.paths import shipped
+from lmssl.data.utf8 import utf8_problem
 from lmssl.downstream.task_metrics import CLASSIFICATION_METRICS, REGRESSION_METRICS
 from lmssl.errors import ConfigError, did_you_mean
 
@@ -80,9 +81,11 @@ def load_task_card(path: str | Path) -> TaskCard:
     if not path.is_file():
         raise ConfigError(f"task card not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {yaml_problem(e)}") from None
+    except UnicodeDecodeError as e:
+        raise (utf8_problem(path) or e) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a task card is a mapping with the keys {', '.join(CARD_KEYS)}")
     return card_from_dict(raw, str(path))
@@ -257,6 +260,8 @@ def _rows(path: Path, card: TaskCard, fmt: str):
                 yield line, dict(zip(names, row)) if names else row
         except csv.Error as e:
             raise ConfigError(f"{path}:{reader.line_num}: {e}") from None
+        except UnicodeDecodeError as e:
+            raise (utf8_problem(path) or e) from None
 
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import sys
 from pathlib import Path
 
 from lmssl.checkpoint.model_dir import ModelDir
@@ -17,7 +18,7 @@ from lmssl.errors import ConfigError
 from lmssl.evaluation.likelihood import evaluate_text, likelihood_kind
 from lmssl.evaluation.text import read_documents, resolve_text_file
 from lmssl.storage.atomic import write_bytes, write_text
-from lmssl.storage.metrics_log import read_metrics
+from lmssl.storage.metrics_log import METRICS_FILE, read_metrics
 
 CAVEAT = (
     "**PPL and pseudo-PPL are different quantities; this report does not rank one against the other.** "
@@ -38,19 +39,29 @@ def run_directory(checkpoint: Path) -> Path:
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint
 
 
-def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """(step, value) series of a run's metrics.jsonl: training loss, validation loss and likelihood metrics."""
+def run_metrics(run_dir: Path) -> list[dict]:
+    """The logged lines of a run's metrics.jsonl; a line a killed run cut short is left out with a note, a line
+    that is not a logged step is refused (file and line)."""
+    rows, cut = read_metrics(run_dir, strict=True)
+    if cut:
+        print(f"note: {Path(run_dir) / METRICS_FILE}: left out {cut} unreadable line(s), cut short by a crash; the "
+              f"curves use the {len(rows)} complete one(s)", file=sys.stderr)
+    return rows
+
+
+def read_curves(metrics: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) series of a run's metrics.jsonl lines: training loss, validation loss and likelihood metrics."""
     curves: dict[str, list[tuple[int, float]]] = {}
-    for row in read_metrics(run_dir)[0]:
+    for row in metrics:
         for key in ("loss", "val_loss", *VALIDATION_CURVES.values()):
             if isinstance(row.get(key), (int, float)):
                 curves.setdefault(key, []).append((row["step"], row[key]))
     return curves
 
 
-def loss_terms(run_dir: Path) -> list[str]:
+def loss_terms(metrics: list[dict]) -> list[str]:
     """What a run's training loss combines, from its first training row: ["MLM", "NSP"], ["GEN", "DISC"], ..."""
-    first = next((row for row in read_metrics(run_dir)[0] if "loss" in row), {})
+    first = next((row for row in metrics if "loss" in row), {})
     return [k.removesuffix("_loss").upper() for k in first if k.endswith("_loss")]
 
 
@@ -85,8 +96,9 @@ def compare(checkpoints: list[str], data: str, out: Path, *, max_words: int = 0,
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out: {out} is a file; give a directory for report.md, report.png and results.json")
     rows, file, documents = [], None, None
-    for value in checkpoints:
-        source = ModelDir.open(value)
+    sources = [ModelDir.open(value) for value in checkpoints]
+    logs = [run_metrics(run_directory(source.path)) for source in sources]  # a bad log is refused before scoring
+    for source, metrics in zip(sources, logs):
         path, cfg, tokenizer, objective = source.path, source.config, source.tokenizer, source.objective(device)
         if likelihood_kind(objective) is None:
             raise ConfigError(f"{path}: objective '{cfg.objective.name}' has no language model "
@@ -105,7 +117,7 @@ def compare(checkpoints: list[str], data: str, out: Path, *, max_words: int = 0,
         rows.append({"name": name, "checkpoint": str(path), "objective": cfg.objective.name,
                      "tokenizer": Path(cfg.data.tokenizer).name, "step": step,
                      "parameters": sum(p.numel() for p in objective.parameters()), **result,
-                     "curves": read_curves(run), "loss_terms": loss_terms(run)})
+                     "curves": read_curves(metrics), "loss_terms": loss_terms(metrics)})
     text = {"file": str(file), "max_words": max_words, "words": rows[0]["words"], "bytes": rows[0]["bytes"],
             "documents": rows[0]["documents"]}
     report = {"text": text, "models": rows, "caveat": CAVEAT}

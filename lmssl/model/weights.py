@@ -45,6 +45,10 @@ def load_weights(model: torch.nn.Module, directory: Path) -> None:
 class UnsafeCheckpoint(ConfigError):
     """A checkpoint file that would run code when loaded: refused, never passed over for an older checkpoint."""
 
+    def __init__(self, message: str, imports: list[str] = ()):
+        super().__init__(message)
+        self.imports = list(imports)  # what its pickle would import (module.name)
+
 
 # numpy's RNG state (np.random.get_state) is an array: its reconstruction is data, it runs nothing
 NUMPY_ARRAY_GLOBALS = [np.dtype, type(np.dtype(np.uint32)), np.ndarray,
@@ -67,7 +71,7 @@ def load_plain_data(path: Path, allowed: list = ()) -> object:
         if names:
             raise UnsafeCheckpoint(f"{path}: refused: loading it would import {', '.join(names[:4])}, which is not "
                                    f"tensors or plain data; lmssl runs no code from a checkpoint (was it written by "
-                                   f"lmssl?)") from None
+                                   f"lmssl?)", names) from None
         raise ConfigError(f"{path}: cannot be read (damaged or truncated)") from None
     except Exception:  # torch reports truncation and garbage in many types
         raise ConfigError(f"{path}: cannot be read (damaged or truncated)") from None

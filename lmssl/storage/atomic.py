@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Literal
 
-from lmssl.errors import ConfigError, storage_error
+from lmssl.errors import RUN_ADVICE, ConfigError, storage_error
 
 # the names of lmssl's temporaries carry its own marker, so that cleaning them never touches a user's .tmp-* file
 TMP_PREFIX, OLD_PREFIX = ".lmssl-tmp-", ".lmssl-old-"
@@ -75,8 +75,8 @@ class AtomicDirectory:
     `merge` ours into it file by file (each file renamed into place; other files there stay)."""
 
     def __init__(self, final: str | os.PathLike, exists: Literal["replace", "keep", "merge"] = "replace",
-                 tmp_name: str | None = None):
-        self.final, self.exists = Path(final), exists
+                 tmp_name: str | None = None, advice: str = RUN_ADVICE):
+        self.final, self.exists, self.advice = Path(final), exists, advice
         try:
             self.final.parent.mkdir(parents=True, exist_ok=True)
             if tmp_name is None:
@@ -88,7 +88,7 @@ class AtomicDirectory:
                 self.path.mkdir()
             self.path.chmod(dir_mode())  # mkdtemp makes it private
         except OSError as e:
-            raise storage_error(e, self.final) or e
+            raise storage_error(e, self.final, self.advice) or e
 
     def commit(self) -> Path:
         try:
@@ -98,7 +98,7 @@ class AtomicDirectory:
             fsync_path(self.final.parent)
         except OSError as e:
             self.abort()
-            raise storage_error(e, self.final) or e
+            raise storage_error(e, self.final, self.advice) or e
         return self.final
 
     def _rename(self) -> None:
@@ -135,15 +135,15 @@ def replace_directory(source: Path, final: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_directory(final: str | os.PathLike, exists: Literal["replace", "keep", "merge"] = "replace",
-                     tmp_name: str | None = None) -> Iterator[Path]:
+                     tmp_name: str | None = None, advice: str = RUN_ADVICE) -> Iterator[Path]:
     """`with atomic_directory(out) as tmp:` write into tmp; on success it becomes `out`, on any failure
-    (KeyboardInterrupt included) it is removed; a storage failure becomes one RunError line."""
-    target = AtomicDirectory(final, exists, tmp_name)
+    (KeyboardInterrupt included) it is removed; a storage failure becomes one RunError line ending in `advice`."""
+    target = AtomicDirectory(final, exists, tmp_name, advice)
     try:
         yield target.path
     except BaseException as e:
         target.abort()
-        error = storage_error(e, Path(final))
+        error = storage_error(e, Path(final), advice)
         if error is not None:
             raise error from None
         raise
@@ -186,6 +186,31 @@ def check_output_target(out: Path, source: Path, option: str) -> None:
     if a == b or a in b.parents:
         raise ConfigError(f"{option}: {out} holds the model being read ({source}); writing there would replace it: "
                           f"choose a directory outside it")
+
+
+def check_output_file(out: str | os.PathLike, option: str, inputs: tuple = (), overwrite: bool = True) -> Path:
+    """Before any work: a file can be written at `out`: it is not a directory, nor the same file as one of `inputs`
+    (even with --overwrite: the input would be gone), nor already there when `overwrite` is False; and its nearest
+    existing parent is a directory lmssl can create files in (tried with an empty temporary file, removed at once)."""
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"{option}: {out} is a directory; give a file to write")
+    for source in inputs:
+        if out.exists() and Path(source).exists() and os.path.samefile(out, source):
+            raise ConfigError(f"{option}: {out} is the input file {source}; writing there would replace what is "
+                              f"being read: choose another file")
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{option}: {out} exists; pass --overwrite to replace it")
+    parent = next(p for p in (out.parent.absolute(), *out.parent.absolute().parents) if p.exists())
+    if not parent.is_dir():
+        raise ConfigError(f"{option}: {parent} is a file, not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f"{TMP_PREFIX}probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"{option}: cannot write in {parent} ({e.strerror or e}); choose another place") from None
+    return out
 
 
 def remove_stale(directory: Path) -> list[Path]:

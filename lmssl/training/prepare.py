@@ -32,11 +32,13 @@ from lmssl.downstream.online_probe import OnlineProbe
 from lmssl.engine import build_engine, require_engine
 from lmssl.engine.rng import seed_everything
 from lmssl.engine.skip_guard import SkipGuard
-from lmssl.errors import ConfigError
+from lmssl.errors import ConfigError, RunError
 from lmssl.evaluation.likelihood import ValidationLikelihood
 from lmssl.model.transformer import Transformer
 from lmssl.objectives import Objective, build_objective
 from lmssl.storage.atomic import remove_stale
+from lmssl.storage.lock import LOCK_NAME
+from lmssl.storage.metrics_log import METRICS_FILE
 from lmssl.training.checkpointer import Checkpointer
 from lmssl.training.evaluator import Evaluator
 from lmssl.training.faults import check_resumable, check_same_data
@@ -109,6 +111,12 @@ def initialise_from(objective: Objective, cfg: Config, source: ModelDir) -> None
         objective.encoder().load_state_dict(pretrained.encoder().state_dict())
 
 
+# what a run keeps at the top of its output directory: (what it is, whether it is a directory); another kind of entry
+# under one of these names would stop the run half-way with an OSError
+RUN_ENTRIES = {"checkpoints": ("checkpoints", True), METRICS_FILE: ("log", False), LOCK_NAME: ("lock", False),
+               "tensorboard": ("TensorBoard events", True)}
+
+
 def check_output_dir(out: Path) -> None:
     """Before any work: the output directory is a directory, or can be made one, and is writable."""
     existing = next(p for p in (out, *out.parents) if p.exists())
@@ -116,6 +124,12 @@ def check_output_dir(out: Path) -> None:
         raise ConfigError(f"key 'train.output_dir': {existing} is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"key 'train.output_dir': {existing} is not writable")
+    for name, (role, is_dir) in RUN_ENTRIES.items():
+        entry = out / name
+        if entry.exists() and entry.is_dir() != is_dir:
+            raise ConfigError(f"key 'train.output_dir': {entry} is a {'directory' if entry.is_dir() else 'file'}, "
+                              f"where a run keeps its {role} ({'a directory' if is_dir else 'a file'}); move it aside "
+                              f"or choose another train.output_dir")
 
 
 def resume_point(cfg: Config, out: Path, dist) -> tuple[Path | None, dict | None, TextTokenizer | None]:
@@ -197,8 +211,8 @@ class Run:
 
 
 def release(run_dir: RunDirectory, error: BaseException | None) -> None:
-    if isinstance(error, ConfigError):
-        run_dir.discard_if_new()  # a bad input leaves nothing behind
+    if isinstance(error, (ConfigError, RunError)):
+        run_dir.discard_if_new()  # a bad input, or a disk full before anything was written, leaves nothing behind
     run_dir.close()
 
 

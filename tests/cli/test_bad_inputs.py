@@ -64,7 +64,8 @@ def finetuned_model(directory: Path, checkpoint: Path, mean_pooling: bool = Fals
     cfg, tokenizer, _ = open_model(checkpoint)
     torch.manual_seed(0)
     model = SequenceClassifier(cfg.model, False, 2, False, not mean_pooling, mean_pooling)
-    card = {"name": "toy", "labels": ["0", "1"]}
+    card = {"name": "toy", "train": "train.csv", "dev": {"dev": "train.csv"}, "text_columns": ["text"],
+            "label_column": "label", "labels": ["0", "1"]}
     info = {"card": card, "causal": False, "use_pooler": not mean_pooling, "mean_pooling": mean_pooling,
             "max_length": 32, "mode": "finetune", "checkpoint": str(checkpoint)}
     save_finetuned(directory, model, cfg, tokenizer, info)
@@ -163,6 +164,33 @@ def reshuffled_data_root(tmp: Path, paths: dict) -> None:
     shutil.copy(DATA_ROOT / "wikitext-2" / "test.txt", tmp / "root" / "wikitext-2" / "test.txt")
 
 
+def no_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CPU-only torch build, also on a machine with a GPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+
+
+class RunsAShellCommand:
+    """What a malicious pickle holds: unpickling it would run `touch MARKER` (the snapshot would show the file)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return os.system, (f"touch {self.marker}",)
+
+
+def pickled_hf_weights(tmp: Path, paths: dict) -> None:
+    """A copy of {hf} whose weights are a pytorch_model.bin holding, beside its tensors, a shell command."""
+    from safetensors.torch import load_file
+
+    shutil.copytree(paths["hf"], tmp / "hf")
+    tensors = load_file(tmp / "hf" / "model.safetensors")
+    (tmp / "hf" / "model.safetensors").unlink()
+    torch.save({**tensors, "payload": RunsAShellCommand(tmp / "PWNED")}, tmp / "hf" / "pytorch_model.bin")
+
+
 def mlm(*extra: str) -> tuple[str, ...]:
     """`lmssl train configs/mlm.yaml` with the tiny settings, writing into the case's workspace."""
     return ("train", "configs/mlm.yaml", *TINY, "train.output_dir={tmp}/run", *extra)
@@ -182,6 +210,19 @@ NSP_SENTENCES = "".join(f"Sentence number {i} stands alone on its line .\n" for 
 CARD = 'name: toy\ntrain: train.csv\ndev: train.csv\ntext_columns: text\nlabel_column: label\nlabels: ["no", "yes"]\n'
 FT = "finetune.output_dir={tmp}/ft"
 STUDY = "output_dir: {tmp}/study\nbudgets: [1e10]\nruns:\n  - {name: a, config: configs/clm.yaml}\n"
+LATIN1_CSV = "text,label\ncaf\xe9 au lait,yes\n".encode("latin-1")  # byte 14, line 2
+LATIN1_CSV_LINE = "not UTF-8 text (byte 14, line 2: 0xe9); convert it, e.g. iconv -f latin1 -t utf-8"
+LATIN1_JSONL = '{"text": "fine"}\n{"text": "caf\xe9"}\n'.encode("latin-1")  # byte 30, line 2
+LATIN1_JSONL_LINE = "not UTF-8 text (byte 30, line 2: 0xe9); convert it, e.g. iconv -f latin1 -t utf-8"
+PAIRS = '{"sentence_good": "a b", "sentence_bad": "b a"}\n'
+REPLACES_INPUT = "writing there would replace what is being read: choose another file"
+PICKLE = ("refused: its pickle holds code or objects (posix.system), not only tensors, and lmssl will not load it; use "
+          "the model's model.safetensors (e.g. save_pretrained(..., safe_serialization=True) where you trust the file)")
+NO_CUDA = "device 'cuda' (--device / finetune.device): this torch build has no CUDA support; use auto or cpu"
+PPPL = ("eval", "pppl", "{mlm}", "wikitext-2/test.txt", "--max-words", "20")
+NOT_MANIFEST = ("{tmp}/ckpt: damaged: manifest.json cannot be read (%s, not an object whose \"files\" maps each "
+                "file's name to its bytes and sha256); use another checkpoint (a run keeps its earlier ones in "
+                "checkpoints/)")
 NOT_CKPT = ("not an lmssl checkpoint (no model.safetensors), a run directory with checkpoints, nor a Hugging Face "
             "model directory (config.json)")
 RESUME_ONLY = ("only its length, cadence and paths may change (train.max_steps, *.every, ...): put the other keys "
@@ -319,6 +360,15 @@ CASES = [
     Case("config-output-dir-holds-checkpoints", mlm("train.output_dir={tmp}/run"),
          "key 'train.output_dir': {tmp}/run already holds checkpoints; set train.resume=true to continue it, "
          "train.overwrite=true to replace it, or choose another train.output_dir", copy("mlm", "run")),
+    Case("config-output-checkpoints-is-a-file", mlm(),
+         "key 'train.output_dir': {tmp}/run/checkpoints is a file, where a run keeps its checkpoints (a directory); "
+         "move it aside or choose another train.output_dir", write("run/checkpoints", "a file\n")),
+    Case("config-output-metrics-is-a-directory", mlm(),
+         "key 'train.output_dir': {tmp}/run/metrics.jsonl is a directory, where a run keeps its log (a file); move it "
+         "aside or choose another train.output_dir", mkdir("run/metrics.jsonl")),
+    Case("config-output-lock-is-a-directory", mlm(),
+         "key 'train.output_dir': {tmp}/run/lmssl.lock is a directory, where a run keeps its lock (a file); move it "
+         "aside or choose another train.output_dir", mkdir("run/lmssl.lock")),
     Case("config-vocab-size-too-small", mlm("model.vocab_size=100"),
          "key 'model.vocab_size': 100 is smaller than the tokenizer's 8192"),
     Case("config-simcse-with-valid", ("train", "configs/simcse.yaml", *TINY, *SIMCSE, "data.valid=wikitext-2/test.txt",
@@ -442,6 +492,36 @@ CASES = [
          "{tmp}/empty: " + NOT_CKPT, mkdir("empty")),
     Case("eval-unknown-device", ("eval", "ppl", "{clm}", "wikitext-2/test.txt", "--device", "nonsense"),
          "unknown device 'nonsense' (--device / finetune.device); use auto, cpu, cuda or cuda:N"),
+    Case("eval-device-cuda-on-a-cpu-build", ("eval", "ppl", "{clm}", "wikitext-2/test.txt", "--device", "cuda"),
+         NO_CUDA, patch=no_cuda),
+    Case("eval-manifest-a-list", ("eval", "pppl", "{tmp}/ckpt", "wikitext-2/test.txt"), NOT_MANIFEST % "a JSON list",
+         steps(copy("mlm_ckpt", "ckpt"), write("ckpt/manifest.json", '["model.safetensors"]\n'))),
+    Case("eval-manifest-no-files", ("eval", "pppl", "{tmp}/ckpt", "wikitext-2/test.txt"), NOT_MANIFEST % "files: []",
+         steps(copy("mlm_ckpt", "ckpt"), write("ckpt/manifest.json", '{"files": []}\n'))),
+    Case("eval-hf-config-a-list", ("eval", "pppl", "{tmp}/hf", "wikitext-2/test.txt"),
+         "{tmp}/hf/config.json: expected a JSON object of settings, found a JSON list",
+         steps(copy("hf", "hf"), write("hf/config.json", '[{"model_type": "bert"}]\n'))),
+    Case("eval-hf-pickled-weights", ("eval", "pppl", "{tmp}/hf", "wikitext-2/test.txt"),
+         "{tmp}/hf/pytorch_model.bin: " + PICKLE, pickled_hf_weights),
+    Case("eval-pppl-per-sentence-a-directory", (*PPPL, "--per-sentence", "{tmp}/out"),
+         "--per-sentence: {tmp}/out is a directory; give a file to write", mkdir("out")),
+    Case("eval-pppl-per-sentence-is-the-input", ("eval", "pppl", "{mlm}", "{tmp}/text.txt", "--per-sentence",
+                                                 "{tmp}/text.txt"),
+         "--per-sentence: {tmp}/text.txt is the input file {tmp}/text.txt; " + REPLACES_INPUT,
+         write("text.txt", "A short text to score .\n")),
+    # the same file by another name (a symlink), inside the case's workspace: a regression must not write elsewhere
+    Case("eval-pppl-per-sentence-is-the-input-by-another-name", ("eval", "pppl", "{mlm}", "{tmp}/text.txt",
+                                                                 "--per-sentence", "{tmp}/link.txt"),
+         "--per-sentence: {tmp}/link.txt is the input file {tmp}/text.txt; " + REPLACES_INPUT,
+         steps(write("text.txt", "A short text to score .\n"),
+               lambda tmp, paths: (tmp / "link.txt").symlink_to(tmp / "text.txt"))),
+    Case("eval-pppl-per-sentence-unwritable", (*PPPL, "--per-sentence", "/proc/scores.jsonl"),
+         "--per-sentence: cannot write in /proc (No such file or directory); choose another place"),
+    Case("eval-compare-metrics-holds-a-list", ("eval", "compare", "{tmp}/run", "--data", "wikitext-2/test.txt",
+                                               "--max-words", "20", "--out", "{tmp}/report"),
+         "{tmp}/run/metrics.jsonl:1: not a logged step (a JSON list; each line of metrics.jsonl is an object with an "
+         "integer \"step\", as lmssl train writes it)",
+         steps(copy("clm", "run"), write("run/metrics.jsonl", "[1, 2]\n"))),
     Case("eval-ppl-on-mlm", ("eval", "ppl", "{mlm}", "wikitext-2/test.txt"),
          "{mlm_ckpt}: `lmssl eval ppl` needs a causal language model; this checkpoint's objective is 'mlm': use "
          "`lmssl eval pppl`"),
@@ -544,6 +624,11 @@ CASES = [
          write("out/notes.txt", "keep me\n")),
     Case("import-to-a-file", ("import", "{hf}", "{tmp}/file.txt"),
          "OUT_DIR: {tmp}/file.txt is a file; give a directory to write into", write("file.txt", "a file\n")),
+    Case("import-config-a-list", ("import", "{tmp}/hf", "{tmp}/out"),
+         "{tmp}/hf/config.json: expected a JSON object of settings, found a JSON list",
+         write("hf/config.json", '[{"model_type": "bert"}]\n')),
+    Case("import-pickled-weights", ("import", "{tmp}/hf", "{tmp}/out"), "{tmp}/hf/pytorch_model.bin: " + PICKLE,
+         pickled_hf_weights),
     Case("import-no-weights", ("import", "{tmp}/hf", "{tmp}/out"),
          "{tmp}/hf: no weights (model.safetensors or pytorch_model.bin)",
          lambda tmp, paths: (tmp / "hf").mkdir() or shutil.copy(paths["hf"] / "config.json", tmp / "hf")),
@@ -591,6 +676,16 @@ CASES = [
          "{tmp}/pairs.jsonl:2: key 'sentence_bad' must be a non-empty string (BLiMP format: sentence_good, "
          "sentence_bad, optional UID and field)",
          write("pairs.jsonl", '{"sentence_good": "a b", "sentence_bad": "b a"}\n{"sentence_good": "c d"}\n')),
+    Case("eval-pairs-latin1", ("eval", "pairs", "{clm}", "{tmp}/pairs.jsonl"),
+         "{tmp}/pairs.jsonl: not UTF-8 text (byte 70, line 2: 0xe9); convert it, e.g. iconv -f latin1 -t utf-8",
+         write("pairs.jsonl", (PAIRS + '{"sentence_good": "caf\xe9 a", "sentence_bad": "a b"}\n').encode("latin-1"))),
+    Case("eval-pairs-per-pair-a-directory", ("eval", "pairs", "{clm}", "{tmp}/pairs.jsonl", "--per-pair", "{tmp}/out"),
+         "--per-pair: {tmp}/out is a directory; give a file to write",
+         steps(write("pairs.jsonl", PAIRS), mkdir("out"))),
+    Case("eval-pairs-per-pair-is-the-input", ("eval", "pairs", "{clm}", "{tmp}/pairs.jsonl", "--per-pair",
+                                              "{tmp}/pairs.jsonl"),
+         "--per-pair: {tmp}/pairs.jsonl is the input file {tmp}/pairs.jsonl; " + REPLACES_INPUT,
+         write("pairs.jsonl", PAIRS)),
     Case("eval-pairs-on-simcse", ("eval", "pairs", "{simcse}", "{tmp}/pairs.jsonl"),
          "minimal pairs need a language model; objective 'simcse' declares none (Objective.language_model() is None)",
          write("pairs.jsonl", '{"sentence_good": "a b", "sentence_bad": "b a"}\n')),
@@ -599,6 +694,29 @@ CASES = [
     Case("pairs-make-no-usable-sentence", ("pairs", "make", "{tmp}/short.txt", "{tmp}/out.jsonl"),
          "{tmp}/short.txt: no sentence of 5-30 words to perturb (--split auto; --min-words, --max-words)",
          write("short.txt", "It rained. We ran home, fast.\n\nThe end.\n")),
+    Case("pairs-make-out-a-directory", ("pairs", "make", "wikitext-2/test.txt", "{tmp}/out", "--overwrite"),
+         "OUT: {tmp}/out is a directory; give a file to write", mkdir("out")),
+    Case("pairs-make-out-is-the-corpus", ("pairs", "make", "{tmp}/corpus.txt", "{tmp}/corpus.txt", "--overwrite"),
+         "OUT: {tmp}/corpus.txt is the input file {tmp}/corpus.txt; " + REPLACES_INPUT,
+         write("corpus.txt", "The cat sat on the mat and looked at the door .\n")),
+    Case("generate-temperature-nan", ("generate", "{clm}", "hello", "--temperature", "nan"),
+         "--temperature: must be >= 0 (0 = greedy), got nan"),
+    Case("generate-temperature-inf", ("generate", "{clm}", "hello", "--temperature", "inf"),
+         "--temperature: must be finite (large values sample nearly uniformly), got inf"),
+    Case("generate-seed-beyond-64-bits", ("generate", "{clm}", "hello", "--seed", str(2**64)),
+         f"--seed: must be in [0, {2**64 - 1}] (a 64-bit generator seed; prompt n uses seed + n), got {2**64}"),
+    Case("predict-latin1-csv", ("predict", "{ft}", "{tmp}/new.csv"), "{tmp}/new.csv: " + LATIN1_CSV_LINE,
+         write("new.csv", LATIN1_CSV)),
+    Case("predict-latin1-jsonl", ("predict", "{ft}", "{tmp}/new.jsonl"), "{tmp}/new.jsonl: " + LATIN1_JSONL_LINE,
+         write("new.jsonl", LATIN1_JSONL)),
+    Case("predict-out-is-the-input", ("predict", "{ft}", "{tmp}/new.csv", "--out", "{tmp}/new.csv"),
+         "--out: {tmp}/new.csv is the input file {tmp}/new.csv; " + REPLACES_INPUT,
+         write("new.csv", "text\na fine film\n")),
+    Case("predict-out-unwritable", ("predict", "{ft}", "{tmp}/new.csv", "--out", "/proc/x"),
+         "--out: cannot write in /proc (No such file or directory); choose another place",
+         write("new.csv", "text\na fine film\n")),
+    Case("predict-device-cuda-on-a-cpu-build", ("predict", "{ft}", "{tmp}/new.csv", "--device", "cuda"), NO_CUDA,
+         write("new.csv", "text\na fine film\n"), patch=no_cuda),
     Case("study-unknown-key", ("study", "{tmp}/s.yaml"),
          "{tmp}/s.yaml: unknown key 'study.budget'; did you mean 'study.budgets'?",
          write("s.yaml", "budget: [1e10]\nruns:\n  - {name: a, config: configs/clm.yaml}\n")),
@@ -670,6 +788,15 @@ CASES = [
          "{tmp}/train.csv:3: label 'nan' in column 'label' is not a finite number (the task is a regression)",
          steps(write("toy.yaml", CARD.replace('labels: ["no", "yes"]', "regression: true")),
                write("train.csv", "text,label\ngood film,4.5\nso so,nan\n"))),
+    Case("finetune-card-data-latin1", ("finetune", "{mlm}", "{tmp}/toy.yaml", FT),
+         "{tmp}/train.csv: " + LATIN1_CSV_LINE,
+         steps(write("toy.yaml", CARD), write("train.csv", LATIN1_CSV))),
+    Case("finetune-card-latin1", ("finetune", "{mlm}", "{tmp}/toy.yaml", FT),
+         f"{{tmp}}/toy.yaml: not UTF-8 text (byte {len(CARD) + 5}, line 7: 0xe9); convert it, e.g. iconv -f latin1 -t "
+         f"utf-8", write("toy.yaml", (CARD + "# caf\xe9\n").encode("latin-1"))),
+    Case("finetune-device-cuda-on-a-cpu-build", ("finetune", "{mlm}", "{tmp}/toy.yaml", "finetune.device=cuda", FT),
+         NO_CUDA, steps(write("toy.yaml", CARD), write("train.csv", "text,label\ngood film,yes\nbad film,no\n")),
+         patch=no_cuda),
     Case("finetune-output-holds-results", ("finetune", "{mlm}", "{tmp}/toy.yaml", FT),
          "key 'finetune.output_dir': {tmp}/ft already holds results.json; set finetune.overwrite=true or choose "
          "another finetune.output_dir",
@@ -691,6 +818,11 @@ def snapshot(roots: list[Path]) -> dict[str, str]:
         for p in sorted(root.rglob("*")):
             listing[str(p)] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
     return listing
+
+
+def stamps(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `root` with its size and modification time: cheap enough for the 40 MB data root."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(Path(root).rglob("*")) if p.is_file()}
 
 
 def shown(text: str) -> list[str]:
@@ -731,7 +863,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, fixtures, tmp_pat
     if case.patch is not None:
         case.patch(monkeypatch)
     roots = [tmp_path, fixtures["root"], REPO_ROOT / "tokenizers"]
-    before = snapshot(roots)
+    before, data_before = snapshot(roots), stamps(DATA_ROOT)
     capsys.readouterr()
     try:
         code = main([a.format(**values) for a in case.argv])
@@ -744,3 +876,4 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, fixtures, tmp_pat
     assert shown(err) == ["error: " + case.expected.format(**values)]
     assert out == ""
     assert snapshot(roots) == before
+    assert stamps(DATA_ROOT) == data_before  # the shared data too (a case once wrote over wikitext-2/test.txt)

@@ -95,10 +95,16 @@ def test_user_errors_are_one_line_messages(runs, capsys):
 
 
 def test_compare_writes_a_table_and_a_plot_that_keep_ppl_and_pseudo_ppl_apart(runs, capsys, tmp_path):
-    out = tmp_path / "report"
-    code, summary, _ = cli_result(capsys, "eval", "compare", str(runs["mlm"]), str(runs["clm"]), "--data",
-                               "wikitext-2/test.txt", "--max-words", "60", "--out", str(out))
+    out, clm = tmp_path / "report", tmp_path / "clm"
+    shutil.copytree(runs["clm"], clm)
+    complete = len((clm / "metrics.jsonl").read_text().splitlines())
+    with open(clm / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "loss": 7.')  # a killed run's last line, cut short: left out with a note
+    code, summary, err = cli_result(capsys, "eval", "compare", str(runs["mlm"]), str(clm), "--data",
+                                    "wikitext-2/test.txt", "--max-words", "60", "--out", str(out))
     assert code == 0
+    assert f"note: {clm}/metrics.jsonl: left out 1 unreadable line(s), cut short by a crash; the curves use the " \
+           f"{complete} complete one(s)" in err
     assert [m["quantity"] for m in summary["models"]] == ["pseudo-perplexity", "perplexity"]  # given order, no ranking
     assert all(m["words"] == 60 for m in summary["models"])  # the same text for both tokenizers
     report = (out / "report.md").read_text()

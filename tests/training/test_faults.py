@@ -285,6 +285,41 @@ def test_a_full_disk_at_each_write_site_loses_nothing(site, straight_in_process,
     assert_same_run(out, straight_in_process)
 
 
+def short_write(file, array, *args, **kwargs):
+    """What numpy does on a full disk: part of the array lands, then an OSError without errno."""
+    Path(file).write_bytes(b"\x93NUMPY" + b"\0" * 100)
+    raise OSError(f"{array.nbytes} requested and {array.nbytes // 3} written")
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+# numpy's error carries no errno: it reads "no space left on device" only where the disk is nearly full (not here)
+@pytest.mark.parametrize("writer, reason", [(short_write, "write failed"), (no_space, "no space left on device")],
+                         ids=["numpy-short-write", "enospc"])
+def test_a_full_tokenization_cache_is_one_line_and_leaves_nothing(writer, reason, tmp_path, monkeypatch, capsys):
+    """LMSSL_CACHE on a full disk: one line naming the cache entry and where the cache can go, exit 1 (a fault, as
+    for a run's own writes), no half-written entry in the cache, and no output directory left by the run."""
+    import numpy as np
+
+    from lmssl.cli import main
+
+    cache, corpus = tmp_path / "cache", tmp_path / "corpus.txt"
+    cache.mkdir()
+    corpus.write_text("A few words of text that the tokenizer turns into tokens .\n" * 50)
+    monkeypatch.setenv("LMSSL_CACHE", str(cache))
+    monkeypatch.setattr(np, "save", writer)
+    code = main(["train", "configs/clm.yaml", *TINY, f"data.train={corpus}", "data.valid=",
+                 f"train.output_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert code == 1 and "Traceback" not in err
+    assert err.startswith(f"error: {reason} while writing {cache}/corpus.txt-") and err.endswith(
+        "; nothing was left half-written. This is the tokenization cache: free some space there, or point "
+        "LMSSL_CACHE (or data.cache_dir) at a disk with room, and run it again")
+    assert list(cache.iterdir()) == [] and not (tmp_path / "run").exists()
+
+
 def test_a_truncated_checkpoint_is_named_and_resume_falls_back(straight_in_process, tmp_path, capsys):
     import shutil
 

@@ -12,6 +12,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from lmssl.errors import ConfigError
+from lmssl.model.weights import UnsafeCheckpoint, load_plain_data
 
 ACTIVATION_FROM_HF = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
                       "gelu_fast": "gelu_tanh"}
@@ -21,9 +22,34 @@ BASE_PREFIX = {"bert": "bert.", "electra": "electra.", "gpt2": "transformer.", "
 
 def read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        raw = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"{path}: cannot read it as JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a JSON object of settings, found a JSON {type(raw).__name__}")
+    return raw
+
+
+def weight_map(index: Path) -> dict[str, str]:
+    """A sharded safetensors index's tensor name -> shard file."""
+    found = read_json(index).get("weight_map")
+    if not isinstance(found, dict) or not all(isinstance(v, str) for v in found.values()):
+        raise ConfigError(f"{index}: no \"weight_map\" of tensor names to shard files")
+    return found
+
+
+def read_pickled_weights(path: Path) -> dict[str, torch.Tensor]:
+    """pytorch_model.bin read as plain data (weights_only): a file whose pickle would import anything else is refused
+    in one line (lmssl never runs code from a model file), as is one that holds no mapping of tensors."""
+    try:
+        tensors = load_plain_data(path)
+    except UnsafeCheckpoint as e:
+        raise ConfigError(f"{path}: refused: its pickle holds code or objects ({', '.join(e.imports[:4])}), not only "
+                          f"tensors, and lmssl will not load it; use the model's model.safetensors (e.g. "
+                          f"save_pretrained(..., safe_serialization=True) where you trust the file)") from None
+    if not isinstance(tensors, dict) or not all(isinstance(v, torch.Tensor) for v in tensors.values()):
+        raise ConfigError(f"{path}: holds a {type(tensors).__name__}, not a mapping of tensor names to tensors")
+    return tensors
 
 
 def model_fields(hf: dict, where: Path) -> dict[str, Any]:
@@ -153,7 +179,7 @@ def weight_names(directory: Path) -> set[str]:
         with safe_open(str(directory / "model.safetensors"), "pt") as f:
             return set(f.keys())
     if index.is_file():
-        return set(read_json(index)["weight_map"])
+        return set(weight_map(index))
     return set(read_weights(directory))
 
 
@@ -164,10 +190,10 @@ def read_weights(directory: Path) -> dict[str, torch.Tensor]:
         tensors = load_file(str(directory / "model.safetensors"))
     elif index.is_file():
         tensors = {}
-        for shard in sorted(set(read_json(index)["weight_map"].values())):
+        for shard in sorted(set(weight_map(index).values())):
             tensors.update(load_file(str(directory / shard)))
     elif (directory / "pytorch_model.bin").is_file():
-        tensors = torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        tensors = read_pickled_weights(directory / "pytorch_model.bin")
     else:
         raise ConfigError(f"{directory}: no weights (model.safetensors or pytorch_model.bin)")
     return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
