@@ -245,7 +245,7 @@ def finetune(args) -> None:
 
 @command("predict", "labels / scores of a fine-tuned model for a CSV, TSV or JSONL file",
          arg("finetuned", help="a fine-tuned model directory (lmssl finetune's OUTPUT/best)"),
-         arg("file", help="examples with the task card's text columns (a label column is not needed)"),
+         arg("file", help="examples with the task card's text columns (with its label column too, they are scored)"),
          arg("--out", help="write the JSON lines here instead of stdout"),
          arg("--batch-size", type=positive, default=64, help="examples per forward pass"), DEVICE)
 def predict(args) -> None:
@@ -254,11 +254,15 @@ def predict(args) -> None:
 
     if args.out:
         check_output_file(args.out, "--out", inputs=(args.file,))
-    records = predict(args.finetuned, args.file, args.batch_size, args.device)
+    records, metrics = predict(args.finetuned, args.file, args.batch_size, args.device)
     lines = "".join(json.dumps(r) + "\n" for r in records)
+    if metrics is not None:  # the file holds labels: how the predictions score (stdout keeps one record a line)
+        print("metrics on the file's labels (x 100): " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()),
+              file=sys.stderr)
     if args.out:
         write_text(args.out, lines)
-        print(json.dumps({"predictions": str(args.out), "examples": len(records)}))
+        print(json.dumps({"predictions": str(args.out), "examples": len(records),
+                          **({"metrics": metrics} if metrics is not None else {})}))
     else:
         sys.stdout.write(lines)
 

@@ -278,6 +278,21 @@ def _get(row, column, path: Path, line: int, fmt: str):
     return row[column]
 
 
+def has_labels(card: TaskCard, path: Path) -> bool:
+    """Whether the file's first example holds the card's label column (a file to predict may carry its labels)."""
+    fmt = file_format(card, path)
+    rows = jsonl_objects(path) if fmt == "jsonl" else _rows(path, card, fmt)
+    first = next(iter(rows), None)
+    if hasattr(rows, "close"):
+        rows.close()
+    if first is None:
+        return False
+    row = first[1]
+    if isinstance(row, dict):
+        return card.label_column in row
+    return isinstance(card.label_column, int) and 0 <= card.label_column < len(row)
+
+
 def read_task_file(card: TaskCard, path: Path, labelled: bool = True) -> TaskExamples:
     """The examples of one file of the task (see the module docstring for the checks); `labelled=False` reads
     the texts only (files to predict), the targets are then zeros."""

@@ -157,7 +157,7 @@ class SimCSEAdapter(HFAdapter):
         has_pooler = src.has(f"{src.prefix}pooler.dense.weight")
         pooling = "mean" if mean else ("cls" if has_pooler and src.model_type == "bert" else "cls_before_pooler")
         modules_file = src.directory / "modules.json"
-        modules = read_json(modules_file) if modules_file.is_file() else []
+        modules = read_json(modules_file, list) if modules_file.is_file() else []
         normalize = any(isinstance(m, dict) and m.get("type") == NORMALIZE_MODULE for m in modules)
         keep_pooler = has_pooler and src.model_type == "bert" and pooling != "cls"  # nothing of it lost
         return {"name": "simcse", "pooling": pooling, "keep_pooler": keep_pooler, "normalize": normalize}

@@ -65,19 +65,24 @@ def our_logits(directory, path):
 def test_predict_gives_the_models_labels_and_probabilities(tmp_path, with_labels):
     directory, _ = finetuned(tmp_path, "mlm")
     path = write_csv(tmp_path / "new.csv", with_labels)
-    records = predict(directory, path)
+    records, metrics = predict(directory, path)
     logits, _, _ = our_logits(directory, path)
     assert [r["index"] for r in records] == list(range(7))
     for record, row in zip(records, logits.softmax(-1)):
         assert record["label"] == ["neg", "neu", "pos"][int(row.argmax())]
         assert list(record["probabilities"].values()) == pytest.approx(row.tolist(), abs=1e-6)
+    if with_labels:  # every gold label is "pos": the accuracy is the share predicted pos, by hand
+        share = sum(r["label"] == "pos" for r in records) / 7 * 100
+        assert metrics == {"accuracy": pytest.approx(share), "score": pytest.approx(share)}
+    else:
+        assert metrics is None
 
 
 def test_predict_regression_and_the_cli(tmp_path, capsys):
     directory, _ = finetuned(tmp_path, "clm", regression=True)
     path = write_csv(tmp_path / "new.csv", with_labels=False)
     logits, _, _ = our_logits(directory, path)
-    assert [r["score"] for r in predict(directory, path)] == pytest.approx(logits[:, 0].tolist(), abs=1e-6)
+    assert [r["score"] for r in predict(directory, path)[0]] == pytest.approx(logits[:, 0].tolist(), abs=1e-6)
     assert main(["predict", str(directory), str(path), "--out", str(tmp_path / "p.jsonl")]) == 0
     assert json.loads(capsys.readouterr().out) == {"predictions": str(tmp_path / "p.jsonl"), "examples": 7}
     assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 7

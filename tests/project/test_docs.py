@@ -101,8 +101,22 @@ def reader(tmp_path_factory, data_root):
             lmssl("export", "other/mlm", f"path/to/{name}")
     (home / "runs" / "mlm-6k").symlink_to("mlm")
     lines = (DATA_ROOT / "wikitext-2" / "valid.txt").read_text().splitlines()[:1500]  # about 20 articles
-    write(home / "corpus.txt", "\n".join(lines) + "\n")
-    write(home / "my.txt", "\n".join(lines) + "\n")
+    for name in ("corpus.txt", "my.txt", "my_corpus.txt"):
+        write(home / name, "\n".join(lines) + "\n")
+    write(home / "my_heldout.txt", "\n".join(lines[:300]) + "\n")
+    # the quick start's (docs/quickstart.md) own task and the runs its later steps start from
+    for name in ("mlm", "clm"):
+        shutil.copytree(home / "runs" / name, home / "runs" / f"my-{name}", ignore=shutil.ignore_patterns("*.lock"))
+    reviews = [f"{'a fine , moving film' if i % 2 else 'a dull , tired story'} number {i} .\t{i % 2}\n"
+               for i in range(24)]
+    write(home / "my-task" / "train.tsv", "sentence\tlabel\n" + "".join(reviews))
+    write(home / "my-task" / "dev.tsv", "sentence\tlabel\n" + "".join(reviews[:12]))
+    write(home / "my-task" / "task.yaml", 'name: my-task\ntrain: train.tsv\ndev: dev.tsv\ntext_columns: sentence\n'
+                                          'label_column: label\nlabels: ["0", "1"]\n')
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(home)
+        mp.setenv("LMSSL_DATA", str(data))
+        lmssl("finetune", "runs/my-mlm", "my-task/task.yaml", *FINETUNE_TINY)
     write(home / "more.jsonl", "".join(json.dumps({"text": line}) + "\n" for line in lines if line.strip()))
     write(home / "new.tsv", "sentence\nit is a good film .\na dull , tired story .\n")
     shutil.copy(toy_pair_task(home / "path" / "to"), home / "path" / "to" / "my_task.yaml")

@@ -20,13 +20,16 @@ BASE_PREFIX = {"bert": "bert.", "electra": "electra.", "gpt2": "transformer.", "
                "llama": "model."}  # the base model inside *For* heads
 
 
-def read_json(path: Path) -> dict:
+def read_json(path: Path, expected: type = dict):
+    """A JSON file of a model directory: an object of settings (config.json, indexes), or `expected` (list: the
+    sentence-transformers modules.json)."""
     try:
         raw = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"{path}: cannot read it as JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a JSON object of settings, found a JSON {type(raw).__name__}")
+    if not isinstance(raw, expected):
+        what = "an object of settings" if expected is dict else "a list"
+        raise ConfigError(f"{path}: expected a JSON {what}, found a JSON {type(raw).__name__}")
     return raw
 
 
