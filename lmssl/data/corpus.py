@@ -10,6 +10,7 @@ training part and a held-out part (data.valid=auto).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -73,11 +74,23 @@ def check_text(path: Path, limit: int = 0) -> None:
         raise ConfigError(f"{path}: the file holds only whitespace")
 
 
+def index_hash(index: int) -> float:
+    """Document `index`'s place in [0, 1): the held-out part is every document placed below data.valid_fraction."""
+    digest = hashlib.blake2b(index.to_bytes(8, "little"), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2 ** 64
+
+
 def held_out(index: int, fraction: float) -> bool:
     """Whether document `index` belongs to the held-out part: a hash of the index below `fraction`, so the split
     is the same in every run and process, needs no document count and works while streaming."""
-    digest = hashlib.blake2b(index.to_bytes(8, "little"), digest_size=8).digest()
-    return int.from_bytes(digest, "little") < fraction * 2 ** 64
+    return index_hash(index) < fraction
+
+
+def fraction_holding_out(total: int, wanted: int) -> float:
+    """The smallest data.valid_fraction, at two significant digits, that holds out `wanted` of `total` documents."""
+    place = sorted(index_hash(i) for i in range(total))[wanted - 1]
+    digits = 10 ** (1 - math.floor(math.log10(place)))
+    return math.floor(place * digits + 1) / digits
 
 
 SAMPLED_BLOCKS, BLOCK_BYTES = 64, 4096  # a file's sampled hash reads at most 256 KiB, spread over it
@@ -162,9 +175,13 @@ class Corpus:
         if not counts[wanted]:
             total = counts[True] + counts[False]
             what = "held out none" if wanted else "held out all"
+            fix = "change data.valid_fraction"
+            if wanted and total >= 2:  # a small corpus: name the fraction that holds out a few of its documents
+                fraction = fraction_holding_out(total, max(1, min(total // 10, 3)))
+                fix = (f"data.valid_fraction={fraction:g} holds out "
+                       f"{sum(held_out(i, fraction) for i in range(total))} of them")
             raise ConfigError(f"data.valid=auto {what} of the {total} documents of {self.location} (data."
-                              f"valid_fraction={self.holdout}); change data.valid_fraction or set data.valid to "
-                              f"a corpus of its own")
+                              f"valid_fraction={self.holdout}); {fix}, or set data.valid to a corpus of its own")
 
     def _documents(self, streaming: bool) -> Iterator[str]:
         rows = self._rows(streaming)

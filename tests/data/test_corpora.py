@@ -155,8 +155,12 @@ def test_holdout_partitions_the_documents_deterministically(tmp_path):
     tiny = tmp_path / "tiny.txt"
     tiny.write_text("one\ntwo\n")
     with pytest.raises(ConfigError, match=r"data.valid=auto held out none of the 2 documents of .*tiny.txt "
-                                          r"\(data.valid_fraction=0.01\); change data.valid_fraction"):
+                                          r"\(data.valid_fraction=0.01\); data.valid_fraction=(\S+) holds out 1 of "
+                                          r"them, or set data.valid") as e:
         list(Corpus(str(tiny), holdout=0.01, part="valid").documents())
+    suggested = float(str(e.value).split("data.valid_fraction=")[2].split()[0])  # the advice works as it says
+    assert len(list(Corpus(str(tiny), holdout=suggested, part="valid").documents())) == 1
+    assert len(list(Corpus(str(tiny), holdout=suggested, part="train").documents())) == 1
 
 
 def test_valid_defaults_to_auto_when_only_train_is_overridden(tmp_path):
