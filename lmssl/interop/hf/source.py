@@ -28,7 +28,7 @@ def read_json(path: Path, expected: type = dict):
     except (OSError, json.JSONDecodeError) as e:
         raise ConfigError(f"{path}: cannot read it as JSON ({e})") from None
     if not isinstance(raw, expected):
-        what = "an object of settings" if expected is dict else "a list"
+        what = "object of settings" if expected is dict else "list"
         raise ConfigError(f"{path}: expected a JSON {what}, found a JSON {type(raw).__name__}")
     return raw
 
