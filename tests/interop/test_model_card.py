@@ -33,7 +33,8 @@ def test_a_pretraining_export_card_holds_config_data_metrics_and_loads(tmp_path)
     rows = [{"step": 2, "loss": 7.5}, {"step": 4, "loss": 6.25}, {"step": 4, "val_loss": 6.5, "val_ppl": 665.1416,
                                                                    "flops": 1200},
             {"step": 6, "loss": 5.0}, {"step": 6, "val_loss": 5.5, "val_ppl": 244.69}]  # after the checkpoint
-    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # ... and a last line a kill cut short (the README says a killed run can leave one): left out, as resume does
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 8, "lo')
     export(run, tmp_path / "hf")
     card = (tmp_path / "hf" / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\ntags:\n- lmssl\n- clm\n---\n\n# hf\n")

@@ -5,11 +5,11 @@ transformers. Only what lmssl knows is written: a section without a source says 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from lmssl.checkpoint.format import CHECKPOINT_NAME
 from lmssl.checkpoint.model_dir import ModelDir
+from lmssl.storage.metrics_log import read_metrics
 
 # transformers' Auto class for each exported architecture's task
 AUTO_CLASS = {"ForMaskedLM": "AutoModelForMaskedLM", "LMHeadModel": "AutoModelForCausalLM",
@@ -46,12 +46,11 @@ def run_metrics(checkpoint: Path) -> tuple[dict, dict]:
     """(the last training row, the last validation row) of the run's metrics.jsonl at or before the checkpoint's
     step; empty when the checkpoint is not inside a run directory."""
     found = run_of(checkpoint)
-    if found is None or not (found[0] / "metrics.jsonl").is_file():
+    if found is None:
         return {}, {}
     train, valid = {}, {}
-    for line in (found[0] / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        if row.get("step", math.inf) <= found[1]:
+    for row in read_metrics(found[0])[0]:  # a line a crash cut short is left out, as resume does
+        if row["step"] <= found[1]:
             if "val_loss" in row:
                 valid = row
             elif "loss" in row:
