@@ -36,7 +36,7 @@ STUDY_ENTRIES = ("cells", "runs", "scratch", "pairs.jsonl", "pairs.json", "resul
 
 def train_overrides(spec: StudySpec, cell: Cell, study_dir: Path) -> list[str]:
     return [*spec.overrides, *cell.run.overrides, f"train.output_dir={study_dir / 'runs' / cell.name}",
-            f"train.max_flops={cell.budget:g}"]
+            f"train.max_flops={cell.budget:.17g}"]  # every digit: a budget trains as written
 
 
 def train_command(spec: StudySpec, cell: Cell, study_dir: Path) -> str:

@@ -16,6 +16,8 @@ from scipy.optimize import minimize_scalar
 
 from lmssl.config.study import load_study
 from lmssl.errors import ConfigError
+from lmssl.study.cells import cells_of
+from lmssl.study.runner import train_overrides
 from lmssl.study.scaling import compute_optimal, fit_scaling_law, fitted_loss
 
 TINY = ("[model.hidden_size=64, model.num_layers=2, model.num_heads=4, model.ffn_size=128, data.seq_len=64, "
@@ -66,6 +68,14 @@ def test_scaling_fit_recovers_a_known_law():
 def test_bad_study_files_name_the_key(tmp_path, text, message):
     with pytest.raises(ConfigError, match=message):
         load_study(write(tmp_path / "s.yaml", text))
+
+
+def test_a_cell_trains_at_its_budget_to_the_last_digit(tmp_path):
+    spec = load_study(write(tmp_path / "s.yaml", "budgets: [1.2345678e13, 3e10]\nruns:\n  - {name: a, config: "
+                                                 "configs/clm.yaml}\n"))
+    budgets = [[o for o in train_overrides(spec, cell, tmp_path) if o.startswith("train.max_flops=")]
+               for cell in cells_of(spec)]
+    assert budgets == [["train.max_flops=30000000000"], ["train.max_flops=12345678000000"]]  # not 1.23457e13
 
 
 def test_the_shipped_studies_parse():
