@@ -37,14 +37,12 @@ from lmssl.evaluation.likelihood import ValidationLikelihood
 from lmssl.model.transformer import Transformer
 from lmssl.objectives import Objective, build_objective
 from lmssl.storage.atomic import remove_stale
-from lmssl.storage.lock import LOCK_NAME
-from lmssl.storage.metrics_log import METRICS_FILE
 from lmssl.training.checkpointer import Checkpointer
 from lmssl.training.evaluator import Evaluator
 from lmssl.training.faults import check_resumable, check_same_data
 from lmssl.training.logger import RunLog
 from lmssl.training.memory import check_fits
-from lmssl.training.rundir import RunDirectory, check_run_directory
+from lmssl.training.rundir import RUN_ENTRIES, RunDirectory, check_run_directory
 from lmssl.training.state import TrainState, masking_generator, step_flops
 from lmssl.training.time_budget import TimeBudget, decided_length, now
 
@@ -111,12 +109,6 @@ def initialise_from(objective: Objective, cfg: Config, source: ModelDir) -> None
         objective.encoder().load_state_dict(pretrained.encoder().state_dict())
 
 
-# what a run keeps at the top of its output directory: (what it is, whether it is a directory); another kind of entry
-# under one of these names would stop the run half-way with an OSError
-RUN_ENTRIES = {"checkpoints": ("checkpoints", True), METRICS_FILE: ("log", False), LOCK_NAME: ("lock", False),
-               "tensorboard": ("TensorBoard events", True)}
-
-
 def check_output_dir(out: Path) -> None:
     """Before any work: the output directory is a directory, or can be made one, and is writable."""
     existing = next(p for p in (out, *out.parents) if p.exists())
@@ -124,7 +116,7 @@ def check_output_dir(out: Path) -> None:
         raise ConfigError(f"key 'train.output_dir': {existing} is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"key 'train.output_dir': {existing} is not writable")
-    for name, (role, is_dir) in RUN_ENTRIES.items():
+    for name, (role, is_dir) in RUN_ENTRIES.items():  # another kind of entry there would stop the run half-way
         entry = out / name
         if entry.exists() and entry.is_dir() != is_dir:
             raise ConfigError(f"key 'train.output_dir': {entry} is a {'directory' if entry.is_dir() else 'file'}, "

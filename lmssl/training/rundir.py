@@ -15,7 +15,9 @@ from lmssl.storage.lock import LOCK_NAME, RunLock
 from lmssl.storage.metrics_log import METRICS_FILE
 from lmssl.storage.ownership import foreign_entries, refuse_foreign
 
-RUN_ENTRIES = ("checkpoints", "best", "tensorboard", METRICS_FILE, LOCK_NAME)  # all a run writes in its directory
+# all a run writes at the top of its directory: (what it is, whether it is a directory)
+RUN_ENTRIES = {"checkpoints": ("checkpoints", True), "best": ("best weights", True),
+               "tensorboard": ("TensorBoard events", True), METRICS_FILE: ("log", False), LOCK_NAME: ("lock", False)}
 
 
 def check_run_directory(out: Path, resume: bool) -> None:
