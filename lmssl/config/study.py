@@ -1,4 +1,5 @@
-"""`lmssl study STUDY.yaml`'s file: pretraining runs at FLOP budgets and the evaluations of their final checkpoints.
+"""`lmssl study STUDY.yaml`'s file: pretraining runs at FLOP (or wall-clock) budgets and the evaluations of their final
+checkpoints.
 Plain data, parsed and checked like the pretraining config (unknown keys suggest the nearest valid one)."""
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ from lmssl.errors import ConfigError
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-def budget_label(budget: float) -> str:
-    """A FLOP budget as cell names and tables show it: 3 significant digits (1.5e13)."""
-    return f"{budget:.3g}".replace("+", "")
+BUDGET_KEYS = {"flops": "train.max_flops", "minutes": "train.max_minutes"}  # study.budget_unit -> the run's key
+
+
+def budget_label(budget: float, unit: str = "flops") -> str:
+    """A budget as cell names and tables show it: 3 significant digits (1.5e13 FLOPs; 10min)."""
+    return f"{budget:.3g}".replace("+", "") + ("min" if unit == "minutes" else "")
 
 
 @dataclass
@@ -25,7 +29,7 @@ class RunSpec:
     name: str = ""  # the run's name in tables and plots, and its directory under study_dir/runs/
     config: str = ""  # its pretraining config (YAML), e.g. configs/mlm.yaml
     overrides: list[str] = field(default_factory=list)  # key=value overrides applied after the study's own
-    budgets: list[float] = field(default_factory=list)  # its FLOP budgets (train.max_flops); [] = the study's
+    budgets: list[float] = field(default_factory=list)  # its budgets (study.budget_unit); [] = the study's
 
 
 @dataclass
@@ -99,7 +103,10 @@ class StudySpec:
     name: str = ""  # the study's name (report title); "" = the file's stem
     output_dir: str = ""  # study_dir: runs, evaluations, results.json, report.md, plots; "" = runs/studies/<name>
     overrides: list[str] = field(default_factory=list)  # key=value overrides of every run's config
-    budgets: list[float] = field(default_factory=list)  # FLOP budgets (train.max_flops) of runs that give none
+    budgets: list[float] = field(default_factory=list)  # budgets of runs that give none (in budget_unit)
+    # what budgets count: FLOPs (train.max_flops), or minutes of training wall time (train.max_minutes, decided from
+    # the first steps' speed: equal time means each cell run alone on the machine)
+    budget_unit: Literal["flops", "minutes"] = "flops"
     runs: list[RunSpec] = field(default_factory=list)  # the runs compared
     evaluate: Evaluations = field(default_factory=Evaluations)  # what each final checkpoint is scored on
     scaling: ScalingSpec | None = None  # a grid of sizes x budgets whose final losses fit L(N, D)
@@ -183,15 +190,18 @@ def check_study(spec: StudySpec) -> None:
             fail(f"{key}.config" if i < len(spec.runs) else "scaling.config", "required: a pretraining config")
         if not r.budgets:
             fail(f"{key}.budgets" if i < len(spec.runs) else "scaling.budgets",
-                 "no FLOP budget: give budgets here or at the study's top level")
+                 "no budget: give budgets here or at the study's top level")
         if any(b <= 0 for b in r.budgets) or len(set(r.budgets)) != len(r.budgets):
             fail(f"{key}.budgets", f"budgets must be distinct and positive, got {r.budgets}")
         labels: dict[str, float] = {}
         for b in r.budgets:  # one cell directory per label: two budgets sharing one would train only one of them
-            other = labels.setdefault(budget_label(b), b)
+            other = labels.setdefault(budget_label(b, spec.budget_unit), b)
             if other != b:
-                fail(f"{key}.budgets", f"{other:.6g} and {b:.6g} both make the cell '{r.name}-{budget_label(b)}' "
+                fail(f"{key}.budgets", f"{other:.6g} and {b:.6g} both make the cell "
+                                       f"'{r.name}-{budget_label(b, spec.budget_unit)}' "
                                        f"(cells are named by 3 significant digits); make them differ within those")
+    if spec.scaling is not None and spec.budget_unit != "flops":
+        fail("budget_unit", "a scaling fit needs FLOP budgets (L(N, D) with D = C / 6N): set budget_unit: flops")
     if spec.scaling is not None and (len(spec.scaling.sizes) < 2 or len(spec.scaling.budgets) < 2):
         fail("scaling", "a scaling fit needs at least 2 sizes and 2 budgets (3 x 3 or more to fit 5 parameters)")
     e = spec.evaluate

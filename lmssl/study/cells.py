@@ -13,17 +13,18 @@ from lmssl.storage.atomic import write_text
 
 @dataclass(frozen=True)
 class Cell:
-    """One run at one FLOP budget."""
+    """One run at one budget (FLOPs, or minutes of training)."""
     run: RunSpec
     budget: float
+    unit: str = "flops"  # study.budget_unit
 
     @property
     def name(self) -> str:
-        return f"{self.run.name}-{budget_label(self.budget)}"  # mlm-2e13
+        return f"{self.run.name}-{budget_label(self.budget, self.unit)}"  # mlm-2e13, mlm-10min
 
 
 def cells_of(spec: StudySpec) -> list[Cell]:
-    return [Cell(run, budget) for run in spec.all_runs() for budget in sorted(run.budgets)]
+    return [Cell(run, budget, spec.budget_unit) for run in spec.all_runs() for budget in sorted(run.budgets)]
 
 
 def read_json(path: Path) -> dict | None:

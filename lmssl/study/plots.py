@@ -37,6 +37,12 @@ def compact(value: float) -> str:
     return re.sub(r"e\+?0*(\d)", r"e\1", f"{value:.2g}")
 
 
+def budget_text(record: dict) -> str:
+    """A cell's budget in a legend: 1.5e13 (FLOPs) or 10 min (a wall-clock study)."""
+    minutes = record.get("budget_unit") == "minutes"
+    return f"{record['budget']:g} min" if minutes else compact(record["budget"])
+
+
 def flops_axis(ax, values: list[float]) -> None:
     """Log x axis over the values with at most MAX_TICKS round, compactly written ticks, no minor labels."""
     from matplotlib.ticker import NullFormatter
@@ -68,7 +74,7 @@ def val_loss_figure(records: list[dict], runs: list[str], colour, plt):
             if curve:
                 xs += [p["flops"] for p in curve]
                 ax.plot([p["flops"] for p in curve], [p["val_loss"] for p in curve], "o-", color=colour[run],
-                        alpha=0.4 + 0.6 * (r["budget"] == largest), label=compact(r["budget"]))
+                        alpha=0.4 + 0.6 * (r["budget"] == largest), label=budget_text(r))
         flops_axis(ax, xs)
         ax.set_title(f"{run} ({loss_kind(mine[0])})")
         ax.legend(fontsize=7, title="budget", title_fontsize=7)

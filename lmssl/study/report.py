@@ -140,12 +140,14 @@ def markdown(results: dict) -> str:
              f"- wall time: {results['seconds_total'] / 60:.1f} min, the cells' training and evaluation summed over "
              f"every invocation" + (f" (the last one took {last / 60:.1f} min)" if last is not None else ""), ""]
     losses, columns = loss_columns(records), score_columns(records)
-    lines += ["| cell | run | FLOPs | steps | tokens |" + "".join(f" final val loss ({k}) |" for k in losses)
-              + "".join(f" {c} |" for c in columns),
-              "|---|---|---:|---:|---:|" + "---:|" * (len(losses) + len(columns))]
+    timed = any(r.get("budget_unit") == "minutes" for r in records)  # wall-clock budgets: the minutes each took
+    lines += ["| cell | run | FLOPs | steps | tokens |" + (" train min |" if timed else "")
+              + "".join(f" final val loss ({k}) |" for k in losses) + "".join(f" {c} |" for c in columns),
+              "|---|---|---:|---:|---:|" + "---:|" * (len(losses) + len(columns) + timed)]
     for r in records:
         row, loss = headline(r), r["final"].get("val_loss", float("nan"))
-        lines.append(f"| {r['cell']} | {r['run']} | {r['flops']:.3g} | {r['steps']} | {r['tokens']:,} |"
+        minutes = f" {r['train_seconds'] / 60:.1f} |" if timed else ""
+        lines.append(f"| {r['cell']} | {r['run']} | {r['flops']:.3g} | {r['steps']} | {r['tokens']:,} |{minutes}"
                      + "".join(f" {_fmt(loss) if loss_kind(r) == k else ''} |" for k in losses)
                      + "".join(f" {_fmt(row.get(c, ''))} |" for c in columns))
     references = reference_columns(records)

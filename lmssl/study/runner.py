@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from lmssl.checkpoint.format import latest_checkpoint
-from lmssl.config.study import StudySpec
+from lmssl.config.study import BUDGET_KEYS, StudySpec
 from lmssl.errors import ConfigError, RunError
 from lmssl.storage.atomic import write_text
 from lmssl.storage.metrics_log import read_metrics
@@ -36,7 +36,7 @@ STUDY_ENTRIES = ("cells", "runs", "scratch", "pairs.jsonl", "pairs.json", "resul
 
 def train_overrides(spec: StudySpec, cell: Cell, study_dir: Path) -> list[str]:
     return [*spec.overrides, *cell.run.overrides, f"train.output_dir={study_dir / 'runs' / cell.name}",
-            f"train.max_flops={cell.budget:.17g}"]  # every digit: a budget trains as written
+            f"{BUDGET_KEYS[cell.unit]}={cell.budget!r}"]  # the shortest exact text: a budget trains as written
 
 
 def train_command(spec: StudySpec, cell: Cell, study_dir: Path) -> str:
@@ -107,7 +107,8 @@ def train_cell(spec: StudySpec, cell: Cell, study_dir: Path, settings: dict) -> 
     out = study_dir / "runs" / cell.name
     overrides = train_overrides(spec, cell, study_dir) + (["train.resume=true"] if latest_checkpoint(out) else [])
     cfg = load_run_config(cell.run.config, overrides)
-    print(f"study {spec.name}: training {cell.name} ({cell.run.config}, {cell.budget:.3g} FLOPs)", file=sys.stderr)
+    print(f"study {spec.name}: training {cell.name} ({cell.run.config}, {cell.budget:.3g} "
+          f"{'FLOPs' if cell.unit == 'flops' else 'minutes'})", file=sys.stderr)
     started = time.perf_counter()
     result = train(cfg)
     if "stopped" in result:
@@ -115,7 +116,8 @@ def train_cell(spec: StudySpec, cell: Cell, study_dir: Path, settings: dict) -> 
                        f"the same `lmssl study` command resumes it")
     c = cfg.train
     summary = run_summary(out)
-    record = {"cell": cell.name, "run": cell.run.name, "budget": cell.budget, "config": cell.run.config,
+    record = {"cell": cell.name, "run": cell.run.name, "budget": cell.budget, "budget_unit": cell.unit,
+              "config": cell.run.config,
               "overrides": overrides, "checkpoint": result["checkpoint"], **summary,
               "tokens": summary["steps"] * c.batch_size * c.grad_accum * cfg.data.seq_len,
               "train_seconds": round(time.perf_counter() - started, 1), "settings": settings}

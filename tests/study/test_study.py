@@ -55,7 +55,11 @@ def test_scaling_fit_recovers_a_known_law():
 @pytest.mark.parametrize("text,message", [
     ("runs:\n  - {name: a, config: configs/clm.yaml}\nbudget: [1e10]\n", r"unknown key 'study.budget'; did you mean "
                                                                          r"'study.budgets'"),
-    ("runs:\n  - {name: a, config: configs/clm.yaml}\n", r"key 'runs\[0\].budgets': no FLOP budget"),
+    ("runs:\n  - {name: a, config: configs/clm.yaml}\n", r"key 'runs\[0\].budgets': no budget"),
+    ("budget_unit: hours\nbudgets: [1]\nruns:\n  - {name: a, config: configs/clm.yaml}\n",
+     r"key 'study.budget_unit': invalid value 'hours'; choose one of 'flops', 'minutes'"),
+    ("budget_unit: minutes\nscaling:\n  config: configs/clm.yaml\n  budgets: [1, 2]\n  sizes:\n    - {name: s}\n"
+     "    - {name: t}\n", r"key 'budget_unit': a scaling fit needs FLOP budgets"),
     ("budgets: [1e10]\nruns:\n  - {name: a, config: configs/clm.yaml}\n  - {name: a, config: configs/mlm.yaml}\n",
      r"key 'runs\[1\].name': 'a' names two runs"),
     ("budgets: [1e10]\nruns:\n  - {name: a, config: configs/clm.yaml}\nevaluate:\n  prob: {tasks: [sst2]}\n",
@@ -75,7 +79,26 @@ def test_a_cell_trains_at_its_budget_to_the_last_digit(tmp_path):
                                                  "configs/clm.yaml}\n"))
     budgets = [[o for o in train_overrides(spec, cell, tmp_path) if o.startswith("train.max_flops=")]
                for cell in cells_of(spec)]
-    assert budgets == [["train.max_flops=30000000000"], ["train.max_flops=12345678000000"]]  # not 1.23457e13
+    assert budgets == [["train.max_flops=30000000000.0"], ["train.max_flops=12345678000000.0"]]  # not 1.23457e13
+
+
+@pytest.mark.slow
+def test_a_wall_clock_study_trains_each_cell_for_its_minutes(tmp_path, data_root, capsys):
+    """budget_unit: minutes: cells named by their minutes, trained with train.max_minutes, the report with the
+    minutes each took."""
+    text = (f"name: timed\noutput_dir: {tmp_path / 'study'}\noverrides: {TINY}\nbudget_unit: minutes\n"
+            f"budgets: [0.05, 0.1]\nruns:\n  - {{name: clm, config: configs/clm.yaml}}\n")
+    spec = load_study(write(tmp_path / "timed.yaml", text))
+    assert [c.name for c in cells_of(spec)] == ["clm-0.05min", "clm-0.1min"]
+    assert train_overrides(spec, cells_of(spec)[1], tmp_path)[-1] == "train.max_minutes=0.1"
+    code, printed, _ = cli(capsys, "study", str(tmp_path / "timed.yaml"))
+    assert code == 0, printed
+    results = json.loads((tmp_path / "study" / "results.json").read_text())
+    steps = {r["cell"]: r["steps"] for r in results["cells"]}
+    assert steps["clm-0.1min"] > steps["clm-0.05min"] >= 9  # twice the minutes, more steps (decided at step 9)
+    assert all(r["budget_unit"] == "minutes" for r in results["cells"])
+    report = (tmp_path / "study" / "report.md").read_text()
+    assert "| cell | run | FLOPs | steps | tokens | train min |" in report
 
 
 def test_the_shipped_studies_parse():
