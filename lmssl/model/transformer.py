@@ -345,3 +345,10 @@ def _with_padding_rows(x: torch.Tensor, selected: torch.Tensor, indices: torch.T
     if x.shape[0] == real.shape[0]:  # no padding selected (MLM never selects padding)
         return x
     return x.new_zeros(real.shape[0], x.shape[-1]).index_put((real,), x)
+
+
+def checkpoint_activations(module: nn.Module, on: bool) -> None:
+    """train.activation_checkpointing for every trunk inside `module` (ELECTRA's generator and discriminator alike)."""
+    for trunk in module.modules():
+        if isinstance(trunk, Transformer):
+            trunk.activation_checkpointing = on

@@ -34,7 +34,7 @@ from lmssl.engine.rng import seed_everything
 from lmssl.engine.skip_guard import SkipGuard
 from lmssl.errors import ConfigError, RunError
 from lmssl.evaluation.likelihood import ValidationLikelihood
-from lmssl.model.transformer import Transformer
+from lmssl.model.transformer import checkpoint_activations
 from lmssl.objectives import Objective, build_objective
 from lmssl.storage.atomic import remove_stale
 from lmssl.training.checkpointer import Checkpointer
@@ -42,7 +42,7 @@ from lmssl.training.evaluator import Evaluator
 from lmssl.training.faults import check_resumable, check_same_data
 from lmssl.training.logger import RunLog
 from lmssl.training.memory import check_fits
-from lmssl.training.rundir import RUN_ENTRIES, RunDirectory, check_run_directory
+from lmssl.training.rundir import RunDirectory, check_run_directory
 from lmssl.training.state import TrainState, masking_generator, step_flops
 from lmssl.training.time_budget import TimeBudget, decided_length, now
 
@@ -116,12 +116,6 @@ def check_output_dir(out: Path) -> None:
         raise ConfigError(f"key 'train.output_dir': {existing} is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"key 'train.output_dir': {existing} is not writable")
-    for name, (role, is_dir) in RUN_ENTRIES.items():  # another kind of entry there would stop the run half-way
-        entry = out / name
-        if entry.exists() and entry.is_dir() != is_dir:
-            raise ConfigError(f"key 'train.output_dir': {entry} is a {'directory' if entry.is_dir() else 'file'}, "
-                              f"where a run keeps its {role} ({'a directory' if is_dir else 'a file'}); move it aside "
-                              f"or choose another train.output_dir")
 
 
 def resume_point(cfg: Config, out: Path, dist) -> tuple[Path | None, dict | None, TextTokenizer | None]:
@@ -268,9 +262,7 @@ def build_run(cfg: Config, dist, run_dir: RunDirectory, source: ModelDir | None,
     cfg = with_vocab(cfg, tokenizer.vocab_size)
     check_fits(cfg, tokenizer, dist.device)  # refused before it is built: the OOM killer says nothing
     objective = build_objective(cfg, tokenizer)
-    for trunk in objective.modules():
-        if isinstance(trunk, Transformer):  # every trunk: ELECTRA's generator and discriminator alike
-            trunk.activation_checkpointing = cfg.train.activation_checkpointing
+    checkpoint_activations(objective, cfg.train.activation_checkpointing)
     if resumed_from is None and cfg.model.init_from:
         initialise_from(objective, cfg, source)
     train_data = objective.dataset("train", tokenizer)  # packed sequences, or the objective's own examples

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from lmssl.checkpoint.format import latest_checkpoint
 from lmssl.distributed import barrier
+from lmssl.errors import ConfigError
 from lmssl.storage.atomic import TMP_PREFIX, replace_directory
 from lmssl.storage.lock import LOCK_NAME, RunLock
 from lmssl.storage.metrics_log import METRICS_FILE
@@ -22,7 +23,13 @@ RUN_ENTRIES = {"checkpoints": ("checkpoints", True), "best": ("best weights", Tr
 
 def check_run_directory(out: Path, resume: bool) -> None:
     """Before any work, and before the lock file is made: `out` is new, empty or an lmssl run (a resumed run may
-    hold a user's notes beside its checkpoints: resuming deletes nothing)."""
+    hold a user's notes beside its checkpoints: resuming deletes nothing), and a run's names there are of its kind."""
+    for name, (role, is_dir) in RUN_ENTRIES.items():  # another kind of entry there would stop the run half-way
+        entry = out / name
+        if entry.exists() and entry.is_dir() != is_dir:
+            raise ConfigError(f"key 'train.output_dir': {entry} is a {'directory' if entry.is_dir() else 'file'}, "
+                              f"where a run keeps its {role} ({'a directory' if is_dir else 'a file'}); move it aside "
+                              f"or choose another train.output_dir")
     if not (resume and latest_checkpoint(out) is not None):
         refuse_foreign("key 'train.output_dir'", out, foreign_entries(out, RUN_ENTRIES), "an lmssl run",
                        "choose another train.output_dir")
