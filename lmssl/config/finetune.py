@@ -18,6 +18,9 @@ class FinetuneConfig:
     min_steps: int = 0  # at least this many optimizer steps: epochs are added for small training sets
     # peak learning rate: BERT's small models search 3e-5..3e-4 and ELECTRA-Small uses 3e-4 (small models, big steps)
     lr: float = 1e-4  # a list [1e-4, 3e-4] makes a grid searched on dev
+    # layer-wise lr decay (ELECTRA: 0.8): block i of L trains at lr x decay ** (L - i), the embeddings at
+    # decay ** (L + 1), pooler and head at lr; 1 = one lr for all
+    layer_lr_decay: float = 1.0
     probe_lr: float = 1e-3  # peak learning rate with probe=true (only a linear head trains, on fixed features)
     batch_size: int = 32  # examples per optimizer step (BERT: 32); a list makes a grid
     max_length: int = 128  # tokens per example after truncation (BERT's GLUE runs: 128), at most model.max_positions
@@ -134,6 +137,8 @@ def check(cfg: FinetuneConfig, source: str) -> FinetuneConfig:
                           f"got {cfg.seed + cfg.seeds - 1}")
     if not (cfg.lr > 0 and cfg.probe_lr > 0):
         raise ConfigError(f"{source}: key 'finetune.{'lr' if cfg.lr <= 0 else 'probe_lr'}': must be positive")
+    if not 0.0 < cfg.layer_lr_decay <= 1.0:
+        raise ConfigError(f"{source}: key 'finetune.layer_lr_decay': must be in (0, 1] (1: no decay; ELECTRA: 0.8)")
     if not 0.0 <= cfg.warmup_ratio < 1.0:
         raise ConfigError(f"{source}: key 'finetune.warmup_ratio': must be in [0, 1)")
     if not 0 <= cfg.dropout < 1:

@@ -129,13 +129,28 @@ def schedule(examples: int, fcfg: FinetuneConfig) -> tuple[int, int, int]:
     return per_epoch, epochs, per_epoch * epochs
 
 
+def layer_lr_scales(model: SequenceClassifier, decay: float) -> dict[int, float]:
+    """Layer-wise lr decay (ELECTRA, BEiT): the head, pooler and final norm at the full lr, block i of L at
+    decay ** (L - i), the embeddings at decay ** (L + 1); {} for decay 1."""
+    if decay == 1.0:
+        return {}
+    encoder, depth = model.encoder, len(model.encoder.layers)
+    scales = {id(p): decay ** (depth + 1) for p in encoder.parameters()}  # embeddings (and their projection)
+    for i, block in enumerate(encoder.layers):
+        scales.update((id(p), decay ** (depth - i)) for p in block.parameters())
+    if encoder.final_norm is not None:
+        scales.update((id(p), 1.0) for p in encoder.final_norm.parameters())
+    return scales
+
+
 def finetune_engine(model, fcfg: FinetuneConfig, total: int, seed: int, device: torch.device) -> TorchEngine:
     """The TorchEngine of one seed: AdamW (BERT's fine-tuning betas and epsilon, clipping at 1), linear warmup over
-    warmup_ratio of `total` steps, then linear decay to 0."""
+    warmup_ratio of `total` steps, then linear decay to 0; finetune.layer_lr_decay scales the encoder's lr by depth."""
     tcfg = TrainConfig(max_steps=total, batch_size=fcfg.batch_size, lr=fcfg.probe_lr if fcfg.probe else fcfg.lr,
                        weight_decay=fcfg.weight_decay, warmup_steps=round(fcfg.warmup_ratio * total),
                        schedule="linear", final_lr_ratio=0.0, seed=seed, precision=fcfg.precision, **FINETUNE_ADAM)
-    return TorchEngine(model, tcfg, device=device)
+    scales = layer_lr_scales(model, fcfg.layer_lr_decay) if isinstance(model, SequenceClassifier) else {}
+    return TorchEngine(model, tcfg, device=device, lr_scales=scales)
 
 
 def train_seed(model, train_set, dev_sets: dict, card: TaskCard, fcfg: FinetuneConfig, seed: int,

@@ -51,7 +51,9 @@ def finished_result(out: Path, fcfg: FinetuneConfig, checkpoint_dir: str, axes: 
         except json.JSONDecodeError:
             old = {}
         same = {k: v for k, v in asdict(fcfg).items() if k not in RUN_ONLY_KEYS}
-        stored = {k: v for k, v in old.get("finetune", {}).items() if k in same}
+        # a key an older lmssl did not write had its default's behaviour then
+        defaults, written = asdict(FinetuneConfig()), old.get("finetune", {})
+        stored = {k: written.get(k, defaults[k]) for k in same}
         if old.get("checkpoint_dir") == checkpoint_dir and stored == same and old["finetune"].get("grid") == axes:
             return old
     check_output(out, fcfg)

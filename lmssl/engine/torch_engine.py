@@ -21,18 +21,24 @@ from lmssl.model.transformer import Block
 from lmssl.model.weights import load_weights
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, exclude: frozenset[int] = frozenset()) -> list[dict]:
+def parameter_groups(model: nn.Module, weight_decay: float, exclude: frozenset[int] = frozenset(),
+                     lr: float = 1.0, lr_scales: dict[int, float] | None = None) -> list[dict]:
     """AdamW groups: no decay on norms, biases and embeddings (BERT, GPT-2 practice); the parameters whose id is in
     `exclude` (Muon's) are left out. A tied output projection shares the embedding's tensor, so it is not decayed
-    either."""
+    either. `lr_scales` (parameter id -> factor, 1 where absent) splits the groups further, each with its peak lr
+    `lr` x factor (fine-tuning's layer-wise decay)."""
     no_decay: set[int] = set()
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if isinstance(module, (nn.LayerNorm, nn.RMSNorm, nn.Embedding)) or name == "bias":
                 no_decay.add(id(p))
     params = [p for p in model.parameters() if p.requires_grad and id(p) not in exclude]  # shared tensors appear once
-    return [{"params": [p for p in params if id(p) not in no_decay], "weight_decay": weight_decay},
-            {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0}]
+    scales = lr_scales or {}
+    groups: dict[tuple[bool, float], list] = {(True, 1.0): [], (False, 1.0): []}  # the two plain groups always
+    for p in params:
+        groups.setdefault((id(p) not in no_decay, scales.get(id(p), 1.0)), []).append(p)
+    return [{"params": ps, "weight_decay": weight_decay if decayed else 0.0, "lr": lr * scale}
+            for (decayed, scale), ps in groups.items() if ps or scale == 1.0]
 
 
 def muon_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -73,21 +79,25 @@ def scheduled(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, cfg))
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig,
-                    exclude: frozenset[int] = frozenset()) -> tuple[torch.optim.Optimizer,
-                                                                    torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW over `parameter_groups` (less `exclude`) and the warmup/decay schedule: the same for both engines."""
-    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay, exclude), lr=cfg.lr,
+def build_optimizer(model: nn.Module, cfg: TrainConfig, exclude: frozenset[int] = frozenset(),
+                    lr_scales: dict[int, float] | None = None) -> tuple[torch.optim.Optimizer,
+                                                                        torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW over `parameter_groups` (less `exclude`; `lr_scales` per parameter) and the warmup/decay schedule: the
+    same for both engines."""
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay, exclude, cfg.lr, lr_scales), lr=cfg.lr,
                                   betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
     return optimizer, scheduled(optimizer, cfg)
 
 
-def build_optimizers(model: nn.Module, cfg: TrainConfig) -> dict[str, tuple[torch.optim.Optimizer,
-                                                                             torch.optim.lr_scheduler.LambdaLR]]:
+def build_optimizers(model: nn.Module, cfg: TrainConfig, lr_scales: dict[int, float] | None = None
+                     ) -> dict[str, tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]]:
     """train.optimizer's optimizers by name, each with the same warmup/decay schedule (a multiplier of its own
-    peak lr): {"adamw"} alone, or with muon {"muon": the block matrices at train.muon_lr, "adamw": the rest}."""
+    peak lr): {"adamw"} alone (`lr_scales`: per-parameter factors of its lr), or with muon {"muon": the block
+    matrices at train.muon_lr, "adamw": the rest}."""
     if cfg.optimizer == "adamw":
-        return {"adamw": build_optimizer(model, cfg)}
+        return {"adamw": build_optimizer(model, cfg, lr_scales=lr_scales)}
+    if lr_scales:
+        raise ConfigError("per-parameter learning rates (layer-wise decay) need train.optimizer adamw")
     matrices = muon_parameters(model)
     muon = torch.optim.Muon(matrices, lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay)
     return {"adamw": build_optimizer(model, cfg, frozenset(id(p) for p in matrices)),
@@ -96,12 +106,12 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig) -> dict[str, tuple[torc
 
 class TorchEngine:
     def __init__(self, model: nn.Module, cfg: TrainConfig, dist: DistInfo | None = None,
-                 device: torch.device | None = None):
+                 device: torch.device | None = None, lr_scales: dict[int, float] | None = None):
         self.dist = dist or DistInfo()
         self.device = device or self.dist.device
         self.model = model.to(self.device)
         self.cfg = cfg
-        self.optimizers = build_optimizers(model, cfg)  # name -> (optimizer, its schedule)
+        self.optimizers = build_optimizers(model, cfg, lr_scales)  # name -> (optimizer, its schedule)
         self.ddp = None
         if self.dist.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel

@@ -152,7 +152,7 @@ def markdown(results: dict) -> str:
                      + "".join(f" {_fmt(row.get(c, ''))} |" for c in columns))
     references = reference_columns(records)
     for label, spans in references.items():
-        lines.append(f"| *{label}* | reference | | | |" + " |" * len(losses)
+        lines.append(f"| *{label}* | reference | | | |" + " |" * (len(losses) + timed)
                      + "".join(f" {_span(spans.get(c))} |" for c in columns))
     lines += ["", "Each final val loss column is one objective's own validation loss (the terms it trains, with its "
                   "weights): compare within a column, never across."

@@ -2,8 +2,9 @@
 
 The clock starts when the run starts preparing (`lmssl train` minus Python's imports): set-up, data, the untimed
 first step (allocations, compilation) and everything else before the decision are counted as they happened. The
-first step is not timed; the median wall time of the next TIMED_STEPS (batch collation, forward, backward, optimizer
-step; not the logging, evaluations or checkpoints between them) is the speed, and
+first step is not timed; the median wall time of the next steps (batch collation, forward, backward, optimizer step;
+not the logging, evaluations or checkpoints between them) is the speed: as many as the warmup allows before its last
+step, between TIMED_STEPS and MAX_TIMED_STEPS (8 steps once misjudged a recipe-study cell's speed by 20%), and
 
     max_steps = steps done + floor((max_minutes x 60 - seconds elapsed) / seconds per step)
 
@@ -26,7 +27,8 @@ from lmssl.config import Config
 from lmssl.distributed import gather_objects
 
 UNTIMED_STEPS = 1  # the first step: allocations, compilation, warm caches
-TIMED_STEPS = 8  # the steps whose median wall time decides max_steps (a median: a recompilation does not skew it)
+TIMED_STEPS = 8  # the fewest steps whose median wall time decides max_steps (a median: a recompile does not skew it)
+MAX_TIMED_STEPS = 50  # the most: a longer warmup buys a steadier measurement, never a later decision than this
 UNDECIDED = 2**31 - 1  # train.max_steps while it is measured
 
 
@@ -75,6 +77,8 @@ class TimeBudget:
         self.measuring = cfg is not None
         self.seen = 0  # steps of this process since it started measuring
         self.seconds: list[float] = []
+        warmup = cfg.train.warmup_steps if cfg is not None else 0
+        self.window = max(TIMED_STEPS, min(MAX_TIMED_STEPS, warmup - UNTIMED_STEPS - 1))  # steps timed
 
     @contextlib.contextmanager
     def timed(self, state):
@@ -87,7 +91,7 @@ class TimeBudget:
         self.seen += 1
         if self.seen > UNTIMED_STEPS:
             self.seconds.append(now() - begin)
-        if len(self.seconds) == TIMED_STEPS:
+        if len(self.seconds) == self.window:
             self.decide(state)
 
     def decide(self, state) -> None:
@@ -99,7 +103,7 @@ class TimeBudget:
         # the one change to a config after prepare: every part of the run reads this TrainConfig's max_steps at use
         train.max_steps = record["max_steps"]
         self.log.set_max_steps(train.max_steps)
-        first = state.step - TIMED_STEPS + 1
+        first = state.step - self.window + 1
         self.log.note(f"train.max_minutes={train.max_minutes:g}: train.max_steps={train.max_steps} (the median of "
                       f"steps {first}-{state.step}: {per_step:.4g} s/step; {elapsed / 60:.2f} min spent before; "
                       f"evaluations and checkpoints from now on are not counted)")

@@ -201,7 +201,8 @@ def corpus(*extra: str) -> tuple[str, ...]:
 
 
 def resume(*extra: str) -> tuple[str, ...]:
-    return mlm("train.resume=true", *extra)
+    """Resuming the shared "mlm" run, trained (tiny_config) from configs/mlm-nsp.yaml."""
+    return ("train", "configs/mlm-nsp.yaml", *TINY, "train.output_dir={tmp}/run", "train.resume=true", *extra)
 
 
 LATIN1_TEXT = "A plain first line.\ncaf\xe9 au lait\n".encode("latin-1")
@@ -293,7 +294,7 @@ CASES = [
     # 1e8 x 32 tied embeddings + the decoder's 1e8 biases + 15,010 (positions 4096, types 64, embedding norm 64,
     # the block 8544, head transform 1120, pooler 1056, NSP 66): 3,300,015,010 x 16 bytes = 52.8 GB
     Case("config-vocab-size-beyond-memory", mlm("model.vocab_size=100000000"),
-         "key 'model.vocab_size': 100000000 makes a model of 3,300,015,010 parameters, which needs at least 52.8 GB "
+         "key 'model.vocab_size': 100000000 makes a model of 3,300,013,888 parameters, which needs at least 52.8 GB "
          "(weights, gradients and AdamW's two moments, 16 bytes per parameter) but 8.0 GB of memory is available; "
          "choose a smaller model", patch=eight_gb_cpu),
     Case("config-max-steps-zero", mlm("train.max_steps=0"), f"{SRC}: key 'train.max_steps': must be positive"),
@@ -459,7 +460,8 @@ CASES = [
     Case("corpus-train-shorter-than-a-sequence", corpus("data.train={tmp}/short.txt"),
          "key 'data.train' ({tmp}/short.txt): the corpus has 5 tokens, fewer than one sequence of 32",
          write("short.txt", "hello world .\n")),
-    Case("corpus-train-nsp-one-sentence-per-line", mlm("data.train={tmp}/sentences.txt", "data.valid="),
+    Case("corpus-train-nsp-one-sentence-per-line", mlm("data.train={tmp}/sentences.txt", "data.valid=",
+                                                       "objective.sentence_task=nsp"),
          "key 'data.train' ({tmp}/sentences.txt): objective.sentence_task=nsp cannot build sentence pairs: every "
          "document is a single segment (sentence or line), so no document has a continuation to pair with. Use a "
          "corpus whose documents hold several sentences or paragraphs (data.doc_split=auto; blank_line or wikitext "
@@ -470,7 +472,7 @@ CASES = [
          "{tmp}/tokenizer.json: not a tokenizers JSON file (it does not parse as one)",
          write("tokenizer.json", '{"version": "1.0", "model": 7}\n')),
     Case("tokenizer-bpe-for-mlm", mlm("data.tokenizer=wikitext2-bpe"),
-         "key 'data.tokenizer': objective 'mlm' needs the special tokens ['cls', 'mask', 'pad'] but "
+         "key 'data.tokenizer': objective 'mlm' needs the special tokens ['cls', 'mask'] but "
          "{repo}/tokenizers/wikitext2-bpe/tokenizer.json has none; use a wordpiece or unigram tokenizer"),
     Case("tokenizer-train-negative-vocab", ("tokenizer", "train", "{data}/wikitext-2/valid.txt", "--out", "{tmp}/tok",
                                             "--vocab-size", "-5"),

@@ -8,10 +8,11 @@ from lmssl.config import ConfigError, load_config
 
 
 def test_shipped_configs_load_with_the_user_facing_keys():
-    for name in ("mlm", "clm"):
+    for name, objective, seq_len in (("mlm", "mlm", 64), ("mlm-nsp", "mlm", 128), ("clm", "clm", 128)):
         cfg = load_config(REPO_ROOT / "configs" / f"{name}.yaml")
-        assert cfg.objective.name == name
-        assert (cfg.model.hidden_size, cfg.model.num_layers, cfg.model.num_heads, cfg.data.seq_len) == (256, 4, 4, 128)
+        assert cfg.objective.name == objective
+        assert (cfg.model.hidden_size, cfg.model.num_layers, cfg.model.num_heads, cfg.data.seq_len) == (256, 4, 4,
+                                                                                                         seq_len)
         for key in ("max_steps", "output_dir", "resume", "log_every", "save_every", "seed"):
             assert hasattr(cfg.train, key)
         assert cfg.data.train and cfg.data.valid

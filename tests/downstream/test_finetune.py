@@ -447,3 +447,26 @@ def test_the_lbfgs_probe_head_is_scikit_learns_logistic_regression(classes):
                           atol=1e-5)
     assert float(probs[:, classes].max()) == 0.0
     assert torch.equal(head(x).argmax(-1), torch.from_numpy(reference.predict(x.double().numpy())))
+
+
+def test_layer_wise_lr_decay_scales_each_block_by_its_depth(checkpoints, toy_task):
+    from lmssl.downstream.finetune import finetune_engine
+
+    source = load_source(checkpoints["mlm_nsp"])
+    model = build_classifier(source, load_task_card(toy_task), finetune_config(["finetune.dropout=0"]))
+    depth = len(model.encoder.layers)
+    engine = finetune_engine(model, finetune_config(["finetune.lr=1e-3", "finetune.layer_lr_decay=0.5",
+                                                     "finetune.warmup_ratio=0"]), 10, 0, torch.device("cpu"))
+    optimizer = engine.optimizers["adamw"][0]
+    peak = {id(p): group["initial_lr"] for group in optimizer.param_groups for p in group["params"]}
+    expected = {"head": 1e-3, "pooler": 1e-3, "encoder.embeddings": 1e-3 * 0.5 ** (depth + 1),
+                **{f"encoder.layers.{i}.": 1e-3 * 0.5 ** (depth - i) for i in range(depth)}}
+    for name, p in model.named_parameters():
+        want = next(v for prefix, v in expected.items() if name.startswith(prefix))
+        assert peak[id(p)] == pytest.approx(want), name
+    # decay 1 is the single-lr optimizer: two groups (decayed or not), as before the setting existed
+    plain = finetune_engine(model, finetune_config([]), 10, 0, torch.device("cpu")).optimizers["adamw"][0]
+    assert [g["weight_decay"] for g in plain.param_groups] == [0.01, 0.0]
+    assert {g["initial_lr"] for g in plain.param_groups} == {1e-4}
+    with pytest.raises(ConfigError, match=r"key 'finetune.layer_lr_decay': must be in \(0, 1\]"):
+        finetune_config(["finetune.layer_lr_decay=0"])

@@ -28,7 +28,7 @@ def model_and_batches(objective: str, tmp_path, steps: int = 3):
     return cfg, model, batches
 
 
-@pytest.mark.parametrize("objective", ["mlm", "clm"])  # mlm: with NSP pairs, as configs/mlm.yaml
+@pytest.mark.parametrize("objective", ["mlm", "clm"])  # mlm: with NSP pairs, as configs/mlm-nsp.yaml
 def test_compiled_training_equals_eager(data_root, tmp_path, objective):
     cfg, model, batches = model_and_batches(objective, tmp_path)
     eager = build_engine(copy.deepcopy(model), cfg.train, DistInfo())

@@ -40,7 +40,7 @@ def examples(tok, seq_len=64):
 
 def test_pair_batches_carry_token_types_padding_and_labels(data_root, tmp_path):
     model, tok = build(tmp_path)
-    assert model.sentence_task == "nsp"  # configs/mlm.yaml is BERT: MLM + NSP
+    assert model.sentence_task == "nsp"  # the tests' MLM is BERT's (configs/mlm-nsp.yaml): MLM + NSP
     exs = examples(tok)
     batch = model.collate(exs, torch.Generator().manual_seed(0))
     real = torch.tensor([[i < ex.doc_lengths[0] for i in range(64)] for ex in exs])

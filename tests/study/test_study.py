@@ -87,7 +87,8 @@ def test_a_wall_clock_study_trains_each_cell_for_its_minutes(tmp_path, data_root
     """budget_unit: minutes: cells named by their minutes, trained with train.max_minutes, the report with the
     minutes each took."""
     text = (f"name: timed\noutput_dir: {tmp_path / 'study'}\noverrides: {TINY}\nbudget_unit: minutes\n"
-            f"budgets: [0.05, 0.1]\nruns:\n  - {{name: clm, config: configs/clm.yaml}}\n")
+            f"budgets: [0.05, 0.1]\nruns:\n  - {{name: clm, config: configs/clm.yaml}}\n"
+            f"evaluate:\n  probe: {{tasks: [rte], examples: 50}}\n")
     spec = load_study(write(tmp_path / "timed.yaml", text))
     assert [c.name for c in cells_of(spec)] == ["clm-0.05min", "clm-0.1min"]
     assert train_overrides(spec, cells_of(spec)[1], tmp_path)[-1] == "train.max_minutes=0.1"
@@ -99,12 +100,18 @@ def test_a_wall_clock_study_trains_each_cell_for_its_minutes(tmp_path, data_root
     assert all(r["budget_unit"] == "minutes" for r in results["cells"])
     report = (tmp_path / "study" / "report.md").read_text()
     assert "| cell | run | FLOPs | steps | tokens | train min |" in report
+    table = [line for line in report.splitlines() if line.startswith("|")]
+    assert len(table) == 6 and len({line.count("|") for line in table}) == 1, table  # reference rows align too
+    majority = next(line for line in table if line.startswith("| *majority*"))
+    assert majority.split("|")[-2].strip() != ""  # its RTE score sits in the last column, probe_rte
 
 
 def test_the_shipped_studies_parse():
     for name in ("objectives-cpu", "scaling-cpu"):
         spec = load_study(REPO_ROOT / "configs" / "studies" / f"{name}.yaml")
         assert len(spec.all_runs()) >= 3 and all(len(r.budgets) >= 2 for r in spec.all_runs())
+    recipe = load_study(REPO_ROOT / "configs" / "studies" / "recipe-mlm-cpu.yaml")
+    assert [c.name for c in cells_of(recipe)][-1] == "p64-m30-muon-10min"  # configs/mlm.yaml's recipe
 
 
 @pytest.mark.slow

@@ -124,3 +124,10 @@ def test_a_checkpoint_before_the_decision_resumes_by_measuring_again(straight, t
     assert "train.max_minutes=2.5: train.max_steps=37 (the median of steps 10-17: 5 s/step; 0.83 min spent" in \
         capsys.readouterr().err
     assert result["step"] == 37 and load_checkpoint_config(latest_checkpoint(out)).train.max_steps == 37
+
+
+@pytest.mark.parametrize("warmup, window", [(3, 8), (30, 28), (100, 50)])
+def test_the_warmup_buys_a_longer_measurement_and_the_decision_stays_inside_it(warmup, window):
+    budget = time_budget.TimeBudget(tiny_config("mlm", "unused", f"train.warmup_steps={warmup}",
+                                                "train.max_minutes=1"))
+    assert budget.window == window  # between 8 and 50 steps, decided before the warmup's last step where it can be
