@@ -22,11 +22,11 @@ from lmssl.model.weights import load_weights
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, exclude: frozenset[int] = frozenset(),
-                     lr: float = 1.0, lr_scales: dict[int, float] | None = None) -> list[dict]:
+                     lr: float = 0.0, lr_scales: dict[int, float] | None = None) -> list[dict]:
     """AdamW groups: no decay on norms, biases and embeddings (BERT, GPT-2 practice); the parameters whose id is in
     `exclude` (Muon's) are left out. A tied output projection shares the embedding's tensor, so it is not decayed
-    either. `lr_scales` (parameter id -> factor, 1 where absent) splits the groups further, each with its peak lr
-    `lr` x factor (fine-tuning's layer-wise decay)."""
+    either. `lr_scales` (parameter id -> factor, 1 where absent) splits the groups further, each group of another
+    factor with its own peak lr, `lr` x factor (fine-tuning's layer-wise decay); the others take the optimizer's."""
     no_decay: set[int] = set()
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
@@ -37,8 +37,11 @@ def parameter_groups(model: nn.Module, weight_decay: float, exclude: frozenset[i
     groups: dict[tuple[bool, float], list] = {(True, 1.0): [], (False, 1.0): []}  # the two plain groups always
     for p in params:
         groups.setdefault((id(p) not in no_decay, scales.get(id(p), 1.0)), []).append(p)
-    return [{"params": ps, "weight_decay": weight_decay if decayed else 0.0, "lr": lr * scale}
-            for (decayed, scale), ps in groups.items() if ps or scale == 1.0]
+    out = []
+    for (decayed, scale), ps in groups.items():
+        group = {"params": ps, "weight_decay": weight_decay if decayed else 0.0}
+        out.append(group if scale == 1.0 else {**group, "lr": lr * scale})
+    return out
 
 
 def muon_parameters(model: nn.Module) -> list[nn.Parameter]:

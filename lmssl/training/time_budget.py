@@ -4,7 +4,7 @@ The clock starts when the run starts preparing (`lmssl train` minus Python's imp
 first step (allocations, compilation) and everything else before the decision are counted as they happened. The
 first step is not timed; the median wall time of the next steps (batch collation, forward, backward, optimizer step;
 not the logging, evaluations or checkpoints between them) is the speed: as many as the warmup allows before its last
-step, between TIMED_STEPS and MAX_TIMED_STEPS (8 steps once misjudged a recipe-study cell's speed by 20%), and
+step, between TIMED_STEPS and MAX_TIMED_STEPS (8 steps misjudged recipe-study cells' speed by up to 30%), and
 
     max_steps = steps done + floor((max_minutes x 60 - seconds elapsed) / seconds per step)
 
