@@ -138,8 +138,9 @@ def layer_lr_scales(model: SequenceClassifier, decay: float) -> dict[int, float]
     scales = {id(p): decay ** (depth + 1) for p in encoder.parameters()}  # embeddings (and their projection)
     for i, block in enumerate(encoder.layers):
         scales.update((id(p), decay ** (depth - i)) for p in block.parameters())
-    if encoder.final_norm is not None:
-        scales.update((id(p), 1.0) for p in encoder.final_norm.parameters())
+    if encoder.final_norm is not None:  # at the full lr, with the head: absent from the scales
+        for p in encoder.final_norm.parameters():
+            del scales[id(p)]
     return scales
 
 

@@ -22,25 +22,25 @@ from lmssl.model.weights import load_weights
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, exclude: frozenset[int] = frozenset(),
-                     lr: float = 0.0, lr_scales: dict[int, float] | None = None) -> list[dict]:
+                     peak_lrs: dict[int, float] | None = None) -> list[dict]:
     """AdamW groups: no decay on norms, biases and embeddings (BERT, GPT-2 practice); the parameters whose id is in
     `exclude` (Muon's) are left out. A tied output projection shares the embedding's tensor, so it is not decayed
-    either. `lr_scales` (parameter id -> factor, 1 where absent) splits the groups further, each group of another
-    factor with its own peak lr, `lr` x factor (fine-tuning's layer-wise decay); the others take the optimizer's."""
+    either. `peak_lrs` (parameter id -> its own peak lr; the optimizer's where absent) splits the groups further
+    (fine-tuning's layer-wise decay)."""
     no_decay: set[int] = set()
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             if isinstance(module, (nn.LayerNorm, nn.RMSNorm, nn.Embedding)) or name == "bias":
                 no_decay.add(id(p))
     params = [p for p in model.parameters() if p.requires_grad and id(p) not in exclude]  # shared tensors appear once
-    scales = lr_scales or {}
-    groups: dict[tuple[bool, float], list] = {(True, 1.0): [], (False, 1.0): []}  # the two plain groups always
+    lrs = peak_lrs or {}
+    groups: dict[tuple[bool, float | None], list] = {(True, None): [], (False, None): []}  # the plain two, always
     for p in params:
-        groups.setdefault((id(p) not in no_decay, scales.get(id(p), 1.0)), []).append(p)
+        groups.setdefault((id(p) not in no_decay, lrs.get(id(p))), []).append(p)
     out = []
-    for (decayed, scale), ps in groups.items():
+    for (decayed, lr), ps in groups.items():
         group = {"params": ps, "weight_decay": weight_decay if decayed else 0.0}
-        out.append(group if scale == 1.0 else {**group, "lr": lr * scale})
+        out.append(group if lr is None else {**group, "lr": lr})
     return out
 
 
@@ -87,7 +87,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, exclude: frozenset[int] 
                                                                         torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over `parameter_groups` (less `exclude`; `lr_scales` per parameter) and the warmup/decay schedule: the
     same for both engines."""
-    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay, exclude, cfg.lr, lr_scales), lr=cfg.lr,
+    peak_lrs = {k: cfg.lr * scale for k, scale in (lr_scales or {}).items()}
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay, exclude, peak_lrs), lr=cfg.lr,
                                   betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
     return optimizer, scheduled(optimizer, cfg)
 
