@@ -1,7 +1,7 @@
 """Whether a model can be trained in the memory there is, decided before it is built: its parameters are counted on
 the meta device (nothing allocated), and training needs at least 16 bytes for each (fp32 weights, gradients and
-AdamW's two moments; activations come on top), which a model too large for the machine would otherwise meet as the
-kernel's OOM killer, without a word."""
+AdamW's two moments; 12 with Muon, whose matrices keep one momentum buffer; activations come on top), which a model
+too large for the machine would otherwise meet as the kernel's OOM killer, without a word."""
 from __future__ import annotations
 
 import torch
@@ -11,7 +11,10 @@ from lmssl.data.tokenizer import TextTokenizer
 from lmssl.errors import ConfigError
 from lmssl.objectives import build_objective
 
-TRAINING_BYTES = 16  # per parameter: fp32 weights, gradients, AdamW's exp_avg and exp_avg_sq
+# per parameter and optimizer, the least training holds: fp32 weights, gradients and the optimizer's state (a lower
+# bound: with Muon, embeddings, norms and biases keep AdamW's two moments, which is not counted)
+TRAINING_BYTES = {"adamw": (16, "weights, gradients and AdamW's two moments"),
+                  "muon": (12, "weights, gradients and Muon's momentum")}
 WEIGHT_BYTES = 4  # per parameter: the fp32 weights, built in host memory before they move to a GPU
 
 
@@ -48,12 +51,12 @@ def check_fits(cfg: Config, tokenizer: TextTokenizer, device: torch.device) -> N
     params, vocab = parameter_count(cfg, tokenizer)
     key = "model.vocab_size" if 2 * vocab >= params else "model.hidden_size"
     value = getattr(cfg.model, key.split(".")[1])
-    states = "weights, gradients and AdamW's two moments"
+    training_bytes, states = TRAINING_BYTES[cfg.train.optimizer]
     on_cpu = device.type == "cpu"
-    needs = [(TRAINING_BYTES if on_cpu else WEIGHT_BYTES, host_available(), "of memory is available",
+    needs = [(training_bytes if on_cpu else WEIGHT_BYTES, host_available(), "of memory is available",
               states if on_cpu else "the fp32 weights, built in host memory")]
     if device.type == "cuda" and cfg.train.engine == "torch":
-        needs.append((TRAINING_BYTES, torch.cuda.mem_get_info(device)[0], f"is free on {device}", states))
+        needs.append((training_bytes, torch.cuda.mem_get_info(device)[0], f"is free on {device}", states))
     for per_param, available, where, what in needs:
         if params * per_param > available:
             raise ConfigError(f"key '{key}': {value} makes a model of {params:,} parameters, which needs at least "

@@ -449,17 +449,20 @@ def test_the_lbfgs_probe_head_is_scikit_learns_logistic_regression(classes):
     assert torch.equal(head(x).argmax(-1), torch.from_numpy(reference.predict(x.double().numpy())))
 
 
-def test_layer_wise_lr_decay_scales_each_block_by_its_depth(checkpoints, toy_task):
+@pytest.mark.parametrize("kind", ["mlm_nsp", "clm"])  # post-LN BERT; pre-LN GPT-2 with a final norm (at the full lr)
+def test_layer_wise_lr_decay_scales_each_block_by_its_depth(kind, checkpoints, toy_task):
     from lmssl.downstream.finetune import finetune_engine
 
-    source = load_source(checkpoints["mlm_nsp"])
+    source = load_source(checkpoints[kind])
     model = build_classifier(source, load_task_card(toy_task), finetune_config(["finetune.dropout=0"]))
     depth = len(model.encoder.layers)
     engine = finetune_engine(model, finetune_config(["finetune.lr=1e-3", "finetune.layer_lr_decay=0.5",
                                                      "finetune.warmup_ratio=0"]), 10, 0, torch.device("cpu"))
     optimizer = engine.optimizers["adamw"][0]
     peak = {id(p): group["initial_lr"] for group in optimizer.param_groups for p in group["params"]}
-    expected = {"head": 1e-3, "pooler": 1e-3, "encoder.embeddings": 1e-3 * 0.5 ** (depth + 1),
+    assert (model.encoder.final_norm is not None) == (kind == "clm")
+    expected = {"head": 1e-3, "pooler": 1e-3, "encoder.final_norm": 1e-3,
+                "encoder.embeddings": 1e-3 * 0.5 ** (depth + 1),
                 **{f"encoder.layers.{i}.": 1e-3 * 0.5 ** (depth - i) for i in range(depth)}}
     for name, p in model.named_parameters():
         want = next(v for prefix, v in expected.items() if name.startswith(prefix))

@@ -3,6 +3,7 @@ second run on the same output directory, a full disk at every write site, a dama
 run must reproduce the uninterrupted run's logged losses and final weights bit for bit."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import random
@@ -235,6 +236,13 @@ def test_a_model_too_large_for_the_memory_is_refused_before_it_is_built(objectiv
     with pytest.raises(ConfigError, match=r"\(the fp32 weights, built in host memory, 4 bytes per parameter\) but "
                                           r".* of memory is available"):
         memory.check_fits(cfg, tokenizer, gpu)
+    # Muon's matrices keep one momentum buffer: 12 bytes a parameter at least, so 12 x params fits and one less not
+    muon = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, optimizer="muon"))
+    monkeypatch.setattr(memory, "host_available", lambda: 12 * params)
+    memory.check_fits(muon, tokenizer, torch.device("cpu"))
+    monkeypatch.setattr(memory, "host_available", lambda: 12 * params - 1)
+    with pytest.raises(ConfigError, match=r"\(weights, gradients and Muon's momentum, 12 bytes per parameter\) but "):
+        memory.check_fits(muon, tokenizer, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("code, reason, advice", [
