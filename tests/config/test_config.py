@@ -94,3 +94,14 @@ def test_cli_reports_config_errors_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert "key 'data.train': file not found: no/such/file.txt" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()  # stopped before any work
+
+
+def test_the_60_minute_mlm_recipe_is_the_main_job_trained_for_an_hour():
+    """configs/recipes/mlm-60min.yaml differs from configs/mlm.yaml only in its length and what scales with it."""
+    main, recipe = (load_config(REPO_ROOT / "configs" / f"{name}.yaml").to_dict()
+                    for name in ("mlm", "recipes/mlm-60min"))
+    changed = {f"{section}.{key}" for section in main for key in main[section]
+               if main[section][key] != recipe[section][key]}
+    assert changed == {"train.max_minutes", "train.max_steps", "train.warmup_steps", "train.save_every",
+                       "train.output_dir", "eval.every"}  # max_steps: decided from max_minutes
+    assert recipe["train"]["max_minutes"] == 60

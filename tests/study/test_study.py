@@ -112,6 +112,8 @@ def test_the_shipped_studies_parse():
         assert len(spec.all_runs()) >= 3 and all(len(r.budgets) >= 2 for r in spec.all_runs())
     recipe = load_study(REPO_ROOT / "configs" / "studies" / "recipe-mlm-cpu.yaml")
     assert [c.name for c in cells_of(recipe)][-1] == "p64-m30-muon-10min"  # configs/mlm.yaml's recipe
+    clm = load_study(REPO_ROOT / "configs" / "studies" / "recipe-clm-cpu.yaml")
+    assert [c.name for c in cells_of(clm)][0] == "clm-10min" and clm.budget_unit == "minutes"
     # the objectives study still trains what its committed report measured (configs/mlm.yaml left NSP behind)
     spec = load_study(REPO_ROOT / "configs" / "studies" / "objectives-cpu.yaml")
     committed = json.loads((REPO_ROOT / "docs" / "studies" / "objectives-cpu" / "results.json").read_text())
