@@ -291,11 +291,11 @@ CASES = [
          f"{SRC}: key 'model.init_std': must be a finite number, got nan"),
     Case("config-eval-max-batches-negative", mlm("eval.max_batches=-1"),
          f"{SRC}: key 'eval.max_batches': must be >= 0 (0 = the whole split)"),
-    # 1e8 x 32 tied embeddings + the decoder's 1e8 biases + 15,010 (positions 4096, types 64, embedding norm 64,
-    # the block 8544, head transform 1120, pooler 1056, NSP 66): 3,300,015,010 x 16 bytes = 52.8 GB
+    # 1e8 x 32 tied embeddings + the decoder's 1e8 biases + 13,888 (positions 4096, types 64, embedding norm 64,
+    # the block 8544, head transform 1120; no pooler without NSP): 3,300,013,888 x 12 bytes (Muon) = 39.6 GB
     Case("config-vocab-size-beyond-memory", mlm("model.vocab_size=100000000"),
-         "key 'model.vocab_size': 100000000 makes a model of 3,300,013,888 parameters, which needs at least 52.8 GB "
-         "(weights, gradients and AdamW's two moments, 16 bytes per parameter) but 8.0 GB of memory is available; "
+         "key 'model.vocab_size': 100000000 makes a model of 3,300,013,888 parameters, which needs at least 39.6 GB "
+         "(weights, gradients and Muon's momentum, 12 bytes per parameter) but 8.0 GB of memory is available; "
          "choose a smaller model", patch=eight_gb_cpu),
     Case("config-max-steps-zero", mlm("train.max_steps=0"), f"{SRC}: key 'train.max_steps': must be positive"),
     Case("config-max-flops-negative", mlm("train.max_flops=-1"),
