@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -105,3 +106,23 @@ def test_the_60_minute_mlm_recipe_is_the_main_job_trained_for_an_hour():
     assert changed == {"train.max_minutes", "train.max_steps", "train.warmup_steps", "train.save_every",
                        "train.output_dir", "eval.every"}  # max_steps: decided from max_minutes
     assert recipe["train"]["max_minutes"] == 60
+
+
+def test_the_60_minute_clm_recipe_is_the_clm_config_with_the_study_winner_for_an_hour():
+    """configs/recipes/clm-60min.yaml is configs/clm.yaml with the CLM recipe study's winning cell's overrides
+    (no dropout, Muon) and an hour's length: nothing else changed that the study did not measure."""
+    shipped, recipe = (load_config(REPO_ROOT / "configs" / f"{name}.yaml").to_dict()
+                       for name in ("clm", "recipes/clm-60min"))
+    changed = {f"{section}.{key}": recipe[section][key] for section in shipped for key in shipped[section]
+               if shipped[section][key] != recipe[section][key]}
+    length = {"train.max_minutes", "train.max_steps", "train.warmup_steps", "train.save_every", "train.output_dir",
+              "eval.every"}
+    assert {key: value for key, value in changed.items() if key not in length} == {
+        "model.dropout": 0.0, "model.attention_dropout": 0.0, "train.optimizer": "muon"}  # muon_lr: the default
+    assert recipe["train"]["max_minutes"] == 60
+    # those are the settings of the committed study's best cell by valid perplexity
+    study = json.loads((REPO_ROOT / "docs" / "studies" / "recipe-cpu" / "clm" / "results.json").read_text())
+    best = min(study["cells"], key=lambda cell: cell["evaluations"]["likelihood"]["ppl"])
+    assert all(best["settings"][key] == recipe[key.split(".")[0]][key.split(".")[1]]
+               for key in ("model.preset", "model.dropout", "model.attention_dropout", "train.optimizer",
+                           "train.muon_lr", "train.lr", "train.batch_size", "data.seq_len")), best["cell"]
