@@ -97,27 +97,30 @@ def test_cli_reports_config_errors_without_traceback(tmp_path):
     assert not (tmp_path / "out").exists()  # stopped before any work
 
 
+# what a 60-minute recipe may change in the config it lengthens (max_steps: decided from max_minutes)
+RECIPE_LENGTH_KEYS = {"train.max_minutes", "train.max_steps", "train.warmup_steps", "train.save_every",
+                      "train.output_dir", "eval.every"}
+
+
+def _recipe_changes(base: str, recipe: str) -> tuple[dict, dict]:
+    """The recipe's settings, and those that differ from the base config's (dotted key -> the recipe's value)."""
+    shipped, lengthened = (load_config(REPO_ROOT / "configs" / f"{name}.yaml").to_dict() for name in (base, recipe))
+    return lengthened, {f"{section}.{key}": lengthened[section][key] for section in shipped
+                        for key in shipped[section] if shipped[section][key] != lengthened[section][key]}
+
+
 def test_the_60_minute_mlm_recipe_is_the_main_job_trained_for_an_hour():
     """configs/recipes/mlm-60min.yaml differs from configs/mlm.yaml only in its length and what scales with it."""
-    main, recipe = (load_config(REPO_ROOT / "configs" / f"{name}.yaml").to_dict()
-                    for name in ("mlm", "recipes/mlm-60min"))
-    changed = {f"{section}.{key}" for section in main for key in main[section]
-               if main[section][key] != recipe[section][key]}
-    assert changed == {"train.max_minutes", "train.max_steps", "train.warmup_steps", "train.save_every",
-                       "train.output_dir", "eval.every"}  # max_steps: decided from max_minutes
+    recipe, changed = _recipe_changes("mlm", "recipes/mlm-60min")
+    assert set(changed) == RECIPE_LENGTH_KEYS
     assert recipe["train"]["max_minutes"] == 60
 
 
 def test_the_60_minute_clm_recipe_is_the_clm_config_with_the_study_winner_for_an_hour():
     """configs/recipes/clm-60min.yaml is configs/clm.yaml with the CLM recipe study's winning cell's overrides
     (no dropout, Muon) and an hour's length: nothing else changed that the study did not measure."""
-    shipped, recipe = (load_config(REPO_ROOT / "configs" / f"{name}.yaml").to_dict()
-                       for name in ("clm", "recipes/clm-60min"))
-    changed = {f"{section}.{key}": recipe[section][key] for section in shipped for key in shipped[section]
-               if shipped[section][key] != recipe[section][key]}
-    length = {"train.max_minutes", "train.max_steps", "train.warmup_steps", "train.save_every", "train.output_dir",
-              "eval.every"}
-    assert {key: value for key, value in changed.items() if key not in length} == {
+    recipe, changed = _recipe_changes("clm", "recipes/clm-60min")
+    assert {key: value for key, value in changed.items() if key not in RECIPE_LENGTH_KEYS} == {
         "model.dropout": 0.0, "model.attention_dropout": 0.0, "train.optimizer": "muon"}  # muon_lr: the default
     assert recipe["train"]["max_minutes"] == 60
     # those are the settings of the committed study's best cell by valid perplexity
